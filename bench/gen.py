@@ -1,0 +1,67 @@
+"""Generated queue files for benchmarks: many tracks, cross-track dependencies."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def task(track: int, i: int, deps: list[str], command: str | None) -> dict[str, Any]:
+    """A task shaped like the old loop's, so file sizes are realistic."""
+    body: dict[str, Any] = {
+        "id": f"T{track:02d}-{i:04d}",
+        "description": f"Generated task {i} of track {track}: implement and verify a change",
+        "file": f"src/track{track}/module_{i}.py",
+        "status": "pending",
+        "tests": [f"tests/track{track}/test_module_{i}.py"],
+        "passes": False,
+        "error": None,
+        "attempts": 0,
+        "last_attempt": None,
+        "completed_at": None,
+        "completion_promise": None,
+        "max_iterations": 3,
+        "verification_verdict": None,
+        "files_actually_changed": [],
+        "type": "feature",
+        "agent": None,
+        "priority": "P1" if i % 7 else "P0",
+        "dependencies": deps,
+    }
+    if command is not None:
+        body["command"] = command
+    return body
+
+
+def write_tracks(
+    directory: Path,
+    tracks: int,
+    per_track: int,
+    *,
+    seed: int = 7,
+    command: str | None = None,
+    cross: float = 0.05,
+) -> int:
+    """Write ``tracks`` queue files of ``per_track`` tasks; return the number of edges."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    edges = 0
+    for t in range(tracks):
+        items = []
+        for i in range(per_track):
+            deps: list[str] = []
+            if i and rng.random() < 0.5:
+                deps.append(f"T{t:02d}-{rng.randrange(i):04d}")
+            if t and rng.random() < cross:
+                other = rng.randrange(t)
+                deps.append(f"track{other:02d}:T{other:02d}-{rng.randrange(per_track):04d}")
+            edges += len(deps)
+            items.append(task(t, i, deps, command))
+        doc = {"project": "bench", "features": items}
+        (directory / f"track{t:02d}.json").write_bytes(
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        )
+    return edges

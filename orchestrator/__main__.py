@@ -1,0 +1,5 @@
+"""``python -m orchestrator`` is the ``orchestratord`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""The one error hierarchy of orchestratord.
+
+Every exception the package raises on purpose derives from :class:`OrchestratorError`. Messages
+say what is wrong, where, and what to do about it. A task that fails is *not* an exception: it
+is data recorded in the store. Exceptions are for things a caller must handle or report.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error raised on purpose by orchestratord."""
+
+    exit_code = 1
+
+
+class UsageError(OrchestratorError):
+    """The command line or its arguments are wrong (exit status 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(OrchestratorError):
+    """The configuration file, environment or flags hold an invalid setting."""
+
+    exit_code = 2
+
+
+class QueueFileError(OrchestratorError):
+    """A queue file cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, message: str, problems: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class RefError(OrchestratorError):
+    """A task ref names no task, or names more than one."""
+
+
+class StateError(OrchestratorError):
+    """The state directory or its database cannot be used."""
+
+
+class AlreadyRunningError(StateError):
+    """Another daemon holds the state directory."""
+
+
+class InvalidTransitionError(OrchestratorError):
+    """A task state change that the state machine does not allow."""
+
+
+class ExecutorError(OrchestratorError):
+    """An executor could not start, watch or stop a run."""
+
+
+class ControlError(OrchestratorError):
+    """The control API refused a request or could not be reached."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real queue files and a helper to write queue files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+EXAMPLES = Path(__file__).parent / "fixtures" / "examples"
+REPO = Path(__file__).resolve().parent.parent
+
+WriteTrack = Callable[..., Path]
+
+
+@pytest.fixture
+def examples() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.json"))
+
+
+@pytest.fixture
+def tracks_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "tracks"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def write_track(tracks_dir: Path) -> WriteTrack:
+    """Write ``{name}.json`` into the tracks directory from a dict or a list of tasks."""
+
+    def write(name: str, doc: dict[str, Any] | list[dict[str, Any]], **top: Any) -> Path:
+        body: dict[str, Any] = {"features": doc, **top} if isinstance(doc, list) else doc
+        path = tracks_dir / f"{name}.json"
+        path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    return write
