@@ -38,3 +38,8 @@ def write_track(tracks_dir: Path) -> WriteTrack:
         return path
 
     return write
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

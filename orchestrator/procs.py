@@ -1,0 +1,211 @@
+"""Process groups of the daemon's children: signal them, list them, end what a dead daemon left.
+
+Every child runs in its own session, so its process group id equals its pid. These helpers are
+small and synchronous. :func:`end_leftovers` sleeps while it waits for a grace period: a
+restarted daemon calls it once per recorded attempt, from a worker thread.
+
+Identity on Linux is (boot id, pid, start ticks): a pid alone can be reused, but not within one
+boot with an earlier start time. Elsewhere nothing can be proven about a recorded pid, so
+:func:`end_leftovers` leaves everything alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExecutorError
+
+_PROC = Path("/proc")
+_LINUX = sys.platform.startswith("linux")
+_POLL = 0.02
+"""Seconds between checks while :func:`end_leftovers` waits for processes to go."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` that this module uses."""
+
+    pid: int
+    state: str
+    """One letter: ``R``, ``S``, ``D``, ``Z`` (zombie: ended, not yet reaped), ..."""
+    pgid: int
+    start_ticks: int
+    """Start time after boot, in clock ticks (field 22)."""
+
+
+def parse_stat(text: str) -> ProcStat | None:
+    """Parse one ``/proc/PID/stat`` line; ``None`` when it is not one.
+
+    The command name (field 2) is in parentheses and may itself contain spaces and
+    parentheses, so the fixed fields are those after the *last* ``)``.
+    """
+    head, sep, tail = text.rpartition(")")
+    if not sep:
+        return None
+    pid_text = head.partition(" (")[0].strip()
+    fields = tail.split()
+    # fields[0] is field 3 (state), fields[2] field 5 (pgrp), fields[19] field 22 (starttime).
+    if len(fields) < 20 or not pid_text.isdigit():
+        return None
+    try:
+        return ProcStat(
+            pid=int(pid_text), state=fields[0], pgid=int(fields[2]), start_ticks=int(fields[19])
+        )
+    except ValueError:
+        return None
+
+
+def _read_stat(pid: int) -> ProcStat | None:
+    try:
+        text = (_PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return parse_stat(text)
+
+
+def _check_pgid(pgid: int) -> None:
+    if pgid <= 1 or pgid == os.getpgrp():
+        raise ExecutorError(
+            f"refusing to signal process group {pgid}: it is not a child's own group"
+            " (a bug in the caller)"
+        )
+
+
+def terminate_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; ``False`` when it is gone or not ours.
+
+    Raises :class:`~orchestrator.errors.ExecutorError` only for a pgid that can never be a
+    child's group (``<= 1`` or the daemon's own group).
+    """
+    _check_pgid(pgid)
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (Linux); ``None`` when unknown or gone."""
+    if not _LINUX:
+        return None
+    stat = _read_stat(pid)
+    return None if stat is None else stat.start_ticks
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux); ``None`` elsewhere."""
+    try:
+        return (_PROC / "sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def _members_linux(pgid: int) -> list[ProcStat]:
+    found = []
+    try:
+        names = os.listdir(_PROC)
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        stat = _read_stat(int(name))
+        if stat is not None and stat.pgid == pgid and stat.state != "Z":
+            found.append(stat)
+    return found
+
+
+def _members_ps(pgid: int) -> list[int]:
+    try:
+        listing = subprocess.run(
+            ["ps", "-A", "-o", "pid=,pgid=,stat="],
+            capture_output=True,
+            text=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    pids = []
+    for line in listing.splitlines():
+        parts = line.split()
+        if (
+            len(parts) >= 3
+            and parts[0].isdigit()
+            and parts[1].isdigit()
+            and int(parts[1]) == pgid
+            and not parts[2].startswith("Z")
+        ):
+            pids.append(int(parts[0]))
+    return pids
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live pids in process group ``pgid``, sorted.
+
+    Zombies (ended, waiting for their parent to reap them) are not counted: they can no
+    longer run, and signals do nothing to them.
+    """
+    if _PROC.joinpath("self/stat").exists():
+        return sorted(stat.pid for stat in _members_linux(pgid))
+    return sorted(_members_ps(pgid))
+
+
+def _still_there(stat: ProcStat) -> bool:
+    now = _read_stat(stat.pid)
+    return now is not None and now.start_ticks == stat.start_ticks and now.state != "Z"
+
+
+def _signal_each(stats: list[ProcStat], sig: int) -> None:
+    for stat in stats:
+        if _still_there(stat):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(stat.pid, sig)
+
+
+def end_leftovers(
+    pgid: int, not_before_ticks: int | None, boot: str | None, grace: float
+) -> list[int]:
+    """End what is left of a recorded process group; return the pids that were ended.
+
+    For a daemon that restarts after being killed: ``pgid``, ``not_before_ticks`` (the start
+    ticks of the group's leader, recorded right after it was spawned) and ``boot`` are what
+    the dead daemon recorded. Only processes provably started by that run are touched: on the
+    same boot, in that group, started no earlier than ``not_before_ticks`` (when given). If
+    the group's leader is still there but started at another time than recorded, its pid (and
+    so the group id) was reused, and nothing is touched. The rest get SIGTERM, up to ``grace``
+    seconds, then SIGKILL. With no boot id (recorded or current: not Linux), or a different
+    one, nothing is provable and nothing is done. Blocking: call it from a thread.
+    """
+    current = boot_id()
+    if boot is None or current is None or boot != current:
+        return []
+    if pgid <= 1 or pgid == os.getpgrp():
+        return []
+    members = _members_linux(pgid)
+    leader = next((stat for stat in members if stat.pid == pgid), None)
+    reused = leader is not None and leader.start_ticks != not_before_ticks
+    if reused and not_before_ticks is not None:
+        return []
+    ours = [
+        stat for stat in members if not_before_ticks is None or stat.start_ticks >= not_before_ticks
+    ]
+    if not ours:
+        return []
+    _signal_each(ours, signal.SIGTERM)
+    deadline = time.monotonic() + max(grace, 0.0)
+    left = [stat for stat in ours if _still_there(stat)]
+    while left and time.monotonic() < deadline:
+        time.sleep(_POLL)
+        left = [stat for stat in left if _still_there(stat)]
+    _signal_each(left, signal.SIGKILL)
+    return sorted(stat.pid for stat in ours)
