@@ -16,7 +16,7 @@ import click
 import orjson
 from rich.console import Console
 
-from . import __version__, config, diagram, explain, statusview, workspace
+from . import __version__, config, diagram, explain, logs, statusview, supervisor, workspace
 from .errors import OrchestratorError
 from .refs import key_of
 
@@ -171,6 +171,46 @@ def status(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         statusview.print_status(data, Console())
+
+
+@cli.command()
+@click.option("--max-parallel", type=click.IntRange(min=1), help="Attempts running at once.")
+@click.option("--once", is_flag=True, help="Exit when no task can run any more.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Live progress table (default: on when stdout is a terminal).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]))
+@_common_options
+@click.pass_context
+@_reports_errors
+def start(
+    ctx: click.Context,
+    /,
+    max_parallel: int | None,
+    once: bool,
+    progress: bool | None,
+    log_level: str | None,
+    log_format: str | None,
+    **kwargs: Any,
+) -> None:
+    """Run every track in the foreground until stopped (SIGTERM or Ctrl-C stop gracefully).
+
+    With --once, exit when no task can run any more: status 0 when every task is complete or
+    skipped, 1 otherwise.
+    """
+    common = _split_common(kwargs)
+    common.update(max_parallel=max_parallel, log_level=log_level, log_format=log_format)
+    cfg = _settings(ctx, common)
+    if not cfg.tracks_dir.is_dir():
+        raise OrchestratorError(
+            f"{cfg.tracks_dir}: tracks directory not found; pass --tracks DIR or set "
+            "ORCHESTRATORD_TRACKS"
+        )
+    logs.configure(cfg.settings.log_level, cfg.settings.log_format)
+    sys.exit(supervisor.run(cfg, once=once, progress=progress))
 
 
 def main() -> None:

@@ -1,0 +1,254 @@
+"""One attempt: run the agent or command, then every verification command, then decide.
+
+PASS only when the run exited 0, printed the completion promise (when the task has one) as
+``<promise>TEXT</promise>``, and every verification command exited 0. A run that prints
+``<blocked>reason</blocked>`` is BLOCKED. Anything else is FAIL with a reason in words: the
+exit status, a timeout, a missing binary, a missing promise, or which verification command
+failed and the tail of its output.
+
+Output goes to the attempt's log file, which is trimmed to its last ``log_max_bytes`` bytes
+(the tail is what matters) and never read into memory beyond that.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+
+from .executors.base import Executor, RunInfo, RunSpec, RunState
+from .model import Command, TaskKey, Verdict
+from .prompt import promise_tag
+
+_BLOCKED = re.compile(rb"<blocked>(.*?)</blocked>", re.DOTALL)
+TRIM_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPlan:
+    key: TaskKey
+    attempt_id: int
+    number: int
+    run_argv: tuple[str, ...] | None
+    """None when no run can be built; ``run_error`` says why."""
+    run_error: str | None
+    cwd: str
+    env: Mapping[str, str]
+    timeout: float
+    verify: tuple[Command, ...]
+    verify_timeout: float
+    promise: str | None
+    log_path: str
+    stdin_path: str | None = None
+    failure_bytes: int = 4000
+    kill_grace: float = 5.0
+    log_max_bytes: int = 1_048_576
+    what: str = "command"
+    """``agent`` or ``command``: how the run is named in reasons."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    verdict: Verdict
+    reason: str | None
+    exit_code: int | None
+    failure_output: str = ""
+    """What the next attempt is told: the reason and the tail of the failing output."""
+
+
+class ProcessRecorder(Protocol):
+    """Records each child in the store as soon as it runs, and when it ends."""
+
+    def started(self, role: str, spec: RunSpec, info: RunInfo) -> int: ...
+
+    def ended(self, record_id: int, info: RunInfo) -> None: ...
+
+
+def command_argv(command: Command) -> tuple[str, ...]:
+    return ("/bin/sh", "-c", command) if isinstance(command, str) else tuple(command)
+
+
+def command_text(command: Command) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("ab") as handle:
+        handle.write(text.encode("utf-8", "replace"))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_section(path: Path, start: int, limit: int) -> bytes:
+    """The log from ``start`` to the end, at most its last ``limit`` bytes."""
+    size = _size(path)
+    if size < start:  # trimmed while running: the section start is gone
+        start = 0
+    begin = max(start, size - limit)
+    with path.open("rb") as handle:
+        handle.seek(begin)
+        return handle.read(size - begin)
+
+
+def trim_log(path: Path, limit: int) -> bool:
+    """Keep only the last ``limit`` bytes of a log, marking what was dropped."""
+    size = _size(path)
+    if size <= limit:
+        return False
+    with path.open("r+b") as handle:
+        handle.seek(size - limit)
+        tail = handle.read(limit)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"[... {size - limit} earlier bytes dropped ...]\n".encode())
+        handle.write(tail)
+    return True
+
+
+def tail_text(data: bytes, limit: int) -> str:
+    text = data.decode("utf-8", "replace")
+    if len(text) <= limit:
+        return text
+    return "[...]\n" + text[-limit:]
+
+
+def _failure(reason: str, output: bytes, limit: int) -> str:
+    body = tail_text(output, max(limit - len(reason) - 1, 0)) if limit else ""
+    return f"{reason}\n{body}".rstrip() + "\n"
+
+
+def _ended_reason(info: RunInfo, what: str, timeout: float) -> str:
+    if info.state is RunState.FAILED_TO_START:
+        return info.reason or f"the {what} could not start"
+    if info.state is RunState.TIMED_OUT:
+        return f"the {what} timed out after {timeout:g} s"
+    if info.state is RunState.CANCELLED:
+        return info.reason or f"the {what} was cancelled"
+    if info.state is RunState.LOST:
+        return info.reason or f"the {what} was lost (its node or supervisor died)"
+    if info.exit_code is not None and info.exit_code < 0:
+        return info.reason or f"the {what} was killed by signal {-info.exit_code}"
+    return f"the {what} exited with status {info.exit_code}"
+
+
+async def _keep_log_small(path: Path, limit: int) -> None:
+    while True:
+        await anyio.sleep(TRIM_CHECK_SECONDS)
+        if _size(path) > 2 * limit:
+            trim_log(path, limit)
+
+
+async def _run(
+    plan: AttemptPlan,
+    executor: Executor,
+    recorder: ProcessRecorder,
+    role: str,
+    argv: tuple[str, ...],
+    limit: float,
+) -> RunInfo:
+    spec = RunSpec(
+        run_id=f"a{plan.attempt_id}-{role.replace(' ', '')}",
+        argv=argv,
+        cwd=plan.cwd,
+        env=plan.env,
+        log_path=plan.log_path,
+        timeout=limit,
+        stdin_path=plan.stdin_path if role == "run" else None,
+    )
+    info = await executor.submit(spec)
+    record = recorder.started(role, spec, info)
+    try:
+        if info.state.finished:
+            final = info
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_keep_log_small, Path(plan.log_path), plan.log_max_bytes)
+                final = await executor.wait(spec.run_id)
+                tg.cancel_scope.cancel()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            final = await executor.cancel(spec.run_id, plan.kill_grace)
+            recorder.ended(record, final)
+        raise
+    recorder.ended(record, final)
+    return final
+
+
+async def run_attempt(
+    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder
+) -> AttemptResult:
+    """Run one attempt to its verdict. Cancelling it ends its processes, then re-raises."""
+    log = Path(plan.log_path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _append(log, f"=== {plan.key} attempt {plan.number} ===\n")
+    try:
+        return await _decide(plan, executor, recorder, log)
+    finally:
+        trim_log(log, plan.log_max_bytes)
+
+
+async def _decide(
+    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: Path
+) -> AttemptResult:
+    limit = plan.log_max_bytes
+    if plan.run_argv is None:
+        reason = plan.run_error or f"no {plan.what} to run"
+        _append(log, f"cannot run: {reason}\n")
+        return AttemptResult(Verdict.FAIL, reason, None, _failure(reason, b"", plan.failure_bytes))
+    _append(log, f"$ {shlex.join(plan.run_argv)}\n")
+    start = _size(log)
+    info = await _run(plan, executor, recorder, "run", plan.run_argv, plan.timeout)
+    output = read_section(log, start, limit)
+    blocked = _BLOCKED.findall(output)
+    if blocked and info.state in (RunState.EXITED, RunState.TIMED_OUT):
+        reason = " ".join(blocked[-1].decode("utf-8", "replace").split()) or "blocked"
+        return AttemptResult(Verdict.BLOCKED, reason, info.exit_code, reason)
+    if not info.succeeded:
+        reason = _ended_reason(info, plan.what, plan.timeout)
+        _append(log, f"--- {reason}\n")
+        return AttemptResult(
+            Verdict.FAIL, reason, info.exit_code, _failure(reason, output, plan.failure_bytes)
+        )
+    if plan.promise and promise_tag(plan.promise).encode() not in output:
+        reason = f"the {plan.what} exited 0 but did not print {promise_tag(plan.promise)}"
+        _append(log, f"--- {reason}\n")
+        return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
+    total = len(plan.verify)
+    for number, command in enumerate(plan.verify, start=1):
+        text = command_text(command)
+        _append(log, f"=== verify {number}/{total}: {text} ===\n")
+        start = _size(log)
+        role = f"verify {number}"
+        vinfo = await _run(
+            plan, executor, recorder, role, command_argv(command), plan.verify_timeout
+        )
+        if vinfo.succeeded:
+            continue
+        ended = _ended_reason(vinfo, "verification", plan.verify_timeout).removeprefix(
+            "the verification "
+        )
+        reason = f"verify {number}/{total} `{text}` {ended}"
+        _append(log, f"--- {reason}\n")
+        output = read_section(log, start, limit)
+        return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
+    _append(log, f"--- PASS ({total} verification command{'s' if total != 1 else ''})\n")
+    return AttemptResult(Verdict.PASS, None, 0)
+
+
+def write_failure_file(path: Path, text: str) -> None:
+    """The previous failure output, for ``ORCHESTRATORD_FAILURE_FILE``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

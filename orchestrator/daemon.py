@@ -1,0 +1,354 @@
+"""The engine: tracks, task states, the graph, and dispatch, all on the event loop.
+
+Every state change goes through :meth:`Engine.apply`: it is committed to the store first,
+then the graph is updated, newly ready tasks are dispatched in the same turn of the event
+loop (no polling anywhere), the track's queue file is marked for write-back, and the change is
+announced to listeners. Track workers run the attempts; the write-back keeps the files current.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from .clock import Clock, iso
+from .config import Config
+from .executors.base import Executor
+from .graph import Delta, Graph, TrackSpec
+from .model import Status, TaskDef, TaskKey, TrackDef
+from .problems import Problem
+from .scheduler import Limits, next_task
+from .states import Event, TaskState, transition
+from .store import EventSpec, Store
+from .validate import Report, check
+
+log = structlog.get_logger("orchestratord")
+
+Listener = Callable[[str, TaskKey | str | None, Mapping[str, Any]], None]
+
+
+@dataclass(slots=True)
+class Track:
+    """A track the daemon runs: its last good definition and where it lives."""
+
+    definition: TrackDef
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+    """Problems of the file on disk now (the last good definition stays in force)."""
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def workdir(self) -> Path:
+        configured = self.definition.settings.workdir
+        if configured:
+            return (self.path.parent / configured).resolve()
+        return Path.cwd()
+
+
+class Engine:
+    """The daemon's state and its one way of changing it."""
+
+    def __init__(self, cfg: Config, store: Store, executor: Executor, clock: Clock) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.graph = Graph()
+        self.tracks: dict[str, Track] = {}
+        self.defs: dict[TaskKey, TaskDef] = {}
+        self.states: dict[TaskKey, TaskState] = {}
+        self.running: dict[str, int] = {}
+        self.paused = False
+        self.draining = False
+        self.listeners: list[Listener] = []
+        self.problems: list[Problem] = []
+        self.stats: dict[str, int] = {"file_writes": 0, "attempts": 0}
+        self._launch: Callable[[TaskKey], None] | None = None
+        self._dirty: Callable[[str], None] = lambda track: None
+        self._idle = anyio.Event()
+        self._changed = anyio.Event()
+        self._scopes: dict[TaskKey, anyio.CancelScope] = {}
+        self.cancel_reasons: dict[TaskKey, str] = {}
+
+    # ------------------------------------------------------------------ wiring
+
+    def connect(self, launch: Callable[[TaskKey], None], dirty: Callable[[str], None]) -> None:
+        """Give the engine a way to start a task's Ralph loop and to mark a file dirty."""
+        self._launch = launch
+        self._dirty = dirty
+
+    def announce(self, kind: str, subject: TaskKey | str | None, **data: Any) -> None:
+        for listener in self.listeners:
+            listener(kind, subject, data)
+
+    # ------------------------------------------------------------------ tracks
+
+    def install(self, report: Report, tracks: Iterable[Track]) -> None:
+        """Install the tracks of a valid report, with the states already reconciled."""
+        specs = {spec.name: spec for spec in report.track_specs()}
+        for track in tracks:
+            self.tracks[track.name] = track
+            self.running.setdefault(track.name, 0)
+            for task in track.definition.tasks:
+                self.defs.setdefault(task.key, task)
+            # The state found at start-up is not a change: nothing is announced.
+            self.graph.set_track(self._with_states(specs[track.name]))
+
+    def _with_states(self, spec: TrackSpec) -> TrackSpec:
+        nodes = tuple(
+            type(node)(
+                key=node.key,
+                order=node.order,
+                deps=node.deps,
+                status=self.states[node.key].status if node.key in self.states else node.status,
+                paused=node.paused,
+            )
+            for node in spec.tasks
+        )
+        return TrackSpec(spec.name, nodes, spec.trigger, spec.paused)
+
+    def import_tasks(self, tasks: Iterable[TaskDef]) -> None:
+        """Give tasks the store has never seen a state: the file's, as an imported task."""
+        fresh = {t.key: TaskState.imported(t.owned) for t in tasks if t.key not in self.states}
+        if fresh:
+            self.store.put_tasks(fresh)
+            self.states.update(fresh)
+
+    def reload_track(self, definition: TrackDef, path: Path) -> list[Problem]:
+        """Put a new definition of a track in force, or say why not (nothing changes then).
+
+        The change is checked with every other track: an edit that introduces an error
+        anywhere (a cycle, a ref that no longer resolves) is refused as a whole.
+        """
+        name = definition.name
+        others = [t.definition for n, t in self.tracks.items() if n != name]
+        current = self.tracks.get(name)
+        before = check([*others, current.definition]) if current else check(others)
+        after = check([*others, definition])
+        known = {p.render() for p in before.errors}
+        new_errors = [p for p in after.errors if p.render() not in known]
+        if new_errors:
+            return [
+                p
+                if p.file == definition.path
+                else Problem(
+                    definition.path, "$", f"this edit would break {p.file}: {p.path}: {p.message}"
+                )
+                for p in new_errors
+            ]
+        spec = next(s for s in after.track_specs() if s.name == name)
+        old_keys = set(self.graph.keys(name)) if current else set()
+        new_keys = {t.key for t in definition.tasks}
+        self.import_tasks(definition.tasks)
+        if current is None:
+            self.tracks[name] = Track(definition, path)
+            self.running.setdefault(name, 0)
+        else:
+            current.definition = definition
+            current.path = path
+        for task in definition.tasks:
+            if task.key not in self.defs or self.defs[task.key] != task:
+                self.defs[task.key] = task
+        for gone in old_keys - new_keys:
+            self.defs.pop(gone, None)
+        self._handle(self.graph.set_track(self._with_states(spec)))
+        for gone in old_keys - new_keys:
+            self.cancel_running(gone, "removed from its queue file")
+        self.dispatch()
+        return []
+
+    def settings_for(self, key: TaskKey) -> tuple[TaskDef, Track]:
+        return self.defs[key], self.tracks[key.track]
+
+    # ------------------------------------------------------------------ state changes
+
+    def apply(self, key: TaskKey, state: TaskState, *events: EventSpec) -> None:
+        """Record a task's new state (committed to the store), then act on it."""
+        self.store.put_task(key, state, *events)
+        self.after_commit(key, state, events)
+
+    def after_commit(
+        self, key: TaskKey, state: TaskState, events: Iterable[EventSpec] = ()
+    ) -> None:
+        """Act on a state already committed to the store."""
+        self.states[key] = state
+        for kind, subject, data in events:
+            self.announce(kind, subject, **data)
+        if key in self.graph:
+            self._handle(self.graph.set_status(key, state.status))
+        self._dirty(key.track)
+        self.dispatch()
+
+    def _handle(self, delta: Delta) -> None:
+        events: list[EventSpec] = []
+        for track in delta.triggers_fired:
+            refs = [str(t) for t in self.graph.tracks[track].trigger]
+            events.append(("track_started", track, {"trigger": refs}))
+            log.info("trigger fired", track=track, start_after=refs)
+        for track in delta.tracks_done:
+            events.append(("track_complete", track, {}))
+            log.info("track complete", track=track)
+        if events:
+            self.store.add_events(*events)
+            for kind, subject, data in events:
+                self.announce(kind, subject, **data)
+
+    def order(self, key: TaskKey, event: Event, reason: str) -> None:
+        """A person's order (retry, skip, accept, block) on one task."""
+        state = self.states[key]
+        running = key in self._scopes
+        if event is Event.ORDER_RETRY and running:
+            # Running already: the order means a fresh budget for the attempts to come.
+            new = TaskState(state.owned, budget_base=state.owned.attempts)
+            self.apply(key, new, ("task_retry", key, {"reason": reason}))
+            return
+        status = transition(state.status, event)
+        owned: dict[str, Any] = {"status": status}
+        budget = state.budget_base
+        if event is Event.ORDER_RETRY:
+            budget = state.owned.attempts
+            owned.update(error=None, completed_at=None)
+        elif event is Event.ORDER_ACCEPT:
+            owned["completed_at"] = iso(self.clock.now())
+        elif event is Event.ORDER_BLOCK:
+            owned["error"] = reason
+        new = TaskState(state.with_owned(**owned).owned, budget_base=budget)
+        kind = {
+            Event.ORDER_RETRY: "task_retry",
+            Event.ORDER_SKIP: "task_skipped",
+            Event.ORDER_ACCEPT: "task_complete",
+            Event.ORDER_BLOCK: "task_blocked",
+        }[event]
+        self.apply(key, new, (kind, key, {"reason": reason, "by": "order"}))
+        if running:
+            self.cancel_running(key, reason)
+
+    def pause_track(self, name: str, reason: str) -> None:
+        """Start nothing new in ``name``; its running attempts finish."""
+        if name in self.tracks and not self.graph.track_paused(name):
+            self.graph.pause_track(name, True)
+            self.store.add_events(("track_paused", name, {"reason": reason}))
+            self.announce("track_paused", name, reason=reason)
+            log.info("track paused", track=name, reason=reason)
+            self._dirty(name)
+            self._check_idle()
+
+    def resume_track(self, name: str) -> None:
+        if name in self.tracks and self.graph.track_paused(name):
+            self.graph.pause_track(name, False)
+            self.store.add_events(("track_resumed", name, {}))
+            self.announce("track_resumed", name)
+            self._dirty(name)
+            self.dispatch()
+
+    def cancel_running(self, key: TaskKey, reason: str) -> None:
+        scope = self._scopes.get(key)
+        if scope is not None:
+            self.cancel_reasons[key] = reason
+            scope.cancel()
+
+    # ------------------------------------------------------------------ dispatch
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_parallel=self.cfg.settings.max_parallel,
+            concurrency={n: t.definition.settings.concurrency for n, t in self.tracks.items()},
+            paused=self.paused or self.draining,
+        )
+
+    def dispatch(self) -> None:
+        """Start every task that can start now (synchronous: called in the same turn)."""
+        if self._launch is None:
+            return
+        limits = self.limits()
+        while True:
+            key = next_task(self.graph, self.running, limits, self.tracks)
+            if key is None:
+                break
+            self.graph.set_status(key, Status.IN_PROGRESS)
+            self.states[key] = self.states[key].with_owned(status=Status.IN_PROGRESS)
+            self.running[key.track] += 1
+            self._launch(key)
+        self._check_idle()
+
+    def track_scope(self, key: TaskKey, scope: anyio.CancelScope) -> None:
+        self._scopes[key] = scope
+
+    def finished(self, key: TaskKey) -> None:
+        """A task's Ralph loop has ended (whatever the reason): free its slot."""
+        self._scopes.pop(key, None)
+        self.cancel_reasons.pop(key, None)
+        self.running[key.track] -= 1
+        self._changed.set()
+        self._changed = anyio.Event()
+        self.dispatch()
+
+    async def wait_changed(self) -> None:
+        """Wait until some running task's Ralph loop ends."""
+        await self._changed.wait()
+
+    def running_keys(self) -> list[TaskKey]:
+        return list(self._scopes)
+
+    # ------------------------------------------------------------------ idleness
+
+    def busy(self) -> bool:
+        return any(self.running.values())
+
+    def can_progress(self) -> bool:
+        """Something runs, or something could start now."""
+        if self.busy():
+            return True
+        if self.paused or self.draining:
+            return False
+        return self.graph.ready_count() > 0
+
+    def _check_idle(self) -> None:
+        if not self.can_progress():
+            self._idle.set()
+        elif self._idle.is_set():
+            self._idle = anyio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing runs and nothing can start."""
+        while True:
+            self._check_idle()
+            await self._idle.wait()
+            if not self.can_progress():
+                return
+
+    def all_done(self) -> bool:
+        return all(self.graph.status(k).done for k in self.graph.keys(None))
+
+    def counts(self, track: str) -> dict[str, int]:
+        keys = list(self.graph.keys(track))
+        out = {"total": len(keys)} | {s.value: 0 for s in Status}
+        for key in keys:
+            out[self.graph.status(key).value] += 1
+        return out
+
+    def log_path(self, key: TaskKey, number: int) -> Path:
+        return self.cfg.state_dir / "logs" / key.track / key.id / f"attempt-{number}.log"
+
+    def failure_path(self, key: TaskKey) -> Path:
+        return self.cfg.state_dir / "logs" / key.track / key.id / "last-failure.txt"
+
+    def child_env(self, key: TaskKey, number: int, extra: Mapping[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(extra)
+        env.update(
+            ORCHESTRATORD_TASK_ID=key.id,
+            ORCHESTRATORD_TRACK=key.track,
+            ORCHESTRATORD_ATTEMPT=str(number),
+            ORCHESTRATORD_FAILURE_FILE=str(self.failure_path(key)),
+        )
+        return env

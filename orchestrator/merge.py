@@ -1,0 +1,184 @@
+"""The three-way merge of daemon-owned fields: base, file and store.
+
+For one task and one daemon-owned field:
+
+* *base* is what the daemon last wrote (or what the file held when the task was imported),
+* *file* is what is on disk now,
+* *store* is what the daemon knows.
+
+A field the user did not touch (file == base) takes the store's value. A ``status`` the user
+changed is an order (``pending`` run again, ``skipped`` skip, ``complete`` accept, ``blocked``
+stop); a status that is not an order (``in_progress``, ``failed``) is reported and overwritten.
+Any other daemon-owned field the user changed keeps the user's value until the daemon itself
+changes that field again (the later change wins). Fields a file did not have are added only
+once the daemon has something to say in them.
+
+Pure: JSON values in, edits and the new base out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .model import OWNED_FIELDS, Status
+from .schema import STATUS_ALIASES
+from .states import ORDER_FOR_STATUS, Event, TaskState
+
+JSON = Any
+Base = Mapping[str, JSON]
+"""Daemon-owned fields of one task as last written; a missing key means the file had none."""
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+def store_fields(state: TaskState) -> dict[str, JSON]:
+    """The store's daemon-owned fields of a task, as JSON values."""
+    o = state.owned
+    files = o.files_actually_changed
+    return {
+        "status": o.status.value,
+        "attempts": o.attempts,
+        "last_attempt": o.last_attempt,
+        "completed_at": o.completed_at,
+        "passes": o.passes,
+        "error": o.error,
+        "verification_verdict": o.verification_verdict,
+        "files_actually_changed": None if files is None else list(files),
+    }
+
+
+def file_fields(task: Mapping[str, JSON]) -> dict[str, JSON]:
+    """The daemon-owned fields present in a task object of a file."""
+    return {f: task[f] for f in OWNED_FIELDS if f in task}
+
+
+def says_something(name: str, value: JSON) -> bool:
+    """Whether a value is worth adding to a task that does not have the field."""
+    if value is None or value is ABSENT:
+        return False
+    if name == "status":
+        return bool(value != Status.PENDING.value)
+    if name == "attempts":
+        return bool(value)
+    if name == "files_actually_changed":
+        return bool(value)
+    return True
+
+
+def same(name: str, a: JSON, b: JSON) -> bool:
+    """JSON equality, strict about types (``1`` is not ``true``); statuses by meaning."""
+    if name == "status" and isinstance(a, str) and isinstance(b, str):
+        return STATUS_ALIASES.get(a.strip().lower(), a) == STATUS_ALIASES.get(b.strip().lower(), b)
+    return _strict_equal(a, b)
+
+
+def _strict_equal(a: JSON, b: JSON) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)
+
+
+def _equivalent(name: str, base_value: JSON, store_value: JSON) -> bool:
+    """Store and base agree, counting an absent base as the store's empty value."""
+    if base_value is ABSENT:
+        return not says_something(name, store_value)
+    return same(name, base_value, store_value)
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanges:
+    """What a user changed in one task's daemon-owned fields since the daemon last wrote."""
+
+    order: Event | None = None
+    """The order a changed status gives, if it is one."""
+    ordered_status: Status | None = None
+    not_an_order: str | None = None
+    """A changed status that is not an order (reported, then overwritten)."""
+    fields: frozenset[str] = field(default_factory=frozenset)
+    """Other daemon-owned fields the user changed."""
+
+
+def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
+    """Compare a file's task with the base; say what the user changed."""
+    changed = {
+        name
+        for name in OWNED_FIELDS
+        if not same(name, task.get(name, ABSENT), base.get(name, ABSENT))
+    }
+    order: Event | None = None
+    ordered: Status | None = None
+    not_order: str | None = None
+    if "status" in changed:
+        changed.discard("status")
+        raw = task.get("status", ABSENT)
+        status = STATUS_ALIASES.get(raw.strip().lower()) if isinstance(raw, str) else None
+        if raw is ABSENT:
+            pass  # the user deleted the field: the daemon writes it again
+        elif status is not None and status in ORDER_FOR_STATUS:
+            order, ordered = ORDER_FOR_STATUS[status], status
+        else:
+            not_order = str(raw)
+    return UserChanges(order, ordered, not_order, frozenset(changed))
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    edits: dict[str, JSON]
+    """Field -> value to write into the task object."""
+    base: dict[str, JSON]
+    """What the task's daemon-owned fields hold after the edits: the next base."""
+
+
+def merge_task(
+    task: Mapping[str, JSON], base: Base, store: Mapping[str, JSON], changes: UserChanges
+) -> Merged:
+    """Edits that bring a task's daemon-owned fields in line, keeping the user's changes.
+
+    ``store`` must already include any order in ``changes`` (the daemon applies orders first).
+    """
+    edits: dict[str, JSON] = {}
+    new_base: dict[str, JSON] = {}
+    for name in OWNED_FIELDS:
+        on_disk = task.get(name, ABSENT)
+        wanted = store[name]
+        if name in changes.fields and _equivalent(name, base.get(name, ABSENT), wanted):
+            # The user changed it and the daemon did not: the user's value stays.
+            if on_disk is not ABSENT:
+                new_base[name] = on_disk
+            continue
+        if on_disk is ABSENT and not says_something(name, wanted):
+            continue
+        if on_disk is ABSENT or not same(name, on_disk, wanted):
+            edits[name] = wanted
+            new_base[name] = wanted
+        else:
+            new_base[name] = on_disk
+    return Merged(edits, new_base)
+
+
+SUMMARY_KEYS = ("total", *(s.value for s in Status))
+SUMMARY_ALIASES = {"completed": "complete", "done": "complete", "parked": "skipped"}
+
+
+def summary(counts: Mapping[str, int], existing: JSON) -> dict[str, JSON]:
+    """The top-level ``summary``: our counts, the file's other keys kept, aliases updated."""
+    out: dict[str, JSON] = {}
+    old = existing if isinstance(existing, dict) else {}
+    for key, value in old.items():
+        if key in SUMMARY_KEYS:
+            out[key] = counts.get(key, 0)
+        elif key in SUMMARY_ALIASES:
+            out[key] = counts.get(SUMMARY_ALIASES[key], 0)
+        else:
+            out[key] = value
+    for key in SUMMARY_KEYS:
+        out.setdefault(key, counts.get(key, 0))
+    return out

@@ -1,0 +1,104 @@
+"""The prompt an agent gets for one attempt of a task.
+
+It holds the task id, description, ``file``, ``tests``, acceptance criteria, the exact
+completion promise to print, how to report being blocked, and the previous attempt's failure
+output (truncated). The template uses ``$name`` placeholders (:class:`string.Template`); users
+can replace it with a file (``defaults.prompt_template``).
+
+Pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import Template
+
+from .model import TaskDef
+
+DEFAULT_TEMPLATE = """\
+You are working on task $id of track $track.
+
+$title$description
+$details
+$finish
+If you cannot make progress without help from a person, print
+<blocked>one line saying why</blocked>
+and stop.
+$failure"""
+
+PLACEHOLDERS = (
+    "id",
+    "track",
+    "title",
+    "description",
+    "details",
+    "promise",
+    "promise_line",
+    "finish",
+    "failure",
+    "attempt",
+    "max_iterations",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInput:
+    task: TaskDef
+    attempt: int
+    """The iteration within the current budget (1 for the first)."""
+    max_iterations: int
+    failure: str = ""
+    """The previous attempt's failure output, already truncated."""
+
+
+def promise_text(task: TaskDef) -> str | None:
+    return task.completion_promise or None
+
+
+def promise_tag(promise: str) -> str:
+    return f"<promise>{promise}</promise>"
+
+
+def _details(task: TaskDef) -> str:
+    lines: list[str] = []
+    if task.file:
+        lines.append(f"File: {task.file}")
+    if task.tests:
+        lines.append("Tests: " + ", ".join(task.tests))
+    if task.acceptance_criteria:
+        lines.append("Acceptance criteria:")
+        lines.extend(f"- {item}" for item in task.acceptance_criteria)
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def build(data: PromptInput, template: str = DEFAULT_TEMPLATE) -> str:
+    """Fill ``template`` for one attempt. Unknown ``$names`` are left as they are."""
+    task = data.task
+    promise = promise_text(task)
+    failure = ""
+    if data.failure.strip():
+        failure = (
+            f"\nThis is attempt {data.attempt} of {data.max_iterations}. "
+            "The previous attempt failed verification:\n"
+            f"----- previous failure -----\n{data.failure.rstrip()}\n"
+            "----- end of previous failure -----\n"
+        )
+    values = {
+        "id": task.key.id,
+        "track": task.key.track,
+        "title": f"{task.title}\n\n" if task.title else "",
+        "description": (task.description or "").strip(),
+        "details": _details(task),
+        "promise": promise or "",
+        "promise_line": promise_tag(promise) if promise else "",
+        "finish": (
+            "When the task is completely done and its tests pass, print exactly this line:\n"
+            + promise_tag(promise)
+            if promise
+            else "When the task is completely done and its tests pass, say so and stop."
+        ),
+        "failure": failure,
+        "attempt": str(data.attempt),
+        "max_iterations": str(data.max_iterations),
+    }
+    return Template(template).safe_substitute(values)

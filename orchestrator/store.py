@@ -1,0 +1,489 @@
+"""The store: SQLite (WAL) in the state directory, the source of truth for runtime state.
+
+It keeps every task's state, every attempt (with its processes: argv, pid, process group,
+start and end, exit status, verdict, reason, log path), an event journal, and what the daemon
+last wrote to each queue file (the base of the three-way merge). Every state change is one
+transaction, committed before the daemon acts on it, so a daemon killed at any moment restarts
+from a consistent picture: nothing recorded is lost and nothing is invented.
+
+Calls are synchronous and short (WAL with ``synchronous=NORMAL``: a commit survives the
+process being killed; only an operating-system crash can lose the last commits).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .clock import Clock, iso
+from .errors import StateError
+from .model import Owned, Status, TaskKey
+from .states import TaskState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    track TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    budget_base INTEGER NOT NULL,
+    last_attempt TEXT,
+    completed_at TEXT,
+    passes INTEGER,
+    error TEXT,
+    verdict TEXT,
+    files_changed TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (track, id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    track TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    verdict TEXT,
+    reason TEXT,
+    exit_code INTEGER,
+    log_path TEXT NOT NULL,
+    daemon_pid INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_task ON attempts (track, task_id, number);
+CREATE INDEX IF NOT EXISTS attempts_state ON attempts (state);
+CREATE TABLE IF NOT EXISTS processes (
+    id INTEGER PRIMARY KEY,
+    attempt_id INTEGER NOT NULL REFERENCES attempts (id),
+    role TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    pid INTEGER,
+    pgid INTEGER,
+    start_ticks INTEGER,
+    boot_id TEXT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    exit_code INTEGER
+);
+CREATE INDEX IF NOT EXISTS processes_open ON processes (ended_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    mono REAL NOT NULL,
+    type TEXT NOT NULL,
+    track TEXT,
+    task_id TEXT,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS written (
+    track TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    base TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    id: int
+    key: TaskKey
+    number: int
+    iteration: int
+    state: str
+    """``running``, ``finished`` or ``interrupted``."""
+    started_at: str
+    ended_at: str | None
+    verdict: str | None
+    reason: str | None
+    exit_code: int | None
+    log_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    id: int
+    attempt_id: int
+    role: str
+    argv: tuple[str, ...]
+    cwd: str
+    pid: int | None
+    pgid: int | None
+    start_ticks: int | None
+    boot_id: str | None
+    started_at: str
+    ended_at: str | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    seq: int
+    at: str
+    mono: float
+    type: str
+    key: TaskKey | None
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What the daemon last wrote to one queue file."""
+
+    path: str
+    digest: str
+    base: Mapping[str, Mapping[str, Any]]
+    """Task id -> the daemon-owned fields as written."""
+
+
+EventSpec = tuple[str, TaskKey | str | None, Mapping[str, Any]]
+"""An event to journal with a change: (type, task key or track name or None, data)."""
+
+
+def _owned_row(key: TaskKey, state: TaskState, now: str) -> tuple[Any, ...]:
+    o = state.owned
+    files = None if o.files_actually_changed is None else orjson.dumps(o.files_actually_changed)
+    return (
+        key.track,
+        key.id,
+        o.status.value,
+        o.attempts,
+        state.budget_base,
+        o.last_attempt,
+        o.completed_at,
+        None if o.passes is None else int(o.passes),
+        o.error,
+        o.verification_verdict,
+        files,
+        now,
+    )
+
+
+def _state_of(row: sqlite3.Row) -> TaskState:
+    files = row["files_changed"]
+    passes = row["passes"]
+    return TaskState(
+        owned=Owned(
+            status=Status(row["status"]),
+            attempts=row["attempts"],
+            last_attempt=row["last_attempt"],
+            completed_at=row["completed_at"],
+            passes=None if passes is None else bool(passes),
+            error=row["error"],
+            verification_verdict=row["verdict"],
+            files_actually_changed=None if files is None else tuple(orjson.loads(files)),
+        ),
+        budget_base=row["budget_base"],
+    )
+
+
+def _attempt(row: sqlite3.Row) -> AttemptRow:
+    return AttemptRow(
+        id=row["id"],
+        key=TaskKey(row["track"], row["task_id"]),
+        number=row["number"],
+        iteration=row["iteration"],
+        state=row["state"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        verdict=row["verdict"],
+        reason=row["reason"],
+        exit_code=row["exit_code"],
+        log_path=row["log_path"],
+    )
+
+
+def _process(row: sqlite3.Row) -> ProcessRow:
+    return ProcessRow(
+        id=row["id"],
+        attempt_id=row["attempt_id"],
+        role=row["role"],
+        argv=tuple(orjson.loads(row["argv"])),
+        cwd=row["cwd"],
+        pid=row["pid"],
+        pgid=row["pgid"],
+        start_ticks=row["start_ticks"],
+        boot_id=row["boot_id"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        exit_code=row["exit_code"],
+    )
+
+
+class Store:
+    """The daemon's SQLite database. One instance per process; not thread-safe."""
+
+    def __init__(self, path: Path, clock: Clock) -> None:
+        self.path = path
+        self._clock = clock
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open the state database: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateError(
+                f"{path}: not a usable state database ({exc}); move it aside to start afresh"
+            ) from None
+
+    @classmethod
+    def open(cls, state_dir: Path, clock: Clock) -> Store:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(state_dir / "state.db", clock)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: written by a newer orchestratord (schema {version}); upgrade"
+            )
+        if version < SCHEMA_VERSION:
+            # executescript commits on its own: the whole migration is one script.
+            self._db.executescript(
+                f"BEGIN;\n{_SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _now(self) -> str:
+        return iso(self._clock.now())
+
+    def _events(self, events: Sequence[EventSpec]) -> None:
+        if not events:
+            return
+        now, mono = self._now(), self._clock.monotonic()
+        rows = []
+        for kind, subject, data in events:
+            track: str | None
+            task_id: str | None
+            if isinstance(subject, TaskKey):
+                track, task_id = subject.track, subject.id
+            else:
+                track, task_id = subject, None
+            rows.append((now, mono, kind, track, task_id, orjson.dumps(dict(data)).decode()))
+        self._db.executemany(
+            "INSERT INTO events (at, mono, type, track, task_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    # ------------------------------------------------------------------ tasks
+
+    def load_tasks(self) -> dict[TaskKey, TaskState]:
+        rows = self._db.execute("SELECT * FROM tasks").fetchall()
+        return {TaskKey(r["track"], r["id"]): _state_of(r) for r in rows}
+
+    def task(self, key: TaskKey) -> TaskState | None:
+        row = self._db.execute(
+            "SELECT * FROM tasks WHERE track = ? AND id = ?", (key.track, key.id)
+        ).fetchone()
+        return None if row is None else _state_of(row)
+
+    def put_tasks(
+        self, states: Mapping[TaskKey, TaskState], events: Sequence[EventSpec] = ()
+    ) -> None:
+        """Record new states for tasks (and their events) in one transaction."""
+        now = self._now()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_owned_row(key, state, now) for key, state in states.items()],
+            )
+            self._events(events)
+
+    def put_task(self, key: TaskKey, state: TaskState, *events: EventSpec) -> None:
+        self.put_tasks({key: state}, events)
+
+    # ------------------------------------------------------------------ attempts
+
+    def begin_attempt(
+        self,
+        key: TaskKey,
+        state: TaskState,
+        number: int,
+        iteration: int,
+        log_path: str,
+        *events: EventSpec,
+    ) -> int:
+        """Record a new running attempt with the task's new state; return its id."""
+        now = self._now()
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _owned_row(key, state, now),
+            )
+            cur = db.execute(
+                "INSERT INTO attempts (track, task_id, number, iteration, state, started_at,"
+                " log_path, daemon_pid) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (key.track, key.id, number, iteration, now, log_path, os.getpid()),
+            )
+            self._events(events)
+        attempt_id = cur.lastrowid
+        assert attempt_id is not None
+        return attempt_id
+
+    def finish_attempt(
+        self,
+        attempt_id: int,
+        key: TaskKey,
+        state: TaskState,
+        verdict: str,
+        reason: str | None,
+        exit_code: int | None,
+        *events: EventSpec,
+    ) -> None:
+        """Record an attempt's verdict together with the task's new state."""
+        now = self._now()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET state = 'finished', ended_at = ?, verdict = ?, reason = ?,"
+                " exit_code = ? WHERE id = ?",
+                (now, verdict, reason, exit_code, attempt_id),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _owned_row(key, state, now),
+            )
+            self._events(events)
+
+    def interrupt_attempts(
+        self, attempt_ids: Sequence[int], states: Mapping[TaskKey, TaskState], reason: str
+    ) -> None:
+        """Mark attempts interrupted (the daemon stopped or died) and reset their tasks."""
+        now = self._now()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE attempts SET state = 'interrupted', ended_at = ?, reason = ?"
+                " WHERE id = ? AND state = 'running'",
+                [(now, reason, attempt_id) for attempt_id in attempt_ids],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_owned_row(key, state, now) for key, state in states.items()],
+            )
+            self._events([("attempt_interrupted", key, {"reason": reason}) for key in states])
+
+    def running_attempts(self) -> list[AttemptRow]:
+        rows = self._db.execute("SELECT * FROM attempts WHERE state = 'running' ORDER BY id")
+        return [_attempt(r) for r in rows]
+
+    def attempts(self, key: TaskKey) -> list[AttemptRow]:
+        rows = self._db.execute(
+            "SELECT * FROM attempts WHERE track = ? AND task_id = ? ORDER BY number, id",
+            (key.track, key.id),
+        )
+        return [_attempt(r) for r in rows]
+
+    # ------------------------------------------------------------------ processes
+
+    def record_process(
+        self,
+        attempt_id: int,
+        role: str,
+        argv: Sequence[str],
+        cwd: str,
+        pid: int | None,
+        start_ticks: int | None,
+        boot_id: str | None,
+    ) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO processes (attempt_id, role, argv, cwd, pid, pgid, start_ticks,"
+                " boot_id, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    attempt_id,
+                    role,
+                    orjson.dumps(list(argv)).decode(),
+                    cwd,
+                    pid,
+                    pid,
+                    start_ticks,
+                    boot_id,
+                    self._now(),
+                ),
+            )
+        process_id = cur.lastrowid
+        assert process_id is not None
+        return process_id
+
+    def end_process(self, process_id: int, exit_code: int | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?",
+                (self._now(), exit_code, process_id),
+            )
+
+    def open_processes(self) -> list[ProcessRow]:
+        rows = self._db.execute("SELECT * FROM processes WHERE ended_at IS NULL ORDER BY id")
+        return [_process(r) for r in rows]
+
+    def processes(self, attempt_id: int) -> list[ProcessRow]:
+        rows = self._db.execute(
+            "SELECT * FROM processes WHERE attempt_id = ? ORDER BY id", (attempt_id,)
+        )
+        return [_process(r) for r in rows]
+
+    # ------------------------------------------------------------------ events
+
+    def add_events(self, *events: EventSpec) -> None:
+        with self._tx():
+            self._events(events)
+
+    def events(self, after: int = 0, limit: int = 1000) -> list[EventRow]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [
+            EventRow(
+                seq=r["seq"],
+                at=r["at"],
+                mono=r["mono"],
+                type=r["type"],
+                key=TaskKey(r["track"], r["task_id"]) if r["task_id"] is not None else None,
+                data=orjson.loads(r["data"]),
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ write-back base
+
+    def written(self, track: str) -> Written | None:
+        row = self._db.execute("SELECT * FROM written WHERE track = ?", (track,)).fetchone()
+        if row is None:
+            return None
+        return Written(row["path"], row["digest"], orjson.loads(row["base"]))
+
+    def set_written(self, track: str, written: Written) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO written VALUES (?, ?, ?, ?)",
+                (track, written.path, written.digest, orjson.dumps(dict(written.base)).decode()),
+            )

@@ -1,0 +1,247 @@
+"""The daemon's life: start-up, the root task group, signals, and a bounded shutdown.
+
+``serve`` locks the state directory, recovers from an unclean stop, loads every queue file,
+merges edits made while the daemon was stopped, starts one worker per track and the write-back
+in one task group, and runs until stopped (or, with ``once``, until nothing more can run).
+
+SIGTERM or SIGINT stops gracefully: nothing new starts, running attempts get
+``shutdown_grace`` seconds to finish, then their process groups get SIGTERM and, after
+``kill_grace``, SIGKILL; their attempts are recorded as interrupted and every file is written.
+A second SIGINT skips the wait. SIGHUP re-reads every queue file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+
+from . import workspace
+from .clock import Clock, SystemClock
+from .config import Config
+from .daemon import Engine, Track
+from .executors.base import Executor
+from .executors.local import LocalExecutor
+from .lock import StateLock
+from .model import TaskKey
+from .progress import Progress
+from .recovery import recover
+from .store import Store
+from .worker import TrackWorker
+from .writeback import Writeback
+
+log = structlog.get_logger("orchestratord")
+
+EXIT_OK = 0
+EXIT_UNFINISHED = 1
+
+
+@dataclass(slots=True)
+class Control:
+    """How the outside asks the daemon to stop (signals, the control API, tests)."""
+
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    force: anyio.Event = field(default_factory=anyio.Event)
+    reload: Callable[[], None] | None = None
+
+    def request_stop(self, force: bool = False) -> None:
+        self.stop.set()
+        if force:
+            self.force.set()
+
+
+async def _signals(control: Control) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading every queue file")
+                if control.reload is not None:
+                    control.reload()
+            elif control.stop.is_set() and signum == signal.SIGINT:
+                log.warning("second SIGINT: stopping now")
+                control.request_stop(force=True)
+            else:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                control.request_stop()
+
+
+def _load_tracks(engine: Engine, cfg: Config) -> None:
+    ws = workspace.load([cfg.tracks_dir])
+    invalid = ws.report.invalid_files()
+    paths = {qf.display: qf.path for qf in ws.files}
+    tracks = [
+        Track(t, paths[t.path].resolve())
+        for t in ws.report.tracks
+        if t.path not in invalid and t.path in paths
+    ]
+    for problem in ws.report.problems:
+        if problem.is_error:
+            log.warning("queue file not loaded", problem=problem.render())
+            engine.problems.append(problem)
+    if invalid:
+        engine.store.add_events(
+            *[
+                (
+                    "queue_file_invalid",
+                    None,
+                    {"file": f, "problems": [p.render() for p in ws.problems if p.file == f]},
+                )
+                for f in sorted(invalid)
+            ]
+        )
+    engine.states.update(engine.store.load_tasks())
+    for track in tracks:
+        engine.import_tasks(track.definition.tasks)
+    engine.install(ws.report, tracks)
+
+
+async def serve(
+    cfg: Config,
+    executor: Executor,
+    *,
+    once: bool = False,
+    clock: Clock | None = None,
+    control: Control | None = None,
+    on_ready: Callable[[Engine], None] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run the daemon until stopped; return the exit status."""
+    clock = clock or SystemClock()
+    control = control or Control()
+    lock = StateLock(cfg.state_dir)
+    lock.acquire()
+    store = Store.open(cfg.state_dir, clock)
+    try:
+        await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
+        engine = Engine(cfg, store, executor, clock)
+        _load_tracks(engine, cfg)
+        writeback = Writeback(engine, cfg.settings.writeback_delay)
+        async with anyio.create_task_group() as tg:
+            workers: dict[str, TrackWorker] = {}
+            for name in engine.tracks:
+                workers[name] = TrackWorker(engine, name)
+                await tg.start(workers[name].run)
+            await tg.start(writeback.run)
+            for name in list(engine.tracks):
+                await writeback.sync(name)
+
+            def launch(key: TaskKey) -> None:
+                workers[key.track].launch(key)
+
+            def reload() -> None:
+                for name in engine.tracks:
+                    writeback.mark(name)
+
+            engine.connect(launch, writeback.mark)
+            control.reload = reload
+            if handle_signals:
+                tg.start_soon(_signals, control)
+            store.add_events(
+                ("daemon_started", None, {"pid": os.getpid(), "tracks": list(engine.tracks)})
+            )
+            log.info(
+                "daemon started",
+                pid=os.getpid(),
+                tracks=len(engine.tracks),
+                tasks=len(engine.graph),
+            )
+            engine.dispatch()
+            if on_ready is not None:
+                on_ready(engine)
+            async with anyio.create_task_group() as wait:
+
+                async def until_idle() -> None:
+                    await engine.wait_idle()
+                    wait.cancel_scope.cancel()
+
+                async def until_stop() -> None:
+                    await control.stop.wait()
+                    wait.cancel_scope.cancel()
+
+                if once:
+                    wait.start_soon(until_idle)
+                wait.start_soon(until_stop)
+            await _shutdown(engine, writeback, control, cfg)
+            tg.cancel_scope.cancel()
+        if once:
+            return EXIT_OK if engine.all_done() else EXIT_UNFINISHED
+        return EXIT_OK
+    finally:
+        store.close()
+        lock.release()
+
+
+async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg: Config) -> None:
+    engine.draining = True
+    store = engine.store
+    store.add_events(
+        ("daemon_stopping", None, {"running": [str(k) for k in engine.running_keys()]})
+    )
+    log.info("daemon stopping", running=len(engine.running_keys()))
+    with anyio.CancelScope(shield=True):
+        if engine.busy() and not control.force.is_set():
+            with anyio.move_on_after(cfg.settings.shutdown_grace):
+                async with anyio.create_task_group() as tg:
+
+                    async def forced() -> None:
+                        await control.force.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(forced)
+                    await _until_not_busy(engine)
+                    tg.cancel_scope.cancel()
+        for key in engine.running_keys():
+            engine.cancel_running(key, "the daemon is stopping")
+        await _until_not_busy(engine)
+        await writeback.flush()
+
+
+async def _until_not_busy(engine: Engine) -> None:
+    while engine.busy():
+        await engine.wait_changed()
+
+
+def uvloop_available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int:
+    """Run the daemon in this process (it never forks away) and return its exit status."""
+
+    async def main() -> int:
+        view = Progress() if progress is not False else None
+        if view is not None and progress is None and not view.live_mode:
+            view = None
+        async with LocalExecutor(cfg.settings.kill_grace) as executor:
+            try:
+                return await serve(cfg, executor, once=once, on_ready=view.attach if view else None)
+            finally:
+                if view is not None:
+                    view.summary()
+
+    try:
+        return anyio.run(
+            main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()}
+        )
+    except BaseExceptionGroup as group:
+        raise unwrap(group) from None
+
+
+def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested task-group wrappers, so it can be reported plainly."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group

@@ -1,0 +1,61 @@
+"""A real ``orchestratord start`` in a child process, for signal and crash tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DEADLINE = 20.0
+
+
+def wait_for(what: Callable[[], bool], timeout: float = DEADLINE, step: float = 0.02) -> None:
+    """Wait for a fact outside this process (a file, a pid); fail after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def daemon(
+    tracks: Path, state: Path, *args: str, log: Path | None = None, **settings: str
+) -> subprocess.Popen[bytes]:
+    """Start a daemon; ``settings`` become ``ORCHESTRATORD_*`` variables (graces default to 1 s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")}
+    env.update({"ORCHESTRATORD_SHUTDOWN_GRACE": "1", "ORCHESTRATORD_KILL_GRACE": "1"})
+    env.update({f"ORCHESTRATORD_{k.upper()}": v for k, v in settings.items()})
+    argv = [sys.executable, "-m", "orchestrator", "start", "--tracks", str(tracks)]
+    argv += ["--state-dir", str(state), "--no-progress", "--log-format", "json", *args]
+    with open(log or state.parent / "daemon.log", "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+
+
+def stop(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = DEADLINE
+) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout)

@@ -1,0 +1,335 @@
+"""The daemon runs the tracks: scheduling, the Ralph loop, write-back (real processes)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import lock
+from orchestrator.errors import AlreadyRunningError
+from orchestrator.model import TaskKey
+
+from .conftest import WriteTrack
+from .daemon_harness import run_once
+
+pytestmark = pytest.mark.anyio
+
+
+def ledger_of(tmp_path: Path) -> list[str]:
+    path = tmp_path / "ledger"
+    return path.read_text().split() if path.exists() else []
+
+
+def note(ident: str, tmp_path: Path) -> str:
+    return f"echo {ident} >> {tmp_path / 'ledger'}"
+
+
+async def test_tracks_run_to_completion_across_a_trigger(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "backend",
+        [
+            {"id": "A1", "command": note("A1", tmp_path)},
+            {"id": "A2", "command": note("A2", tmp_path), "dependencies": ["A1"]},
+            {"id": "A3", "command": note("A3", tmp_path), "dependencies": ["A2"]},
+        ],
+    )
+    write_track(
+        "patient",
+        {
+            "track": {"start_after": ["backend:A2"]},
+            "features": [
+                {"id": "P1", "command": note("P1", tmp_path)},
+                {"id": "P2", "command": note("P2", tmp_path), "dependencies": ["backend:A3", "P1"]},
+            ],
+        },
+    )
+    run = await run_once(tracks_dir)
+    assert run.code == 0
+    order = ledger_of(tmp_path)
+    assert sorted(order) == ["A1", "A2", "A3", "P1", "P2"]
+    assert order.index("P1") > order.index("A2")
+    assert order.index("P2") > order.index("A3")
+    assert ("track_started", "patient", {"trigger": ["backend:A2"]}) in run.events
+    for name, total in (("backend", 3), ("patient", 2)):
+        doc = run.doc(name)
+        assert doc["summary"]["complete"] == total
+        assert doc["summary"]["total"] == total
+        assert all(t["status"] == "complete" and t["passes"] is True for t in doc["features"])
+
+
+async def test_failure_output_reaches_the_next_attempt(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    script = (
+        'if [ -s "$ORCHESTRATORD_FAILURE_FILE" ]; then '
+        f'cp "$ORCHESTRATORD_FAILURE_FILE" {tmp_path}/seen; '
+        'echo "$ORCHESTRATORD_TASK_ID $ORCHESTRATORD_TRACK $ORCHESTRATORD_ATTEMPT"'
+        f" > {tmp_path}/env; "
+        "else echo first-try-output; exit 7; fi"
+    )
+    write_track("t", [{"id": "R", "command": script, "max_iterations": 3}])
+    run = await run_once(tracks_dir)
+    assert run.code == 0
+    seen = (tmp_path / "seen").read_text()
+    assert "the command exited with status 7" in seen
+    assert "first-try-output" in seen
+    assert (tmp_path / "env").read_text().split() == ["R", "t", "2"]
+    task = run.task("t", "R")
+    assert (task["status"], task["attempts"], task["verification_verdict"]) == (
+        "complete",
+        2,
+        "PASS",
+    )
+
+
+async def test_budget_spent_is_failed_and_dependents_wait(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "t",
+        [
+            {"id": "F", "command": "echo nope; exit 1", "max_iterations": 2},
+            {"id": "D", "command": "true", "dependencies": ["F"]},
+        ],
+    )
+    run = await run_once(tracks_dir)
+    assert run.code == 1
+    failed, waiting = run.task("t", "F"), run.task("t", "D")
+    assert (failed["status"], failed["attempts"]) == ("failed", 2)
+    assert failed["error"] == "the command exited with status 1"
+    assert "status" not in waiting  # still pending: nothing to say, so no field is added
+    assert "attempts" not in waiting
+    attempts = run.store().attempts(TaskKey("t", "F"))
+    assert [(a.number, a.iteration, a.verdict) for a in attempts] == [
+        (1, 1, "FAIL"),
+        (2, 2, "FAIL"),
+    ]
+
+
+async def test_verdicts_blocked_promise_verify_timeout(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "t",
+        {
+            "track": {"on_block": "continue"},
+            "features": [
+                {"id": "B", "command": "echo '<blocked>needs an API key</blocked>'; exit 0"},
+                {
+                    "id": "P",
+                    "command": "echo done",
+                    "completion_promise": "DONE",
+                    "max_iterations": 1,
+                },
+                {
+                    "id": "OK",
+                    "command": "echo '<promise>DONE</promise>'",
+                    "completion_promise": "DONE",
+                },
+                {
+                    "id": "V",
+                    "command": "true",
+                    "verify": ["true", "echo lint-broke-here; exit 3"],
+                    "max_iterations": 1,
+                },
+                {"id": "T", "command": "sleep 30", "timeout": 0.3, "max_iterations": 1},
+                {
+                    "id": "VT",
+                    "command": "true",
+                    "verify": "sleep 30",
+                    "verify_timeout": 0.3,
+                    "max_iterations": 1,
+                },
+                {"id": "N", "command": ["no-such-binary-for-sure"], "max_iterations": 1},
+            ],
+        },
+    )
+    run = await run_once(tracks_dir, kill_grace=0.5)
+    t = {ident: run.task("t", ident) for ident in ("B", "P", "OK", "V", "T", "VT", "N")}
+    assert (t["B"]["status"], t["B"]["error"], t["B"]["verification_verdict"]) == (
+        "blocked",
+        "needs an API key",
+        "BLOCKED",
+    )
+    assert t["P"]["error"] == "the command exited 0 but did not print <promise>DONE</promise>"
+    assert t["OK"]["status"] == "complete"
+    assert t["V"]["error"] == "verify 2/2 `echo lint-broke-here; exit 3` exited with status 3"
+    assert t["T"]["error"] == "the command timed out after 0.3 s"
+    assert t["VT"]["error"] == "verify 1/1 `sleep 30` timed out after 0.3 s"
+    assert t["N"]["error"].startswith("command not found: 'no-such-binary-for-sure'")
+    assert all(t[k]["status"] == "failed" for k in ("P", "V", "T", "VT", "N"))
+    log = (run.state / "logs" / "t" / "V" / "attempt-1.log").read_text()
+    assert "lint-broke-here" in log
+    assert "=== verify 2/2: echo lint-broke-here; exit 3 ===" in log
+
+
+async def test_a_missing_workdir_fails_the_attempt_clearly(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "t",
+        {
+            "track": {"workdir": "nowhere"},
+            "features": [{"id": "W", "command": "true", "max_iterations": 1}],
+        },
+    )
+    run = await run_once(tracks_dir)
+    assert run.task("t", "W")["error"].startswith("working directory not found")
+
+
+async def test_concurrency_and_max_parallel(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    spans = tmp_path / "spans"
+    body = (
+        f"echo start $ORCHESTRATORD_TRACK >> {spans}; sleep 0.2; "
+        f"echo end $ORCHESTRATORD_TRACK >> {spans}"
+    )
+    write_track(
+        "a",
+        {
+            "track": {"concurrency": 2},
+            "features": [{"id": f"A{i}", "command": body} for i in range(5)],
+        },
+    )
+    write_track(
+        "b",
+        {
+            "track": {"concurrency": 3},
+            "features": [{"id": f"B{i}", "command": body} for i in range(5)],
+        },
+    )
+    run = await run_once(tracks_dir, max_parallel=3)
+    assert run.code == 0
+    live: dict[str, int] = {"a": 0, "b": 0}
+    peak = {"a": 0, "b": 0, "all": 0}
+    for line in spans.read_text().splitlines():
+        what, track = line.split()
+        live[track] += 1 if what == "start" else -1
+        peak[track] = max(peak[track], live[track])
+        peak["all"] = max(peak["all"], live["a"] + live["b"])
+    assert peak["a"] <= 2
+    assert peak["all"] <= 3
+    assert peak["all"] == 3  # the limit is used, not just respected
+
+
+async def test_priority_then_file_order(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    items = [("L", "low"), ("P3", "P3"), ("H1", "high"), ("Z", 0), ("H2", "P1"), ("N", None)]
+    write_track("t", [{"id": i, "priority": p, "command": note(i, tmp_path)} for i, p in items])
+    await run_once(tracks_dir)
+    assert ledger_of(tmp_path) == ["Z", "H1", "H2", "N", "L", "P3"]
+
+
+async def test_done_tasks_are_not_run_and_leftovers_are(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "t",
+        [
+            {"id": "C", "status": "completed", "command": note("C", tmp_path)},
+            {"id": "S", "status": "parked", "command": note("S", tmp_path)},
+            {"id": "I", "status": "in_progress", "command": note("I", tmp_path)},
+        ],
+    )
+    run = await run_once(tracks_dir)
+    assert ledger_of(tmp_path) == ["I"]
+    assert run.code == 0
+    assert run.task("t", "C")["status"] == "completed"  # the file's own spelling is kept
+
+
+async def test_agent_profile_gets_the_prompt(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(
+        "import sys, pathlib\n"
+        "text = sys.stdin.read() if sys.argv[-1] == 'stdin' else sys.argv[1]\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'prompt-' + sys.argv[-1][:5]).write_text(text)\n"
+        "print('<promise>SHIP_IT</promise>')\n"
+    )
+    config = tmp_path / "orchestratord.toml"
+    config.write_text(
+        f'[agents.fake]\nargv = [{sys.executable!r}, {str(agent)!r}, "{{prompt}}"]\n'
+        f'[agents.piped]\nargv = [{sys.executable!r}, {str(agent)!r}, "stdin"]\n'
+        'prompt_via = "stdin"\n'
+    )
+    task = {
+        "description": "Add the approval endpoint",
+        "file": "api/approve.py",
+        "tests": ["api/test_approve.py"],
+        "acceptance_criteria": ["admins only", "returns 204"],
+        "completion_promise": "SHIP_IT",
+    }
+    write_track(
+        "t", [{"id": "AG", "agent": "fake", **task}, {"id": "ST", "agent": "piped", **task}]
+    )
+    os.environ["ORCHESTRATORD_CONFIG"] = str(config)
+    try:
+        run = await run_once(tracks_dir)
+    finally:
+        del os.environ["ORCHESTRATORD_CONFIG"]
+    assert run.code == 0
+    for name in ("prompt-You a", "prompt-stdin"):
+        prompt = (tmp_path / name).read_text()
+        for part in (
+            "AG" if "You" in name else "ST",
+            "Add the approval endpoint",
+            "api/approve.py",
+            "api/test_approve.py",
+            "- admins only",
+            "- returns 204",
+            "<promise>SHIP_IT</promise>",
+        ):
+            assert part in prompt, (name, part)
+
+
+async def test_unknown_agent_fails_with_a_clear_reason(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "agent": "featurebuilder", "max_iterations": 1}])
+    run = await run_once(tracks_dir)
+    assert run.task("t", "A")["error"] == (
+        "unknown agent 'featurebuilder': define [agents.featurebuilder] in the config (known: none)"
+    )
+
+
+async def test_attempt_logs_are_capped_keeping_the_tail(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "BIG", "command": "seq 1 400000; echo THE-END"}])
+    run = await run_once(tracks_dir, log_max_bytes=64 * 1024)
+    log = (run.state / "logs" / "t" / "BIG" / "attempt-1.log").read_bytes()
+    assert len(log) < 64 * 1024 + 200
+    assert b"THE-END" in log
+    assert b"earlier bytes dropped" in log
+
+
+async def test_a_second_daemon_on_the_same_state_dir_refuses(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}])
+    held = lock.StateLock(tmp_path / "state")
+    held.acquire()
+    try:
+        with pytest.raises(AlreadyRunningError, match=f"pid {os.getpid()}"):
+            await run_once(tracks_dir, tmp_path / "state")
+        assert lock.holder(tmp_path / "state") == os.getpid()
+    finally:
+        held.release()
+    assert lock.holder(tmp_path / "state") is None
+
+
+async def test_write_back_is_coalesced(tracks_dir: Path, write_track: WriteTrack) -> None:
+    write_track("t", [{"id": f"T{i}", "command": "true"} for i in range(150)])
+    run = await run_once(tracks_dir, writeback_delay=0.2)
+    assert run.code == 0
+    assert run.doc("t")["summary"]["complete"] == 150
+    # 450 transitions (started, attempt, complete per task) made only a handful of writes.
+    assert run.engine.stats["file_writes"] < 30
