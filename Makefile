@@ -14,9 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/orchestratord validate tracks
-	$(VENV)/bin/orchestratord status --tracks tracks
-	$(VENV)/bin/orchestratord graph --tracks tracks
+	$(PY) -m orchestrator.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not soak"

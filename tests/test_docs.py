@@ -2,7 +2,8 @@
 
 Fenced ``json file=PATH`` blocks of every page under docs/ make one example project in a scratch
 directory; the ``console`` blocks of docs/ run there, and those of the README in the project
-itself. Output is compared line by line. Other ``json`` blocks must parse.
+itself. Output is compared line by line. Other ``json`` blocks must parse, and ``toml`` blocks
+must be valid settings.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.config import Settings
 
 from .conftest import REPO
 
@@ -53,6 +56,8 @@ def test_examples_in_docs_hold(doc: Path, tmp_path: Path, monkeypatch: pytest.Mo
     for lang, info, body in found:
         if lang == "json" and not info:
             json.loads(body)
+        if lang == "toml":
+            Settings.model_validate(tomllib.loads(body))
     if doc.name == "README.md":
         monkeypatch.chdir(REPO)
     else:
