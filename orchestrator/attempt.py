@@ -40,6 +40,7 @@ class AttemptPlan:
     run_error: str | None
     cwd: str
     env: Mapping[str, str]
+    """The environment of the verification commands."""
     timeout: float
     verify: tuple[Command, ...]
     verify_timeout: float
@@ -51,6 +52,8 @@ class AttemptPlan:
     log_max_bytes: int = 1_048_576
     what: str = "command"
     """``agent`` or ``command``: how the run is named in reasons."""
+    run_env: Mapping[str, str] | None = None
+    """The environment of the run, when it differs (an agent profile's ``env``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,7 @@ async def _run(
         run_id=f"a{plan.attempt_id}-{role.replace(' ', '')}",
         argv=argv,
         cwd=plan.cwd,
-        env=plan.env,
+        env=plan.run_env if role == "run" and plan.run_env is not None else plan.env,
         log_path=plan.log_path,
         timeout=limit,
         stdin_path=plan.stdin_path if role == "run" else None,

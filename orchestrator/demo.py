@@ -34,7 +34,7 @@ verify_timeout = 60
 
 [agents.demo]
 argv = [{python!r}, "-m", "orchestrator.demo_agent", "{{prompt}}"]
-env = {{ DEMO_FLAKY = "{flaky}", PYTHONPATH = {pythonpath!r} }}
+env = {{ DEMO_FLAKY = "{flaky}" }}
 """
 
 
@@ -60,7 +60,7 @@ def prepare(scratch: Path, source: Path) -> Path:
         _git(repo, "commit", "-q", "-m", "An empty project")
     path = scratch / "orchestratord.toml"
     path.write_text(
-        CONFIG.format(python=sys.executable, flaky=FLAKY, pythonpath=str(PROJECT)),
+        CONFIG.format(python=sys.executable, flaky=FLAKY),
         encoding="utf-8",
     )
     return path

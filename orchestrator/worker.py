@@ -102,6 +102,7 @@ def plan_attempt(
     defaults = settings.defaults
     budget = max_iterations(engine, task, track)
     env_extra = dict(track.definition.settings.env)
+    agent_env: dict[str, str] = {}
     run_argv: tuple[str, ...] | None = None
     run_error: str | None = None
     stdin_path: str | None = None
@@ -126,7 +127,7 @@ def plan_attempt(
             )
         else:
             text = build(PromptInput(task, iteration, budget, failure), _template(engine))
-            env_extra = {**profile.env, **env_extra}
+            agent_env = dict(profile.env)
             timeout = timeout or profile.timeout
             if profile.prompt_via == "stdin":
                 prompt_file = engine.log_path(key, number).with_suffix(".prompt")
@@ -144,6 +145,7 @@ def plan_attempt(
         run_error=run_error,
         cwd=str(track.workdir),
         env=engine.child_env(key, number, env_extra),
+        run_env=engine.child_env(key, number, {**agent_env, **env_extra}) if agent_env else None,
         timeout=timeout or defaults.timeout,
         verify=_verify(engine, task, track),
         verify_timeout=(

@@ -333,3 +333,34 @@ async def test_write_back_is_coalesced(tracks_dir: Path, write_track: WriteTrack
     assert run.doc("t")["summary"]["complete"] == 150
     # 450 transitions (started, attempt, complete per task) made only a handful of writes.
     assert run.engine.stats["file_writes"] < 30
+
+
+async def test_agent_env_reaches_the_agent_but_not_verification(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "orchestratord.toml"
+    config.write_text(
+        "[agents.sh]\n"
+        f'argv = ["sh", "-c", "echo agent=$AGENT_ONLY track=$TRACK_VAR > {tmp_path}/agent-env"]\n'
+        'env = { AGENT_ONLY = "1" }\n'
+    )
+    monkeypatch.setenv("ORCHESTRATORD_CONFIG", str(config))
+    mark = tmp_path / "verified"
+    write_track(
+        "t",
+        {
+            "track": {"env": {"TRACK_VAR": "t"}},
+            "features": [
+                {
+                    "id": "E",
+                    "agent": "sh",
+                    "max_iterations": 1,
+                    "verify": f'test -z "$AGENT_ONLY" && test "$TRACK_VAR" = t && touch {mark}',
+                }
+            ],
+        },
+    )
+    run = await run_once(tracks_dir)
+    assert run.code == 0, run.task("t", "E")
+    assert (tmp_path / "agent-env").read_text().split() == ["agent=1", "track=t"]
+    assert (tmp_path / "verified").exists()
