@@ -7,11 +7,13 @@ exit status, a timeout, a missing binary, a missing promise, or which verificati
 failed and the tail of its output.
 
 Output goes to the attempt's log file, which is trimmed to its last ``log_max_bytes`` bytes
-(the tail is what matters) and never read into memory beyond that.
+(the tail is what matters) and never read into memory beyond that. While a run goes on, the
+daemon's log warden keeps the file under twice that size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -27,7 +29,6 @@ from .model import Command, TaskKey, Verdict
 from .prompt import promise_tag
 
 _BLOCKED = re.compile(rb"<blocked>(.*?)</blocked>", re.DOTALL)
-TRIM_CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,32 +82,46 @@ def command_text(command: Command) -> str:
     return command if isinstance(command, str) else shlex.join(command)
 
 
-def _append(path: Path, text: str) -> None:
-    with path.open("ab") as handle:
-        handle.write(text.encode("utf-8", "replace"))
+class _Log:
+    """The attempt's log file, opened once: the daemon's headers and the children's output.
 
+    Children get their own descriptor from the executor (also appending); the daemon writes
+    only between children, unbuffered, so the file reads in order.
+    """
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, flags, 0o644)
 
+    def write(self, text: str) -> None:
+        os.write(self.fd, text.encode("utf-8", "replace"))
 
-def read_section(path: Path, start: int, limit: int) -> bytes:
-    """The log from ``start`` to the end, at most its last ``limit`` bytes."""
-    size = _size(path)
-    if size < start:  # trimmed while running: the section start is gone
-        start = 0
-    begin = max(start, size - limit)
-    with path.open("rb") as handle:
-        handle.seek(begin)
-        return handle.read(size - begin)
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def section(self, start: int, limit: int) -> bytes:
+        """From ``start`` to the end, at most the last ``limit`` bytes."""
+        size = self.size()
+        if size < start:  # trimmed while running: the section start is gone
+            start = 0
+        begin = max(start, size - limit)
+        return os.pread(self.fd, size - begin, begin)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def trim_log(path: Path, limit: int) -> bool:
     """Keep only the last ``limit`` bytes of a log, marking what was dropped."""
-    size = _size(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
     if size <= limit:
         return False
     with path.open("r+b") as handle:
@@ -145,13 +160,6 @@ def _ended_reason(info: RunInfo, what: str, timeout: float) -> str:
     return f"the {what} exited with status {info.exit_code}"
 
 
-async def _keep_log_small(path: Path, limit: int) -> None:
-    while True:
-        await anyio.sleep(TRIM_CHECK_SECONDS)
-        if _size(path) > 2 * limit:
-            trim_log(path, limit)
-
-
 async def _run(
     plan: AttemptPlan,
     executor: Executor,
@@ -172,13 +180,7 @@ async def _run(
     info = await executor.submit(spec)
     record = recorder.started(role, spec, info)
     try:
-        if info.state.finished:
-            final = info
-        else:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_keep_log_small, Path(plan.log_path), plan.log_max_bytes)
-                final = await executor.wait(spec.run_id)
-                tg.cancel_scope.cancel()
+        final = info if info.state.finished else await executor.wait(spec.run_id)
     except BaseException:
         with anyio.CancelScope(shield=True):
             final = await executor.cancel(spec.run_id, plan.kill_grace)
@@ -192,46 +194,48 @@ async def run_attempt(
     plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder
 ) -> AttemptResult:
     """Run one attempt to its verdict. Cancelling it ends its processes, then re-raises."""
-    log = Path(plan.log_path)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    _append(log, f"=== {plan.key} attempt {plan.number} ===\n")
+    log = _Log(Path(plan.log_path))
     try:
+        log.write(f"=== {plan.key} attempt {plan.number} ===\n")
         return await _decide(plan, executor, recorder, log)
     finally:
-        trim_log(log, plan.log_max_bytes)
+        oversized = log.size() > plan.log_max_bytes
+        log.close()
+        if oversized:
+            trim_log(log.path, plan.log_max_bytes)
 
 
 async def _decide(
-    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: Path
+    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: _Log
 ) -> AttemptResult:
     limit = plan.log_max_bytes
     if plan.run_argv is None:
         reason = plan.run_error or f"no {plan.what} to run"
-        _append(log, f"cannot run: {reason}\n")
+        log.write(f"cannot run: {reason}\n")
         return AttemptResult(Verdict.FAIL, reason, None, _failure(reason, b"", plan.failure_bytes))
-    _append(log, f"$ {shlex.join(plan.run_argv)}\n")
-    start = _size(log)
+    log.write(f"$ {shlex.join(plan.run_argv)}\n")
+    start = log.size()
     info = await _run(plan, executor, recorder, "run", plan.run_argv, plan.timeout)
-    output = read_section(log, start, limit)
-    blocked = _BLOCKED.findall(output)
+    output = log.section(start, limit)
+    blocked = _BLOCKED.findall(output) if b"<blocked>" in output else []
     if blocked and info.state in (RunState.EXITED, RunState.TIMED_OUT):
         reason = " ".join(blocked[-1].decode("utf-8", "replace").split()) or "blocked"
         return AttemptResult(Verdict.BLOCKED, reason, info.exit_code, reason)
     if not info.succeeded:
         reason = _ended_reason(info, plan.what, plan.timeout)
-        _append(log, f"--- {reason}\n")
+        log.write(f"--- {reason}\n")
         return AttemptResult(
             Verdict.FAIL, reason, info.exit_code, _failure(reason, output, plan.failure_bytes)
         )
     if plan.promise and promise_tag(plan.promise).encode() not in output:
         reason = f"the {plan.what} exited 0 but did not print {promise_tag(plan.promise)}"
-        _append(log, f"--- {reason}\n")
+        log.write(f"--- {reason}\n")
         return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
     total = len(plan.verify)
     for number, command in enumerate(plan.verify, start=1):
         text = command_text(command)
-        _append(log, f"=== verify {number}/{total}: {text} ===\n")
-        start = _size(log)
+        log.write(f"=== verify {number}/{total}: {text} ===\n")
+        start = log.size()
         role = f"verify {number}"
         vinfo = await _run(
             plan, executor, recorder, role, command_argv(command), plan.verify_timeout
@@ -242,16 +246,19 @@ async def _decide(
             "the verification "
         )
         reason = f"verify {number}/{total} `{text}` {ended}"
-        _append(log, f"--- {reason}\n")
-        output = read_section(log, start, limit)
+        log.write(f"--- {reason}\n")
+        output = log.section(start, limit)
         return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
-    _append(log, f"--- PASS ({total} verification command{'s' if total != 1 else ''})\n")
+    log.write(f"--- PASS ({total} verification command{'s' if total != 1 else ''})\n")
     return AttemptResult(Verdict.PASS, None, 0)
 
 
 def write_failure_file(path: Path, text: str) -> None:
-    """The previous failure output, for ``ORCHESTRATORD_FAILURE_FILE``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The previous failure output, for ``ORCHESTRATORD_FAILURE_FILE``; no failure, no file."""
+    if not text:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -66,7 +66,7 @@ class Settings(_Section):
     max_parallel: Annotated[int, Field(ge=1)] = 4
     shutdown_grace: Seconds = 30.0
     kill_grace: Seconds = 5.0
-    writeback_delay: Annotated[float, Field(ge=0)] = 0.2
+    writeback_delay: Annotated[float, Field(ge=0)] = 0.5
     log_max_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     board_path: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -8,7 +8,9 @@ announced to listeners. Track workers run the attempts; the write-back keeps the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,9 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 
+from .attempt import trim_log
 from .clock import Clock, iso
 from .config import Config
 from .executors.base import Executor
@@ -29,6 +33,16 @@ from .store import EventSpec, Store
 from .validate import Report, check
 
 log = structlog.get_logger("orchestratord")
+
+LOG_CHECK_SECONDS = 5.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(ident: str) -> str:
+    """A task id as a file name: unusual characters (``/``, spaces, ...) %-encoded."""
+    name = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), ident)
+    return "%2E" + name[1:] if name.startswith(".") else name
+
 
 Listener = Callable[[str, TaskKey | str | None, Mapping[str, Any]], None]
 
@@ -73,15 +87,21 @@ class Engine:
         self.problems: list[Problem] = []
         self.stats: dict[str, int] = {"file_writes": 0, "attempts": 0}
         self._launch: Callable[[TaskKey], None] | None = None
-        self._dirty: Callable[[str], None] = lambda track: None
+        self._dirty: Callable[[str, TaskKey | None], None] = lambda track, key: None
         self._idle = anyio.Event()
         self._changed = anyio.Event()
         self._scopes: dict[TaskKey, anyio.CancelScope] = {}
+        self._log_dirs: set[str] = set()
+        self._prefixes: dict[TaskKey, str] = {}
+        self.running_logs: set[str] = set()
+        self._logs_added = anyio.Event()
         self.cancel_reasons: dict[TaskKey, str] = {}
 
     # ------------------------------------------------------------------ wiring
 
-    def connect(self, launch: Callable[[TaskKey], None], dirty: Callable[[str], None]) -> None:
+    def connect(
+        self, launch: Callable[[TaskKey], None], dirty: Callable[[str, TaskKey | None], None]
+    ) -> None:
         """Give the engine a way to start a task's Ralph loop and to mark a file dirty."""
         self._launch = launch
         self._dirty = dirty
@@ -185,7 +205,7 @@ class Engine:
             self.announce(kind, subject, **data)
         if key in self.graph:
             self._handle(self.graph.set_status(key, state.status))
-        self._dirty(key.track)
+        self._dirty(key.track, key)
         self.dispatch()
 
     def _handle(self, delta: Delta) -> None:
@@ -239,7 +259,7 @@ class Engine:
             self.store.add_events(("track_paused", name, {"reason": reason}))
             self.announce("track_paused", name, reason=reason)
             log.info("track paused", track=name, reason=reason)
-            self._dirty(name)
+            self._dirty(name, None)
             self._check_idle()
 
     def resume_track(self, name: str) -> None:
@@ -247,7 +267,7 @@ class Engine:
             self.graph.pause_track(name, False)
             self.store.add_events(("track_resumed", name, {}))
             self.announce("track_resumed", name)
-            self._dirty(name)
+            self._dirty(name, None)
             self.dispatch()
 
     def cancel_running(self, key: TaskKey, reason: str) -> None:
@@ -336,11 +356,49 @@ class Engine:
             out[self.graph.status(key).value] += 1
         return out
 
-    def log_path(self, key: TaskKey, number: int) -> Path:
-        return self.cfg.state_dir / "logs" / key.track / key.id / f"attempt-{number}.log"
+    def task_file(self, key: TaskKey, suffix: str) -> str:
+        """``logs/TRACK/ID.SUFFIX`` in the state directory.
 
-    def failure_path(self, key: TaskKey) -> Path:
-        return self.cfg.state_dir / "logs" / key.track / key.id / "last-failure.txt"
+        One directory per track, created once: creating a directory per task costs half a
+        millisecond on some ext4 volumes, a file in an existing one a twentieth of that.
+        """
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            directory = self.cfg.state_dir / "logs" / key.track
+            if key.track not in self._log_dirs:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._log_dirs.add(key.track)
+            prefix = self._prefixes[key] = f"{directory}{os.sep}{safe_name(key.id)}."
+        return prefix + suffix
+
+    def log_path(self, key: TaskKey, number: int) -> str:
+        return self.task_file(key, f"attempt-{number}.log")
+
+    def failure_path(self, key: TaskKey) -> str:
+        return self.task_file(key, "last-failure.txt")
+
+    def watch_log(self, path: str, running: bool) -> None:
+        if running:
+            self.running_logs.add(path)
+            self._logs_added.set()
+        else:
+            self.running_logs.discard(path)
+
+    async def log_warden(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep the logs of running attempts under twice ``log_max_bytes`` (tail kept)."""
+        limit = self.cfg.settings.log_max_bytes
+        task_status.started()
+        while True:
+            if not self.running_logs:
+                self._logs_added = anyio.Event()
+                await self._logs_added.wait()
+            await anyio.sleep(LOG_CHECK_SECONDS)
+            for path in list(self.running_logs):
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_size > 2 * limit:
+                        trim_log(Path(path), limit)
 
     def child_env(self, key: TaskKey, number: int, extra: Mapping[str, str]) -> dict[str, str]:
         env = dict(os.environ)
@@ -349,6 +407,6 @@ class Engine:
             ORCHESTRATORD_TASK_ID=key.id,
             ORCHESTRATORD_TRACK=key.track,
             ORCHESTRATORD_ATTEMPT=str(number),
-            ORCHESTRATORD_FAILURE_FILE=str(self.failure_path(key)),
+            ORCHESTRATORD_FAILURE_FILE=self.failure_path(key),
         )
         return env

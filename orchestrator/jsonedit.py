@@ -555,7 +555,7 @@ class _Growth:
 # Splicing and the safety net
 
 
-def _splice(text: str, start: int, plan: _Plan) -> str:
+def _splice(text: str, start: int, plan: _Plan, style: Style | None = None) -> str:
     """``text`` with the values at the plan's paths replaced or inserted as in its document."""
     walk = _Walk(text, plan.growing)
     targets = _outermost(plan.paths)
@@ -565,7 +565,6 @@ def _splice(text: str, start: int, plan: _Plan) -> str:
         walk.values[()] = _Value(root, root, end, old)
     else:
         walk.container(root, _tree(targets), ())
-    style: Style | None = None
     splices: list[_Splice] = []
     grown: set[Path] = set()
     for path in targets:
@@ -619,6 +618,8 @@ def apply_edits(
     edits: Sequence[tuple[Path, JSONValue]],
     *,
     insert_before: Mapping[Path, str] | None = None,
+    style: Style | None = None,
+    parsed: JSONValue | None = None,
 ) -> str:
     """Set each edit's value at its path in the JSON ``text``, changing only those values' bytes.
 
@@ -634,21 +635,24 @@ def apply_edits(
 
     Raises ValueError when ``text`` is not JSON or a value is not JSON (NaN, infinity), TypeError
     for a value of a non-JSON type, KeyError for a missing parent or a step of the wrong kind,
-    IndexError for an index out of range.
+    IndexError for an index out of range. ``style`` saves detecting it again when the caller
+    knows it (:func:`detect_style` of this text or of an earlier version of it); ``parsed``
+    saves parsing ``text`` again when the caller already has (and no longer needs) its parse:
+    it is changed in place.
     """
     if not edits:
         return text
     start = 1 if text.startswith(_BOM) else 0
-    plan = _Plan(_parse(text[start:]))
+    plan = _Plan(parsed if parsed is not None else _parse(text[start:]))
     anchors = insert_before or {}
     for raw_path, value in edits:
         path = tuple(raw_path)
         plan.set(path, _clean(value, path), anchors.get(path[:-1]))
     want = orjson.dumps(plan.doc)
     try:
-        spliced = _splice(text, start, plan)
+        spliced = _splice(text, start, plan, style)
     except Exception:  # the safety net: whatever went wrong, a full rewrite is still correct
         spliced = None
     if spliced is not None and _parses_to(spliced, start, want):
         return spliced
-    return text[:start] + dumps(plan.doc, detect_style(text))
+    return text[:start] + dumps(plan.doc, style or detect_style(text))

@@ -232,6 +232,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open the state database: {exc}") from None
         self._db.row_factory = sqlite3.Row
+        self._ends: list[tuple[str, int | None, int]] = []
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -250,7 +251,13 @@ class Store:
         return cls(state_dir / "state.db", clock)
 
     def close(self) -> None:
+        self._flush_ends()
         self._db.close()
+
+    def _flush_ends(self) -> None:
+        if self._ends:
+            with self._tx():
+                pass  # the transaction itself records the pending process ends
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -268,6 +275,11 @@ class Store:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if self._ends:
+                self._db.executemany(
+                    "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?", self._ends
+                )
+                self._ends.clear()
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -435,17 +447,20 @@ class Store:
         return process_id
 
     def end_process(self, process_id: int, exit_code: int | None) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?",
-                (self._now(), exit_code, process_id),
-            )
+        """Record that a process ended, with the next transaction (no commit of its own).
+
+        If the daemon dies before that commit, the process merely looks open to the next
+        start, which finds nothing of it to end: safe, and one commit fewer per process.
+        """
+        self._ends.append((self._now(), exit_code, process_id))
 
     def open_processes(self) -> list[ProcessRow]:
+        self._flush_ends()
         rows = self._db.execute("SELECT * FROM processes WHERE ended_at IS NULL ORDER BY id")
         return [_process(r) for r in rows]
 
     def processes(self, attempt_id: int) -> list[ProcessRow]:
+        self._flush_ends()
         rows = self._db.execute(
             "SELECT * FROM processes WHERE attempt_id = ? ORDER BY id", (attempt_id,)
         )

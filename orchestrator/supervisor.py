@@ -127,6 +127,7 @@ async def serve(
                 workers[name] = TrackWorker(engine, name)
                 await tg.start(workers[name].run)
             await tg.start(writeback.run)
+            await tg.start(engine.log_warden)
             for name in list(engine.tracks):
                 await writeback.sync(name)
 

@@ -63,7 +63,7 @@ class _Recorder:
         self.attempt_id = attempt_id
 
     def started(self, role: str, spec: RunSpec, info: RunInfo) -> int:
-        ticks = procs.process_start_ticks(info.pid) if info.pid else None
+        ticks = procs.start_ticks_now() if info.pid else None
         return self.engine.store.record_process(
             self.attempt_id, role, spec.argv, spec.cwd, info.pid, ticks, _boot_id()
         )
@@ -130,10 +130,8 @@ def plan_attempt(
             agent_env = dict(profile.env)
             timeout = timeout or profile.timeout
             if profile.prompt_via == "stdin":
-                prompt_file = engine.log_path(key, number).with_suffix(".prompt")
-                prompt_file.parent.mkdir(parents=True, exist_ok=True)
-                prompt_file.write_text(text, encoding="utf-8")
-                stdin_path = str(prompt_file)
+                stdin_path = engine.task_file(key, f"attempt-{number}.prompt")
+                Path(stdin_path).write_text(text, encoding="utf-8")
                 run_argv = tuple(profile.argv)
             else:
                 run_argv = tuple(arg.replace("{prompt}", text) for arg in profile.argv)
@@ -154,7 +152,7 @@ def plan_attempt(
             or defaults.verify_timeout
         ),
         promise=task.completion_promise,
-        log_path=str(engine.log_path(key, number)),
+        log_path=engine.log_path(key, number),
         stdin_path=stdin_path,
         failure_bytes=defaults.failure_output_bytes,
         kill_grace=engine.cfg.settings.kill_grace,
@@ -234,12 +232,16 @@ async def run_task(engine: Engine, key: TaskKey) -> None:
                     {"attempt": number, "iteration": iteration, "max_iterations": budget},
                 )
                 attempt_id = engine.store.begin_attempt(
-                    key, started, number, iteration, str(log_path), event
+                    key, started, number, iteration, log_path, event
                 )
                 engine.after_commit(key, started, [event])
-                write_failure_file(engine.failure_path(key), failure)
+                write_failure_file(Path(engine.failure_path(key)), failure)
                 plan = plan_attempt(engine, key, attempt_id, number, iteration, failure)
-                result = await run_attempt(plan, engine.executor, _Recorder(engine, attempt_id))
+                engine.watch_log(plan.log_path, True)
+                try:
+                    result = await run_attempt(plan, engine.executor, _Recorder(engine, attempt_id))
+                finally:
+                    engine.watch_log(plan.log_path, False)
                 state, events = _conclude(engine, key, started, result, iteration, budget)
                 engine.store.finish_attempt(
                     attempt_id,
@@ -277,7 +279,7 @@ def _previous_failure(engine: Engine, key: TaskKey) -> str:
     if engine.states[key].iteration == 0:
         return ""
     try:
-        return engine.failure_path(key).read_text(encoding="utf-8")
+        return Path(engine.failure_path(key)).read_text(encoding="utf-8")
     except OSError:
         return ""
 

@@ -163,7 +163,7 @@ async def test_verdicts_blocked_promise_verify_timeout(
     assert t["VT"]["error"] == "verify 1/1 `sleep 30` timed out after 0.3 s"
     assert t["N"]["error"].startswith("command not found: 'no-such-binary-for-sure'")
     assert all(t[k]["status"] == "failed" for k in ("P", "V", "T", "VT", "N"))
-    log = (run.state / "logs" / "t" / "V" / "attempt-1.log").read_text()
+    log = (run.state / "logs" / "t" / "V.attempt-1.log").read_text()
     assert "lint-broke-here" in log
     assert "=== verify 2/2: echo lint-broke-here; exit 3 ===" in log
 
@@ -305,7 +305,7 @@ async def test_attempt_logs_are_capped_keeping_the_tail(
 ) -> None:
     write_track("t", [{"id": "BIG", "command": "seq 1 400000; echo THE-END"}])
     run = await run_once(tracks_dir, log_max_bytes=64 * 1024)
-    log = (run.state / "logs" / "t" / "BIG" / "attempt-1.log").read_bytes()
+    log = (run.state / "logs" / "t" / "BIG.attempt-1.log").read_bytes()
     assert len(log) < 64 * 1024 + 200
     assert b"THE-END" in log
     assert b"earlier bytes dropped" in log
@@ -364,3 +364,12 @@ async def test_agent_env_reaches_the_agent_but_not_verification(
     assert run.code == 0, run.task("t", "E")
     assert (tmp_path / "agent-env").read_text().split() == ["agent=1", "track=t"]
     assert (tmp_path / "verified").exists()
+
+
+def test_task_ids_become_safe_file_names() -> None:
+    from orchestrator.daemon import safe_name
+
+    assert safe_name("PROVIDER-013") == "PROVIDER-013"
+    assert safe_name("a/b c") == "a%2Fb%20c"
+    assert safe_name("..") == "%2E."
+    assert safe_name("é") == "%C3%A9"

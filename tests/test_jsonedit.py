@@ -835,3 +835,9 @@ def test_dumps_reproduces_json_dumps(
     assert dumps(doc, detect_style(text)) == text
     assert apply_edits(text, []) == text
     assert apply_edits(text, [((), doc)]) == text
+
+
+def test_a_parse_the_caller_already_has_gives_the_same_text() -> None:
+    text = '{\n  "a": [1, 2],\n  "b": {"c": null}\n}\n'
+    edits: list[Edit] = [(("b", "c"), 3), (("d",), True)]
+    assert apply_edits(text, edits, parsed=json.loads(text)) == apply_edits(text, edits)

@@ -57,6 +57,8 @@ from .. import procs
 from ..errors import ExecutorError
 from .base import RunInfo, RunSpec, RunState
 
+SPAWN_THREADS = 2
+"""Children spawned at once, each from a worker thread."""
 KEEP_FINISHED = 10_000
 """Finished runs the executor still answers about (``status``, ``wait``, ``read_log``)."""
 READ_CAP = 1 << 20
@@ -113,14 +115,26 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, kill_grace: float = 5.0, *, use_pidfd: bool | None = None) -> None:
-        """``use_pidfd``: ``None`` uses pidfds where the platform has them (Linux)."""
+    def __init__(
+        self,
+        kill_grace: float = 5.0,
+        *,
+        use_pidfd: bool | None = None,
+        spawn_threads: int = SPAWN_THREADS,
+    ) -> None:
+        """``use_pidfd``: ``None`` uses pidfds where the platform has them (Linux).
+
+        ``spawn_threads``: worker threads that spawn children (0: spawn on the event loop).
+        """
         self._kill_grace = max(kill_grace, 0.0)
         has_pidfd = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
         if use_pidfd and not has_pidfd:
             raise ExecutorError("use_pidfd=True, but this platform has no pidfds and epoll")
         self._use_pidfd = has_pidfd if use_pidfd is None else use_pidfd
         self._runs: dict[str, _Run] = {}
+        self._starting: dict[str, anyio.Event] = {}
+        self._spawn_threads = spawn_threads
+        self._spawners: anyio.CapacityLimiter | None = None
         self._finished: collections.deque[str] = collections.deque()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
@@ -139,6 +153,8 @@ class LocalExecutor:
         if self._tg is not None or self._closing:
             raise ExecutorError("a LocalExecutor can be entered only once")
         self._limiter = anyio.CapacityLimiter(THREADS)
+        if self._spawn_threads > 0:
+            self._spawners = anyio.CapacityLimiter(self._spawn_threads)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         if self._use_pidfd:
             self._epoll = select.epoll()
@@ -175,6 +191,8 @@ class LocalExecutor:
         Shield it (``anyio.CancelScope(shield=True)``) when calling it from cleanup code.
         """
         self._closing = True
+        while self._starting:  # spawns under way finish first, so that none escapes
+            await next(iter(self._starting.values())).wait()
         running = [run for run in self._runs.values() if not run.done.is_set()]
         for run in running:
             self._request_stop(
@@ -191,6 +209,9 @@ class LocalExecutor:
         Raises :class:`~orchestrator.errors.ExecutorError` only when the executor is not
         open (not entered, or closing).
         """
+        starting = self._starting.get(spec.run_id)
+        if starting is not None:
+            await starting.wait()
         existing = self._runs.get(spec.run_id)
         if existing is not None:
             return existing.info
@@ -198,7 +219,18 @@ class LocalExecutor:
         if tg is None or self._closing:
             state = "closing" if self._closing else "not open (use 'async with LocalExecutor()')"
             raise ExecutorError(f"cannot start run {spec.run_id!r}: the executor is {state}")
-        run = self._start(spec)
+        if self._spawners is None:
+            run = self._start(spec)
+        else:
+            # vfork suspends the spawning thread until the child has exec'd (half a
+            # millisecond here): a worker thread waits for that, not the event loop.
+            # The call is shielded: once started, the run is always registered below.
+            self._starting[spec.run_id] = started = anyio.Event()
+            try:
+                run = await anyio.to_thread.run_sync(self._start, spec, limiter=self._spawners)
+            finally:
+                del self._starting[spec.run_id]
+                started.set()
         self._runs[spec.run_id] = run
         if run.done.is_set():
             return run.info
