@@ -12,14 +12,17 @@ A second SIGINT skips the wait. SIGHUP re-reads every queue file.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup, TaskStatus
 
 from . import workspace
 from .clock import Clock, SystemClock
@@ -100,6 +103,45 @@ def _load_tracks(engine: Engine, cfg: Config) -> None:
     engine.install(ws.report, tracks)
 
 
+@dataclass(slots=True)
+class Runtime:
+    """What a service of the daemon gets: the engine, the write-back, and the workers."""
+
+    cfg: Config
+    engine: Engine
+    writeback: Writeback
+    control: Control
+    tg: TaskGroup
+    workers: dict[str, TrackWorker] = field(default_factory=dict)
+
+    async def start_worker(self, name: str) -> None:
+        """Start the worker of a track (at start-up, or when a track is added)."""
+        worker = TrackWorker(self.engine, name)
+        self.workers[name] = worker
+        await self.tg.start(worker.run)
+
+    def stop_worker(self, name: str) -> None:
+        """Stop a track's worker: its running attempts are cancelled (and recorded)."""
+        worker = self.workers.pop(name, None)
+        if worker is not None:
+            worker.stop()
+
+    def launch(self, key: TaskKey) -> None:
+        self.workers[key.track].launch(key)
+
+
+class Service(Protocol):
+    """A part of the daemon started with it (control API, file watcher, service manager).
+
+    It calls ``task_status.started()`` once it is ready; the daemon reports itself ready
+    (and ``start`` returns to the caller of ``on_ready``) only after every service has.
+    """
+
+    async def __call__(
+        self, rt: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None: ...
+
+
 async def serve(
     cfg: Config,
     executor: Executor,
@@ -109,6 +151,7 @@ async def serve(
     control: Control | None = None,
     on_ready: Callable[[Engine], None] | None = None,
     handle_signals: bool = True,
+    services: Sequence[Service] = (),
 ) -> int:
     """Run the daemon until stopped; return the exit status."""
     clock = clock or SystemClock()
@@ -122,26 +165,24 @@ async def serve(
         _load_tracks(engine, cfg)
         writeback = Writeback(engine, cfg.settings.writeback_delay)
         async with anyio.create_task_group() as tg:
-            workers: dict[str, TrackWorker] = {}
+            rt = Runtime(cfg, engine, writeback, control, tg)
             for name in engine.tracks:
-                workers[name] = TrackWorker(engine, name)
-                await tg.start(workers[name].run)
+                await rt.start_worker(name)
             await tg.start(writeback.run)
             await tg.start(engine.log_warden)
             for name in list(engine.tracks):
                 await writeback.sync(name)
 
-            def launch(key: TaskKey) -> None:
-                workers[key.track].launch(key)
-
             def reload() -> None:
                 for name in engine.tracks:
                     writeback.mark(name)
 
-            engine.connect(launch, writeback.mark)
+            engine.connect(rt.launch, writeback.mark)
             control.reload = reload
             if handle_signals:
                 tg.start_soon(_signals, control)
+            for service in services:
+                await tg.start(functools.partial(service, rt))
             store.add_events(
                 ("daemon_started", None, {"pid": os.getpid(), "tracks": list(engine.tracks)})
             )

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from orchestrator import lock
@@ -373,3 +374,37 @@ def test_task_ids_become_safe_file_names() -> None:
     assert safe_name("a/b c") == "a%2Fb%20c"
     assert safe_name("..") == "%2E."
     assert safe_name("é") == "%C3%A9"
+
+
+async def test_services_are_ready_before_the_daemon_is(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    from anyio.abc import TaskStatus
+
+    from orchestrator.executors.local import LocalExecutor
+    from orchestrator.supervisor import Runtime, serve
+
+    from .daemon_harness import settings
+
+    write_track("t", [{"id": "A", "command": "true"}])
+    seen: list[str] = []
+
+    async def service(
+        rt: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        seen.append(f"service started with workers {sorted(rt.workers)}")
+        task_status.started()
+        await anyio.sleep_forever()
+
+    cfg = settings(tracks_dir, tracks_dir.parent / "state")
+    async with LocalExecutor(1.0) as executor:
+        code = await serve(
+            cfg,
+            executor,
+            once=True,
+            handle_signals=False,
+            services=[service],
+            on_ready=lambda engine: seen.append("ready"),
+        )
+    assert code == 0
+    assert seen == ["service started with workers ['t']", "ready"]
