@@ -59,3 +59,15 @@ def stop(
 ) -> int:
     proc.send_signal(sig)
     return proc.wait(timeout)
+
+
+def start_once(
+    tracks: Path, state: Path, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``orchestratord start --once`` as a child process, run to its end."""
+    argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
+    argv += ["--tracks", str(tracks), "--state-dir", str(state), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")}
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )

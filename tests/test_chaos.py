@@ -10,10 +10,7 @@ of the run is left. ``make test`` runs a short version, ``make soak`` a long one
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -25,7 +22,7 @@ from orchestrator.clock import SystemClock
 from orchestrator.model import TaskKey
 from orchestrator.store import Store
 
-from .process_harness import daemon
+from .process_harness import daemon, start_once
 
 
 def make_tracks(
@@ -78,27 +75,7 @@ def chaos(tmp_path: Path, n_tracks: int, per_track: int, kills: int, seed: int) 
         proc.wait(10)
         for path in tracks.glob("*.json"):
             json.loads(path.read_text())  # never left unparseable
-    final = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "start",
-            "--once",
-            "--no-progress",
-            "--tracks",
-            str(tracks),
-            "--state-dir",
-            str(state),
-            "--max-parallel",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")},
-    )
+    final = start_once(tracks, state, "--max-parallel", "4", timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
 
     for path in tracks.glob("*.json"):

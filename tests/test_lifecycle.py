@@ -14,7 +14,7 @@ from orchestrator.model import TaskKey
 from orchestrator.store import Store
 
 from .conftest import WriteTrack
-from .process_harness import alive, daemon, stop, wait_for
+from .process_harness import alive, daemon, start_once, stop, wait_for
 
 
 def test_sigterm_stops_gracefully_and_records_the_interruption(
@@ -106,24 +106,7 @@ def test_after_sigkill_leftovers_are_ended_and_the_attempt_runs_again(
     proc.wait(10)
     assert alive(orphan)  # the dead daemon's child is still there
     json.loads((tracks_dir / "t.json").read_text())  # the file parses
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "start",
-            "--once",
-            "--no-progress",
-            "--tracks",
-            str(tracks_dir),
-            "--state-dir",
-            str(state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr
     assert not alive(orphan)
     assert "recovered after an unclean stop" in again.stderr
