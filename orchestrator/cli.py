@@ -209,7 +209,7 @@ def start(
             f"{cfg.tracks_dir}: tracks directory not found; pass --tracks DIR or set "
             "ORCHESTRATORD_TRACKS"
         )
-    logs.configure(cfg.settings.log_level, cfg.settings.log_format)
+    logs.configure_from(cfg.settings)
     sys.exit(supervisor.run(cfg, once=once, progress=progress))
 
 
