@@ -213,5 +213,12 @@ def start(
     sys.exit(supervisor.run(cfg, once=once, progress=progress))
 
 
+# Command groups that live in their own modules (they import the helpers above).
+from . import configcmd, servicecmd  # noqa: E402
+
+cli.add_command(configcmd.group)
+cli.add_command(servicecmd.service)
+
+
 def main() -> None:
     cli(prog_name="orchestratord")
