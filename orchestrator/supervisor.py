@@ -7,7 +7,8 @@ in one task group, and runs until stopped (or, with ``once``, until nothing more
 SIGTERM or SIGINT stops gracefully: nothing new starts, running attempts get
 ``shutdown_grace`` seconds to finish, then their process groups get SIGTERM and, after
 ``kill_grace``, SIGKILL; their attempts are recorded as interrupted and every file is written.
-A second SIGINT skips the wait. SIGHUP re-reads every queue file.
+A second SIGINT skips the wait. SIGHUP reloads the config (``reconfigure``) and re-reads every
+queue file.
 """
 
 from __future__ import annotations
