@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -225,3 +226,40 @@ def test_a_real_daemon_notifies_its_service_manager(
     assert attempt["verdict"] == "PASS"
     reloaded = next(line for line in lines if line["event"] == "config reloaded")
     assert reloaded["changed"] == ["max_parallel"]
+
+
+@pytest.mark.anyio
+async def test_watchdog_pings_come_from_the_event_loop(
+    tracks_dir: Path, write_track: WriteTrack, tmp_path: Path
+) -> None:
+    """While the loop is stalled no ping goes out: systemd sees the stall and restarts."""
+    write_track("t", [{"id": "A", "command": "true"}])
+    manager = Manager(str(tmp_path / "notify.sock"))
+    cfg = settings(tracks_dir, tmp_path / "state")
+    control = Control()
+    service = NotifyService(Notifier(manager.address), watchdog=0.01)
+    during: list[int] = []
+
+    def stall() -> None:
+        manager.drain()
+        before = len(manager.messages)
+        time.sleep(0.3)  # the event loop is blocked: 30 intervals
+        manager.drain()
+        during.append(sum("WATCHDOG" in m for m in manager.messages[before:]))
+
+    async def scenario() -> None:
+        await anyio.to_thread.run_sync(manager.until, lambda m: "WATCHDOG" in m)
+        stall()
+        await anyio.to_thread.run_sync(manager.until, lambda m: "WATCHDOG" in m)
+        control.request_stop()
+
+    async with LocalExecutor(1.0) as executor, anyio.create_task_group() as tg:
+
+        def ready(engine: Engine) -> None:
+            tg.start_soon(scenario)
+
+        await serve(
+            cfg, executor, control=control, handle_signals=False, services=[service], on_ready=ready
+        )
+    manager.close()
+    assert during == [0]
