@@ -138,7 +138,10 @@ class LogRetention:
     ) -> None:
         task_status.started()
         while True:
-            await self.sweep(rt)
+            try:
+                await self.sweep(rt)
+            except Exception:  # a sweep that fails must not take the daemon down
+                log.exception("attempt-log retention: the sweep failed; trying again later")
             await anyio.sleep(self.interval)
 
     async def sweep(self, rt: Runtime) -> Pruned:
