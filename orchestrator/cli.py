@@ -209,8 +209,15 @@ def start(
             f"{cfg.tracks_dir}: tracks directory not found; pass --tracks DIR or set "
             "ORCHESTRATORD_TRACKS"
         )
-    logs.configure(cfg.settings.log_level, cfg.settings.log_format)
+    logs.configure_from(cfg.settings)
     sys.exit(supervisor.run(cfg, once=once, progress=progress))
+
+
+# Command groups that live in their own modules (they import the helpers above).
+from . import configcmd, servicecmd  # noqa: E402
+
+cli.add_command(configcmd.group)
+cli.add_command(servicecmd.service)
 
 
 def main() -> None:

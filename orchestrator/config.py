@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import tomlpos
 from .errors import ConfigError
 
 ENV_PREFIX = "ORCHESTRATORD_"
@@ -73,9 +74,17 @@ class Settings(_Section):
     log_format: Literal["auto", "console", "json"] = "auto"
     defaults: Defaults = Field(default_factory=Defaults)
     agents: dict[str, Agent] = Field(default_factory=dict)
+    # --- running as a service: the daemon's log file, attempt-log retention -------------
+    # (docs/service.md; applied again on SIGHUP)
+    log_file: str | None = None
+    log_file_max_bytes: Annotated[int, Field(ge=4096)] = 10_485_760
+    log_file_backups: Annotated[int, Field(ge=0)] = 5
+    logs_keep_days: Annotated[float, Field(ge=0)] = 30.0
+    logs_max_total_bytes: Annotated[int, Field(ge=0)] = 1_073_741_824
+    # --- end of the service settings ----------------------------------------------------
 
 
-PATH_KEYS = frozenset({"tracks", "state_dir", "board_path"})
+PATH_KEYS = frozenset({"tracks", "state_dir", "board_path", "log_file"})
 ENV_KEYS: Mapping[str, str] = {
     "TRACKS": "tracks",
     "STATE_DIR": "state_dir",
@@ -86,6 +95,9 @@ ENV_KEYS: Mapping[str, str] = {
     "BOARD_PATH": "board_path",
     "LOG_LEVEL": "log_level",
     "LOG_FORMAT": "log_format",
+    "LOG_FILE": "log_file",
+    "LOGS_KEEP_DAYS": "logs_keep_days",
+    "LOGS_MAX_TOTAL_BYTES": "logs_max_total_bytes",
 }
 
 
@@ -93,20 +105,29 @@ ENV_KEYS: Mapping[str, str] = {
 class Source:
     kind: Literal["default", "file", "env", "flag"]
     detail: str = ""
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.detail}".strip()
+        where = f"{self.detail}:{self.line}" if self.line else self.detail
+        return f"{self.kind} {where}".strip()
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The effective settings, with absolute paths and the source of every top-level key."""
+    """The effective settings, with absolute paths and the source of every setting.
+
+    ``sources`` has every top-level key and every nested one (``defaults.timeout``,
+    ``agents.claude.argv``). ``flags`` and ``cwd`` are what it was loaded with, so that it
+    can be loaded again (SIGHUP) the same way.
+    """
 
     settings: Settings
     tracks_dir: Path
     state_dir: Path
     config_file: Path | None
     sources: Mapping[str, Source] = field(default_factory=dict)
+    flags: Mapping[str, object] = field(default_factory=dict)
+    cwd: Path | None = None
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
@@ -140,15 +161,32 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(fields) if fields else []
 
 
-def _errors(exc: ValidationError, origin: str, text: str) -> list[str]:
-    """One line per error, ``FILE:LINE: key: message``, in file order."""
+def _loc_parts(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """A pydantic error location without its union tags (``str``, ``list[str]``)."""
+    return tuple(str(p) for p in loc if p != "str" and not str(p).startswith("list["))
+
+
+def _errors(
+    exc: ValidationError, origin: str, text: str, sources: Mapping[str, Source] | None = None
+) -> list[str]:
+    """One line per error, ``FILE:LINE: key: message``, in file order.
+
+    A value that came from the environment or a flag is named by it instead of the file.
+    """
+    lines = tomlpos.key_lines(text) if text else {}
     out: list[tuple[int, str]] = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc if not str(p).startswith(("list[", "str")))
+        parts = _loc_parts(loc)
+        dotted = ".".join(parts)
         key = str(loc[-1]) if loc else ""
-        line = _line_of(text, key) if text and key else None
-        where = f"{origin}:{line}" if line else origin
+        source = (sources or {}).get(parts[0]) if parts else None
+        line = None
+        if source is not None and source.kind in ("env", "flag"):
+            where = source.detail
+        else:
+            line = tomlpos.line_of(lines, parts) or (_line_of(text, key) if text and key else None)
+            where = f"{origin}:{line}" if line else origin
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, _known_keys(Settings, loc), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -157,6 +195,18 @@ def _errors(exc: ValidationError, origin: str, text: str) -> list[str]:
             message = f"{where}: {dotted}: {err['msg']} (got {err.get('input')!r})"
         out.append((line or 0, message))
     return [message for _, message in sorted(out, key=lambda item: item[0])]
+
+
+_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """``FILE:LINE:COLUMN: invalid TOML: message`` when tomllib says where."""
+    message = str(exc)
+    at = _AT.search(message)
+    if at is None:
+        return f"{path}: invalid TOML: {message}"
+    return f"{path}:{at[1]}:{at[2]}: invalid TOML: {message[: at.start()]}"
 
 
 def _coerce_env(key: str, value: str) -> object:
@@ -201,17 +251,20 @@ def load(
     text = ""
     sources: dict[str, Source] = {}
     origin = str(path) if path else "<defaults>"
+    lines: dict[tuple[str, ...], int] = {}
     if path is not None:
         text = path.read_text(encoding="utf-8")
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+            raise ConfigError(_toml_error(path, exc)) from None
+        lines = tomlpos.key_lines(text)
         base = path.parent
         for key, value in list(raw.items()):
             if key in PATH_KEYS and isinstance(value, str):
                 raw[key] = str((base / value).resolve()) if value else value
-            sources[key] = Source("file", str(path))
+            sources[key] = Source("file", str(path), lines.get((key,)))
+    in_file = dict(raw)
     for suffix, key in ENV_KEYS.items():
         value = env.get(ENV_PREFIX + suffix)
         if value is None or value == "":
@@ -226,13 +279,56 @@ def load(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_errors(exc, origin, text))) from None
+        raise ConfigError("\n".join(_errors(exc, origin, text, sources))) from None
     for key in Settings.model_fields:
         sources.setdefault(key, Source("default"))
+    for parts, _ in setting_items(settings):
+        dotted = ".".join(parts)
+        if dotted not in sources:
+            found = path is not None and _present(in_file, parts)
+            sources[dotted] = (
+                Source("file", str(path), tomlpos.line_of(lines, parts))
+                if found
+                else Source("default")
+            )
     tracks_dir = (cwd / settings.tracks).resolve()
     state_dir = (
         (cwd / settings.state_dir).resolve()
         if settings.state_dir
         else default_state_dir(tracks_dir, env)
     )
-    return Config(settings, tracks_dir, state_dir, path, sources)
+    return Config(settings, tracks_dir, state_dir, path, sources, dict(flags), cwd)
+
+
+def reload(cfg: Config, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``cfg`` again from the same file, flags and working directory (for SIGHUP)."""
+    explicit = str(cfg.config_file) if cfg.config_file is not None else None
+    return load(config_file=explicit, flags=cfg.flags, env=env, cwd=cfg.cwd)
+
+
+def setting_items(settings: Settings) -> list[tuple[tuple[str, ...], object]]:
+    """Every setting as (path, value), sections and agent profiles unfolded, in schema order."""
+    out: list[tuple[tuple[str, ...], object]] = []
+
+    def walk(model: BaseModel, prefix: tuple[str, ...]) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                walk(value, (*prefix, name))
+            elif name == "agents" and not prefix and value:
+                for agent, profile in value.items():
+                    walk(profile, (*prefix, name, agent))
+            else:
+                out.append(((*prefix, name), value))
+
+    walk(settings, ())
+    return out
+
+
+def _present(raw: Mapping[str, Any], parts: tuple[str, ...]) -> bool:
+    current: Any = raw
+    for part in parts:
+        if not isinstance(current, Mapping) or part not in current:
+            return False
+        current = current[part]
+    return True

@@ -7,7 +7,8 @@ in one task group, and runs until stopped (or, with ``once``, until nothing more
 SIGTERM or SIGINT stops gracefully: nothing new starts, running attempts get
 ``shutdown_grace`` seconds to finish, then their process groups get SIGTERM and, after
 ``kill_grace``, SIGKILL; their attempts are recorded as interrupted and every file is written.
-A second SIGINT skips the wait. SIGHUP re-reads every queue file.
+A second SIGINT skips the wait. SIGHUP reloads the config (``reconfigure``) and re-reads every
+queue file.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from .executors.local import LocalExecutor
 from .lock import StateLock
 from .model import TaskKey
 from .progress import Progress
+from .reconfigure import ConfigReloader
 from .recovery import recover
+from .retention import LogRetention
+from .sdnotify import NotifyService
 from .store import Store
 from .worker import TrackWorker
 from .writeback import Writeback
@@ -46,7 +50,12 @@ EXIT_UNFINISHED = 1
 
 @dataclass(slots=True)
 class Control:
-    """How the outside asks the daemon to stop (signals, the control API, tests)."""
+    """How the outside asks the daemon to stop (signals, the control API, tests).
+
+    ``reload`` is set by :func:`serve` before any service starts. A service may wrap it: keep
+    the callable it finds and call it from its own (the config reloader and the service
+    manager's notifier do, so that every reload reloads the config and is reported).
+    """
 
     stop: anyio.Event = field(default_factory=anyio.Event)
     force: anyio.Event = field(default_factory=anyio.Event)
@@ -259,9 +268,18 @@ def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int
         view = Progress() if progress is not False else None
         if view is not None and progress is None and not view.live_mode:
             view = None
+        services: list[Service] = [ConfigReloader(), LogRetention()]
+        # Last: it tells the service manager READY=1 once every service before it is ready.
+        services.append(NotifyService.from_environ())
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             try:
-                return await serve(cfg, executor, once=once, on_ready=view.attach if view else None)
+                return await serve(
+                    cfg,
+                    executor,
+                    once=once,
+                    on_ready=view.attach if view else None,
+                    services=services,
+                )
             finally:
                 if view is not None:
                     view.summary()

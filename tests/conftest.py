@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+
+from orchestrator import logs
 
 EXAMPLES = Path(__file__).parent / "fixtures" / "examples"
 REPO = Path(__file__).resolve().parent.parent
@@ -43,3 +47,15 @@ def write_track(tracks_dir: Path) -> WriteTrack:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo ``logs.configure`` after a test (it sets up process-wide logging)."""
+    yield
+    logger = logging.getLogger(logs.LOGGER)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    structlog.reset_defaults()

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 DEADLINE = 20.0
+SERVICE_MANAGER_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+"""Never inherited from the test run: a daemon under test must not talk to a real manager."""
 
 
 def wait_for(what: Callable[[], bool], timeout: float = DEADLINE, step: float = 0.02) -> None:
@@ -35,12 +37,25 @@ def alive(pid: int) -> bool:
 
 
 def daemon(
-    tracks: Path, state: Path, *args: str, log: Path | None = None, **settings: str
+    tracks: Path,
+    state: Path,
+    *args: str,
+    log: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    **settings: str,
 ) -> subprocess.Popen[bytes]:
-    """Start a daemon; ``settings`` become ``ORCHESTRATORD_*`` variables (graces default to 1 s)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")}
+    """Start a daemon; ``settings`` become ``ORCHESTRATORD_*`` variables (graces default to 1 s).
+
+    ``extra_env`` is added to its environment as it is (``NOTIFY_SOCKET``, ...).
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ORCHESTRATORD_") and k not in SERVICE_MANAGER_ENV
+    }
     env.update({"ORCHESTRATORD_SHUTDOWN_GRACE": "1", "ORCHESTRATORD_KILL_GRACE": "1"})
     env.update({f"ORCHESTRATORD_{k.upper()}": v for k, v in settings.items()})
+    env.update(extra_env or {})
     argv = [sys.executable, "-m", "orchestrator", "start", "--tracks", str(tracks)]
     argv += ["--state-dir", str(state), "--no-progress", "--log-format", "json", *args]
     with open(log or state.parent / "daemon.log", "ab") as out:

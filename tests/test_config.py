@@ -80,3 +80,59 @@ def test_the_shipped_config_file_is_valid() -> None:
     repo = Path(__file__).resolve().parent.parent
     cfg = config.load(config_file=str(repo / "config" / "orchestratord.toml"), env={}, cwd=repo)
     assert cfg.tracks_dir == repo / "tracks"
+
+
+def test_every_nested_setting_has_a_source_with_its_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "max_parallel = 2\n\n[defaults]\ntimeout = 60\n\n[agents.claude]\nargv = ['claude']\n",
+    )
+    cfg = config.load(
+        env={"ORCHESTRATORD_LOG_LEVEL": "debug"}, flags={"kill_grace": 2}, cwd=tmp_path
+    )
+    sources = {key: str(source) for key, source in cfg.sources.items()}
+    assert sources["max_parallel"] == f"file {path}:1"
+    assert sources["defaults.timeout"] == f"file {path}:4"
+    assert sources["defaults.verify_timeout"] == "default"
+    assert sources["agents.claude.argv"] == f"file {path}:7"
+    assert sources["agents.claude.prompt_via"] == "default"
+    assert sources["log_level"] == "env ORCHESTRATORD_LOG_LEVEL"
+    assert sources["kill_grace"] == "flag --kill-grace"
+    keys = {".".join(parts) for parts, _ in config.setting_items(cfg.settings)}
+    assert keys <= cfg.sources.keys()
+    assert {"defaults.timeout", "agents.claude.argv", "logs_keep_days"} <= keys
+
+
+def test_errors_point_at_the_right_line_and_name_env_values(tmp_path: Path) -> None:
+    _write(tmp_path, "[defaults]\ntimeout = 60\n\n[agents.a]\nargv = ['x']\ntimeout = -1\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(env={}, cwd=tmp_path)
+    assert str(info.value).endswith(":6: agents.a.timeout: Input should be greater than 0 (got -1)")
+    _write(tmp_path, "log_level = 'info'\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"ORCHESTRATORD_LOG_FORMAT": "xml"}, cwd=tmp_path)
+    assert str(info.value).startswith("ORCHESTRATORD_LOG_FORMAT: log_format: Input should be")
+    _write(tmp_path, "max_parallel = 2\nlog_level = \n")
+    with pytest.raises(ConfigError) as info:
+        config.load(env={}, cwd=tmp_path)
+    assert str(info.value).endswith("orchestratord.toml:2:13: invalid TOML: Invalid value")
+
+
+def test_a_config_loads_again_from_the_same_place(tmp_path: Path) -> None:
+    path = _write(tmp_path, "max_parallel = 2\n")
+    cfg = config.load(flags={"tracks": "queues"}, env={}, cwd=tmp_path)
+    path.write_text("max_parallel = 5\n")
+    again = config.reload(cfg, env={})
+    assert again.settings.max_parallel == 5
+    assert again.tracks_dir == tmp_path / "queues"
+    assert again.config_file == path
+
+
+def test_service_settings_from_file_and_environment(tmp_path: Path) -> None:
+    _write(tmp_path, 'log_file = "../log/daemon.log"\nlogs_keep_days = 7\n')
+    cfg = config.load(env={"ORCHESTRATORD_LOGS_MAX_TOTAL_BYTES": "5000000"}, cwd=tmp_path)
+    assert cfg.settings.log_file == str(tmp_path / "log" / "daemon.log")
+    assert cfg.settings.logs_keep_days == 7
+    assert cfg.settings.logs_max_total_bytes == 5_000_000
+    with pytest.raises(ConfigError, match="greater than or equal to 0"):
+        config.load(env={"ORCHESTRATORD_LOGS_KEEP_DAYS": "-1"}, cwd=tmp_path)
