@@ -48,11 +48,7 @@ def daemon(
 
     ``extra_env`` is added to its environment as it is (``NOTIFY_SOCKET``, ...).
     """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ORCHESTRATORD_") and k not in SERVICE_MANAGER_ENV
-    }
+    env = clean_env()
     env.update({"ORCHESTRATORD_SHUTDOWN_GRACE": "1", "ORCHESTRATORD_KILL_GRACE": "1"})
     env.update({f"ORCHESTRATORD_{k.upper()}": v for k, v in settings.items()})
     env.update(extra_env or {})
@@ -82,7 +78,15 @@ def start_once(
     """``orchestratord start --once`` as a child process, run to its end."""
     argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
     argv += ["--tracks", str(tracks), "--state-dir", str(state), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")}
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=clean_env()
     )
+
+
+def clean_env() -> dict[str, str]:
+    """This test run's environment without settings or a service manager for the child."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ORCHESTRATORD_") and k not in SERVICE_MANAGER_ENV
+    }
