@@ -26,10 +26,10 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from .attempt import AttemptPlan, RemoteRun
-from .config import Config
+from .config import Config, Settings
 from .executors.base import Checkout, Executor
 from .executors.ray import RayCluster, RayExecutor
-from .model import Status, TaskKey
+from .model import ExecutorChoice, Status, TaskKey
 from .store import Store
 
 if TYPE_CHECKING:
@@ -77,6 +77,33 @@ class StoreJournal:
         self.store.set_run_log_offset(run_id, offset)
 
 
+def ray_plan(settings: Settings, choice: ExecutorChoice | None) -> RayPlan | None:
+    """A track's effective Ray settings: its ``executor`` over the config's ``[ray]``.
+
+    ``None`` when the track runs on this machine. Resources are merged by name (the track's
+    win); only those above zero are reserved.
+    """
+    kind = choice.kind if choice is not None else settings.executor
+    if kind == LOCAL:
+        return None
+    ray = settings.ray
+    track = choice or ExecutorChoice("ray")
+    cpus = ray.cpus if track.cpus is None else track.cpus
+    gpus = ray.gpus if track.gpus is None else track.gpus
+    memory = ray.memory_mb if track.memory_mb is None else track.memory_mb
+    resources: dict[str, float] = {"CPU": cpus, "GPU": gpus, "memory": float(memory << 20)}
+    resources.update(ray.resources)
+    resources.update(track.resources)
+    return RayPlan(
+        address=(track.address or ray.address).rstrip("/"),
+        resources={k: v for k, v in resources.items() if v > 0},
+        pending_limit=track.pending_limit or ray.pending_limit,
+        workspace=track.workspace or ray.workspace,
+        repo=track.repo or ray.repo,
+        ref=track.ref or ray.ref,
+    )
+
+
 def job_prefix(cfg: Config) -> str:
     """Job ids of this daemon: configured, else derived from its state directory."""
     if cfg.settings.ray.job_prefix:
@@ -120,28 +147,7 @@ class Placement:
 
     def plan(self, track: Track) -> RayPlan | None:
         """The track's Ray settings, or ``None`` when it runs on this machine."""
-        choice = track.definition.settings.executor
-        kind = choice.kind if choice is not None else self.cfg.settings.executor
-        if kind == LOCAL:
-            return None
-        ray = self.cfg.settings.ray
-        cpus = ray.cpus if choice is None or choice.cpus is None else choice.cpus
-        gpus = ray.gpus if choice is None or choice.gpus is None else choice.gpus
-        memory = ray.memory_mb if choice is None or choice.memory_mb is None else choice.memory_mb
-        resources: dict[str, float] = {"CPU": cpus, "GPU": gpus, "memory": float(memory << 20)}
-        resources.update(ray.resources)
-        if choice is not None:
-            resources.update(choice.resources)
-        return RayPlan(
-            address=(choice.address if choice and choice.address else ray.address).rstrip("/"),
-            resources={k: v for k, v in resources.items() if v > 0},
-            pending_limit=(
-                choice.pending_limit if choice and choice.pending_limit else ray.pending_limit
-            ),
-            workspace=(choice.workspace if choice and choice.workspace else ray.workspace),
-            repo=choice.repo if choice and choice.repo else ray.repo,
-            ref=choice.ref if choice and choice.ref else ray.ref,
-        )
+        return ray_plan(self.cfg.settings, track.definition.settings.executor)
 
     async def place(self, track: Track, plan: AttemptPlan) -> tuple[Executor, AttemptPlan]:
         """The executor for an attempt of ``track``, and its plan with where it runs."""

@@ -25,6 +25,13 @@ def ray_settings(head: RayHead, **extra: Any) -> dict[str, Any]:
     return {"address": head.address, "poll_interval": 0.1, **extra}
 
 
+RETRIED = (
+    'if [ -s "$ORCHESTRATORD_FAILURE_FILE" ]; then cp "$ORCHESTRATORD_FAILURE_FILE" seen; '
+    "echo B2 >> ledger; else echo first-try; exit 7; fi"
+)
+"""Fails once; the second attempt finds the failure in the file its environment names."""
+
+
 def ledger(tmp_path: Path) -> list[str]:
     path = tmp_path / "ledger"
     return path.read_text().split() if path.exists() else []
@@ -49,7 +56,7 @@ async def test_a_multi_track_queue_runs_to_completion_on_ray(
             "track": {"executor": "ray", "concurrency": 2, "workdir": ".."},
             "features": [
                 {"id": "B1", "command": note("B1", tmp_path), "verify": "test -s ledger"},
-                {"id": "B2", "command": note("B2", tmp_path)},
+                {"id": "B2", "command": RETRIED, "max_iterations": 2},
                 {"id": "B3", "command": note("B3", tmp_path), "dependencies": ["B1", "B2"]},
             ],
         },
@@ -85,6 +92,8 @@ async def test_a_multi_track_queue_runs_to_completion_on_ray(
     for name, total in (("backend", 3), ("ui", 2), ("docs", 1)):
         doc = run.doc(name)
         assert doc["summary"]["complete"] == total, doc
+    assert run.task("backend", "B2")["attempts"] == 2
+    assert "the command exited with status 7" in (tmp_path / "seen").read_text()
     log = (run.state / "logs" / "ui" / "U1.attempt-1.log").read_text()
     assert "=== ui:U1 attempt 1 ===" in log
     assert "ran U1\n" in log

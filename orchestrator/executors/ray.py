@@ -80,6 +80,9 @@ class RayCluster:
     """Where git workspaces are checked out on the nodes."""
     output_cap: int = 1 << 20
     """Bytes of a run's output streamed from the node; beyond it only the tail is kept."""
+    ship_files: tuple[str, ...] = ("ORCHESTRATORD_FAILURE_FILE",)
+    """Environment variables naming a file on the daemon's host: the file goes with the run
+    and the variable names its copy on the node."""
 
 
 class RunJournal(Protocol):
@@ -374,6 +377,7 @@ class RayExecutor:
             except OSError as error:
                 reason = f"cannot open stdin file {spec.stdin_path!r}: {error.strerror or error}"
                 return self._failed(spec, reason)
+        files = await _shipped(spec, self.cluster.ship_files)
         job = self.job_id(spec.run_id)
         nonce = secrets.token_hex(8)
         data = rayjob.payload(
@@ -385,6 +389,7 @@ class RayExecutor:
             env_mode=self.cluster.env_mode,
             work_root=self.cluster.work_root,
             stdin=stdin,
+            files=files,
         )
         command = rayjob.entrypoint(job, self.cluster.python, data)
         if len(command) > rayjob.ENTRYPOINT_LIMIT:
@@ -608,6 +613,18 @@ class RayExecutor:
             RunState.LOST,
             reason="no such run in this executor (attach it after a daemon restart)",
         )
+
+
+async def _shipped(spec: RunSpec, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The daemon-side files the run's environment names, to recreate on the node."""
+    files: dict[str, bytes] = {}
+    for name in names:
+        path = spec.env.get(name)
+        if not path:
+            continue
+        with contextlib.suppress(OSError):
+            files[name] = await anyio.Path(path).read_bytes()
+    return files
 
 
 def _mono_ms(wall_ms: object) -> float | None:

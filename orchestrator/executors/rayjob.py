@@ -67,8 +67,13 @@ def payload(
     env_mode: str,
     work_root: str,
     stdin: bytes | None,
+    files: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """What the wrapper needs to run ``spec`` on a node."""
+    """What the wrapper needs to run ``spec`` on a node.
+
+    ``files``: environment variable -> content of the file it names on the daemon's host; the
+    wrapper writes a copy on the node and points the variable at it.
+    """
     data: dict[str, Any] = {
         "job": job,
         "nonce": nonce,
@@ -80,6 +85,7 @@ def payload(
         "grace": grace,
         "cap": cap,
         "stdin": None if stdin is None else base64.b64encode(stdin).decode(),
+        "files": {k: base64.b64encode(v).decode() for k, v in (files or {}).items()},
     }
     if spec.checkout is not None:
         data["checkout"] = {

@@ -367,6 +367,14 @@ def _run(payload: dict[str, Any], stop: _Stop) -> dict[str, Any]:
     command = [timeout_cmd, "-k", f"{grace:g}s", limit, *argv]
     stdin_data = payload.get("stdin")
     with contextlib.ExitStack() as stack:
+        shipped = payload.get("files") or {}
+        if shipped:  # files of the daemon's host the environment names: copies here
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="orchestratord-"))
+            for number, (name, content) in enumerate(sorted(shipped.items())):
+                copy = os.path.join(folder, f"{number}-{os.path.basename(env.get(name, name))}")
+                with open(copy, "wb") as handle:
+                    handle.write(base64.b64decode(content))
+                env[name] = copy
         stdin: Any = subprocess.DEVNULL
         if stdin_data is not None:
             stdin = stack.enter_context(tempfile.TemporaryFile())
