@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .attempt import AttemptPlan, RemoteRun
 from .config import Config, Settings
+from .errors import ConfigError
 from .executors.base import Checkout, Executor
 from .executors.ray import RayCluster, RayExecutor
 from .model import ExecutorChoice, Status, TaskKey
@@ -105,10 +107,11 @@ def ray_plan(settings: Settings, choice: ExecutorChoice | None) -> RayPlan | Non
 
 
 def job_prefix(cfg: Config) -> str:
-    """Job ids of this daemon: configured, else derived from its state directory."""
+    """Job ids of this daemon: configured, else derived from its host and state directory
+    (two daemons sharing a cluster never share jobs)."""
     if cfg.settings.ray.job_prefix:
         return cfg.settings.ray.job_prefix
-    tag = hashlib.sha256(str(cfg.state_dir).encode()).hexdigest()[:8]
+    tag = hashlib.sha256(f"{socket.gethostname()}:{cfg.state_dir}".encode()).hexdigest()[:8]
     return f"orchd-{tag}-"
 
 
@@ -118,7 +121,13 @@ def _token(cfg: Config, env: Mapping[str, str]) -> str | None:
         return ray.token
     if ray.token_file:
         base = cfg.config_file.parent if cfg.config_file else Path.cwd()
-        return (base / ray.token_file).read_text(encoding="utf-8").strip() or None
+        path = base / ray.token_file
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except OSError as error:
+            raise ConfigError(
+                f"ray.token_file: cannot read {path}: {error.strerror or error}"
+            ) from None
     return env.get(TOKEN_ENV) or None
 
 
@@ -154,7 +163,10 @@ class Placement:
         ray = self.plan(track)
         if ray is None:
             return self.local, plan
-        executor = await self.cluster(ray.address)
+        try:
+            executor = await self.cluster(ray.address)
+        except ConfigError as error:  # the attempt fails with the reason; the daemon goes on
+            return self.local, replace(plan, run_argv=None, run_error=str(error))
         remote = RemoteRun(resources=ray.resources, pending_limit=ray.pending_limit)
         if ray.workspace == "git":
             try:
@@ -229,11 +241,12 @@ class Placement:
         """Whether a cut-short attempt stays running for the next daemon (detached)."""
         return self.detached and attempt_id in self.store.remote_attempts()
 
-    def resumable(self, engine: Engine) -> dict[TaskKey, Resume]:
-        """The attempts left running by the last daemon, for tasks still defined."""
+    def resumable(self) -> dict[TaskKey, Resume]:
+        """The attempts the last daemon left running on clusters."""
         found: dict[TaskKey, Resume] = {}
+        remote = self.store.remote_attempts()
         for attempt in self.store.running_attempts():
-            rows = self.store.remote_attempts().get(attempt.id)
+            rows = remote.get(attempt.id)
             if not rows:
                 continue
             runs = frozenset(row.run_id for row in rows if row.run_id)
@@ -283,7 +296,7 @@ async def reattach(
     engine: Engine, placement: Placement, launch: Callable[[TaskKey, Resume], None]
 ) -> None:
     """Resume the Ralph loops of the attempts left running on clusters (at start-up)."""
-    resumes = placement.resumable(engine)
+    resumes = placement.resumable()
     keep: set[str] = set()
     addresses = {
         plan.address
@@ -303,8 +316,8 @@ async def reattach(
         engine.store.add_events(("attempt_reattached", key, {"attempt": resume.number}))
         log.info("re-attaching", task=str(key), attempt=resume.number, runs=sorted(resume.runs))
         launch(key, resume)
-    if gone:  # their task or track is gone: the runs are stopped below, the attempts closed
-        reason = "its task is no longer in a queue file"
+    if gone:  # their task is gone or was given an order: the runs are stopped below
+        reason = "not resumed: its task is no longer defined or no longer in progress"
         engine.store.interrupt_attempts(gone, {}, reason)
     if addresses:
         placement.sweep_soon(addresses, keep)

@@ -366,8 +366,8 @@ class RayExecutor:
         if self.cluster.check_capacity:
             try:
                 problem = unfit(resources, await self.capacity())
-            except (httpx.HTTPError, _ApiError, ValueError):
-                problem = None  # the submission below says what is wrong with the cluster
+            except Exception:  # the submission below says what is wrong with the cluster
+                problem = None
             if problem is not None:
                 return self._failed(spec, problem)
         stdin: bytes | None = None
@@ -428,7 +428,7 @@ class RayExecutor:
             return self._failed(spec, f"cannot look up job {job}: {error}", RunState.LOST)
         except httpx.HTTPError as error:
             return self._failed(spec, self._unreachable(error), RunState.LOST)
-        metadata = info.get("metadata") or {}
+        metadata = (info.get("metadata") if isinstance(info, dict) else None) or {}
         if metadata.get(rayjob.META_RUN) != spec.run_id or not metadata.get(rayjob.META_NONCE):
             reason = f"job {job} on the Ray cluster was not submitted for run {spec.run_id}"
             return self._failed(spec, reason, RunState.LOST)
@@ -463,7 +463,12 @@ class RayExecutor:
                 delay = min(delay * 2, 10.0)
         if response.status_code >= 400:
             raise _ApiError(response.status_code, response.text)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # a proxy's error page, say
+            raise _ApiError(
+                response.status_code, f"not a Jobs API answer: {response.text}"
+            ) from None
 
     # -- watching -------------------------------------------------------------------------
 
@@ -478,7 +483,8 @@ class RayExecutor:
             try:
                 await self._poll(run)
                 run.failing_since = None
-            except (httpx.HTTPError, _ApiError, ValueError) as error:
+            except Exception as error:
+                # HTTP errors, answers of an unexpected shape: retried; lost after the limit.
                 if isinstance(error, _ApiError) and error.status == 404:
                     reason = f"job {run.job} vanished from the cluster"
                     self._finish(run, RunState.LOST, None, reason)
