@@ -9,6 +9,12 @@ failed and the tail of its output.
 Output goes to the attempt's log file, which is trimmed to its last ``log_max_bytes`` bytes
 (the tail is what matters) and never read into memory beyond that. While a run goes on, the
 daemon's log warden keeps the file under twice that size.
+
+Remote attempts (a cluster; ``AttemptPlan.remote``) differ in three ways: each run reserves
+resources; an attempt left running when the daemon stopped is resumed by running it again
+with the same run ids, *attaching* to the runs submitted before (``reattach``) and writing
+no header twice; with a git workspace the run pushes its result to a branch, the daemon
+fetches it (:mod:`orchestrator.runbranch`), and the verification commands run on that commit.
 """
 
 from __future__ import annotations
@@ -18,17 +24,30 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 
-from .executors.base import Executor, RunInfo, RunSpec, RunState
+from . import runbranch
+from .executors.base import Checkout, Executor, RunInfo, RunSpec, RunState
 from .model import Command, TaskKey, Verdict
 from .prompt import promise_tag
 
 _BLOCKED = re.compile(rb"<blocked>(.*?)</blocked>", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRun:
+    """How an attempt's runs are placed on a cluster (remote executors only)."""
+
+    resources: Mapping[str, float] = field(default_factory=dict)
+    pending_limit: float | None = None
+    checkout: Checkout | None = None
+    """Git workspace: the repository and ref every run starts from (``cwd`` is relative)."""
+    fetch_into: str | None = None
+    """Git workspace: the daemon's repository the run's branch is fetched into."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +74,8 @@ class AttemptPlan:
     """``agent`` or ``command``: how the run is named in reasons."""
     run_env: Mapping[str, str] | None = None
     """The environment of the run, when it differs (an agent profile's ``env``)."""
+    remote: RemoteRun | None = None
+    """Where on a cluster the runs go; ``None`` for the local executor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +85,9 @@ class AttemptResult:
     exit_code: int | None
     failure_output: str = ""
     """What the next attempt is told: the reason and the tail of the failing output."""
+    branch: str | None = None
+    """Git workspace: the local branch holding the run's changes (fetched)."""
+    commit: str | None = None
 
 
 class ProcessRecorder(Protocol):
@@ -103,6 +127,22 @@ class _Log:
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
+
+    def after(self, needle: bytes) -> int | None:
+        """Where the last copy of ``needle`` in the file ends (``None``: not there)."""
+        data = os.pread(self.fd, self.size(), 0)
+        at = data.rfind(needle)
+        return None if at < 0 else at + len(needle)
+
+    def header(self, text: str, resuming: bool) -> int:
+        """Write a header line, unless a resumed attempt has it already; return where the
+        output after it begins."""
+        if resuming:
+            found = self.after(text.encode("utf-8", "replace"))
+            if found is not None:
+                return found
+        self.write(text)
+        return self.size()
 
     def section(self, start: int, limit: int) -> bytes:
         """From ``start`` to the end, at most the last ``limit`` bytes."""
@@ -167,7 +207,10 @@ async def _run(
     role: str,
     argv: tuple[str, ...],
     limit: float,
+    reattach: frozenset[str] = frozenset(),
+    checkout: Checkout | None = None,
 ) -> RunInfo:
+    remote = plan.remote
     spec = RunSpec(
         run_id=f"a{plan.attempt_id}-{role.replace(' ', '')}",
         argv=argv,
@@ -176,28 +219,42 @@ async def _run(
         log_path=plan.log_path,
         timeout=limit,
         stdin_path=plan.stdin_path if role == "run" else None,
+        resources=remote.resources if remote is not None else {},
+        checkout=checkout,
+        pending_limit=remote.pending_limit if remote is not None else None,
     )
-    info = await executor.submit(spec)
+    if spec.run_id in reattach:
+        info = await executor.attach(spec)
+    else:
+        info = await executor.submit(spec)
     record = recorder.started(role, spec, info)
     try:
         final = info if info.state.finished else await executor.wait(spec.run_id)
     except BaseException:
         with anyio.CancelScope(shield=True):
             final = await executor.cancel(spec.run_id, plan.kill_grace)
-            recorder.ended(record, final)
+            if final.state.finished:  # else a remote run left going (the daemon stopping)
+                recorder.ended(record, final)
         raise
     recorder.ended(record, final)
     return final
 
 
 async def run_attempt(
-    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder
+    plan: AttemptPlan,
+    executor: Executor,
+    recorder: ProcessRecorder,
+    reattach: frozenset[str] = frozenset(),
 ) -> AttemptResult:
-    """Run one attempt to its verdict. Cancelling it ends its processes, then re-raises."""
+    """Run one attempt to its verdict. Cancelling it ends its processes, then re-raises.
+
+    ``reattach``: resuming an attempt after a daemon restart, the ids of the runs it had
+    submitted (attached to, never started again).
+    """
     log = _Log(Path(plan.log_path))
     try:
-        log.write(f"=== {plan.key} attempt {plan.number} ===\n")
-        return await _decide(plan, executor, recorder, log)
+        log.header(f"=== {plan.key} attempt {plan.number} ===\n", bool(reattach))
+        return await _decide(plan, executor, recorder, log, reattach)
     finally:
         oversized = log.size() > plan.log_max_bytes
         log.close()
@@ -206,16 +263,24 @@ async def run_attempt(
 
 
 async def _decide(
-    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: _Log
+    plan: AttemptPlan,
+    executor: Executor,
+    recorder: ProcessRecorder,
+    log: _Log,
+    reattach: frozenset[str] = frozenset(),
 ) -> AttemptResult:
     limit = plan.log_max_bytes
+    resuming = bool(reattach)
     if plan.run_argv is None:
         reason = plan.run_error or f"no {plan.what} to run"
         log.write(f"cannot run: {reason}\n")
         return AttemptResult(Verdict.FAIL, reason, None, _failure(reason, b"", plan.failure_bytes))
-    log.write(f"$ {shlex.join(plan.run_argv)}\n")
-    start = log.size()
-    info = await _run(plan, executor, recorder, "run", plan.run_argv, plan.timeout)
+    start = log.header(f"$ {shlex.join(plan.run_argv)}\n", resuming)
+    base = plan.remote.checkout if plan.remote is not None else None
+    checkout = Checkout(base.repo, base.ref, push=True) if base is not None else None
+    info = await _run(
+        plan, executor, recorder, "run", plan.run_argv, plan.timeout, reattach, checkout
+    )
     output = log.section(start, limit)
     blocked = _BLOCKED.findall(output) if b"<blocked>" in output else []
     if blocked and info.state in (RunState.EXITED, RunState.TIMED_OUT):
@@ -231,14 +296,29 @@ async def _decide(
         reason = f"the {plan.what} exited 0 but did not print {promise_tag(plan.promise)}"
         log.write(f"--- {reason}\n")
         return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
+    branch: str | None = None
+    if base is not None:
+        try:
+            branch = await _fetch_result(plan, info)
+        except runbranch.RunBranchError as error:
+            reason = str(error)
+            log.write(f"--- {reason}\n")
+            return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, b"", plan.failure_bytes))
+        checkout = Checkout(base.repo, info.commit or base.ref)
     total = len(plan.verify)
     for number, command in enumerate(plan.verify, start=1):
         text = command_text(command)
-        log.write(f"=== verify {number}/{total}: {text} ===\n")
-        start = log.size()
+        start = log.header(f"=== verify {number}/{total}: {text} ===\n", resuming)
         role = f"verify {number}"
         vinfo = await _run(
-            plan, executor, recorder, role, command_argv(command), plan.verify_timeout
+            plan,
+            executor,
+            recorder,
+            role,
+            command_argv(command),
+            plan.verify_timeout,
+            reattach,
+            checkout,
         )
         if vinfo.succeeded:
             continue
@@ -250,7 +330,20 @@ async def _decide(
         output = log.section(start, limit)
         return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
     log.write(f"--- PASS ({total} verification command{'s' if total != 1 else ''})\n")
-    return AttemptResult(Verdict.PASS, None, 0)
+    return AttemptResult(Verdict.PASS, None, 0, branch=branch, commit=info.commit)
+
+
+async def _fetch_result(plan: AttemptPlan, info: RunInfo) -> str:
+    """Git workspace: fetch the branch the run pushed into the daemon's repository."""
+    remote = plan.remote
+    assert remote is not None
+    assert remote.checkout is not None
+    if info.branch is None or info.commit is None:
+        raise runbranch.RunBranchError(f"the {plan.what} exited 0 but pushed no result")
+    if remote.fetch_into is None:
+        return info.branch
+    await runbranch.fetch(remote.fetch_into, remote.checkout.repo, info.branch, info.commit)
+    return info.branch
 
 
 def write_failure_file(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import tomlpos
 from .errors import ConfigError
@@ -59,6 +59,53 @@ class Agent(_Section):
     timeout: Seconds | None = None
 
 
+# -- scale-out: the Ray cluster (docs/ray.md) ---------------------------------------------
+
+
+class RaySettings(_Section):
+    """``[ray]``: the cluster that tracks with ``executor = "ray"`` send their attempts to.
+
+    A track's ``executor`` object in its queue file overrides ``address``, the resources,
+    ``pending_limit`` and the workspace settings for that track.
+    """
+
+    address: str = "http://127.0.0.1:8265"
+    """The Jobs API: the Ray dashboard's URL (KubeRay: the head service, port 8265)."""
+    token: str | None = None
+    token_file: str | None = None
+    """A file holding the token (relative to the config file); ``ORCHESTRATORD_RAY_TOKEN``
+    in the environment also works."""
+    cpus: Annotated[float, Field(ge=0)] = 1.0
+    gpus: Annotated[float, Field(ge=0)] = 0.0
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    pending_limit: Seconds = 1800.0
+    poll_interval: Seconds = 1.0
+    unreachable_limit: Seconds = 300.0
+    python: str = "python3"
+    env: Literal["exact", "overlay"] = "exact"
+    check_capacity: bool = True
+    workspace: Literal["shared", "git"] = "shared"
+    repo: str | None = None
+    ref: str | None = None
+    work_root: str = "/tmp/orchestratord-runs"  # noqa: S108 - a directory on the nodes
+    job_prefix: str | None = None
+    detach_on_stop: bool = True
+    """When the daemon stops, its Ray jobs go on and the next daemon re-attaches to them."""
+
+    @model_validator(mode="after")
+    def _reserves_something(self) -> RaySettings:
+        if not (self.cpus or self.gpus or self.memory_mb or self.resources):
+            raise ValueError(
+                "cpus = 0 and no other resource: a run would reserve nothing and Ray would "
+                "start any number at once; set cpus > 0 or a resource such as agent_slot"
+            )
+        return self
+
+
+# -- end of scale-out ----------------------------------------------------------------------
+
+
 class Settings(_Section):
     """All settings, with their defaults."""
 
@@ -82,6 +129,9 @@ class Settings(_Section):
     logs_keep_days: Annotated[float, Field(ge=0)] = 30.0
     logs_max_total_bytes: Annotated[int, Field(ge=0)] = 1_073_741_824
     # --- end of the service settings ----------------------------------------------------
+    executor: Literal["local", "ray"] = "local"
+    """Where attempts run unless a track says otherwise (``track.executor``)."""
+    ray: RaySettings = Field(default_factory=RaySettings)
 
 
 PATH_KEYS = frozenset({"tracks", "state_dir", "board_path", "log_file"})
@@ -98,6 +148,7 @@ ENV_KEYS: Mapping[str, str] = {
     "LOG_FILE": "log_file",
     "LOGS_KEEP_DAYS": "logs_keep_days",
     "LOGS_MAX_TOTAL_BYTES": "logs_max_total_bytes",
+    "EXECUTOR": "executor",
 }
 
 

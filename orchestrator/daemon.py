@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -31,6 +31,9 @@ from .scheduler import Limits, next_task
 from .states import Event, TaskState, transition
 from .store import EventSpec, Store
 from .validate import Report, check
+
+if TYPE_CHECKING:
+    from .placement import Placement
 
 log = structlog.get_logger("orchestratord")
 
@@ -96,6 +99,8 @@ class Engine:
         self.running_logs: set[str] = set()
         self._logs_added = anyio.Event()
         self.cancel_reasons: dict[TaskKey, str] = {}
+        self.placement: Placement | None = None
+        """Where each track's attempts run (set by the daemon; ``None``: ``executor``)."""
 
     # ------------------------------------------------------------------ wiring
 

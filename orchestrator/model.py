@@ -164,6 +164,23 @@ class TaskDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorChoice:
+    """The optional ``track.executor``: where a track's attempts run, and overrides of the
+    config's ``[ray]`` settings for this track (``None``: the config's value)."""
+
+    kind: Literal["local", "ray"]
+    address: str | None = None
+    cpus: float | None = None
+    gpus: float | None = None
+    memory_mb: int | None = None
+    resources: tuple[tuple[str, float], ...] = ()
+    pending_limit: float | None = None
+    workspace: Literal["shared", "git"] | None = None
+    repo: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TrackSettings:
     """The optional ``track`` object of a queue file."""
 
@@ -179,6 +196,7 @@ class TrackSettings:
     timeout: float | None = None
     verify_timeout: float | None = None
     max_iterations: int | None = None
+    executor: ExecutorChoice | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,10 @@ followed by one that ends the leftover process groups (only processes provably s
 dead daemon: same boot, same group, started no earlier than the recorded start), records the
 attempts that were running as interrupted, and puts their tasks back to pending at the same
 iteration. Completed tasks stay completed: nothing recorded is lost, nothing is invented.
+
+Attempts with remote runs (Ray jobs) are left running, with their tasks in progress: their
+jobs outlive the daemon, and the daemon re-attaches to them once it runs
+(:mod:`orchestrator.placement`), which decides then whether they are still there.
 """
 
 from __future__ import annotations
@@ -29,23 +33,32 @@ class Recovered:
     processes_ended: tuple[int, ...]
     attempts_interrupted: tuple[int, ...]
     tasks_requeued: tuple[TaskKey, ...]
+    attempts_remote: tuple[int, ...] = ()
+    """Attempts left running for the daemon to re-attach to (they have remote runs)."""
 
 
 def recover(store: Store, grace: float) -> Recovered:
     """Synchronous (it may wait up to ``grace`` for leftovers): run it in a worker thread."""
     ended: list[int] = []
+    remote = store.remote_attempts()
     for proc in store.open_processes():
+        if proc.executor != "local":
+            continue  # a remote run: not a process of this machine
         if proc.pgid is not None:
             ended.extend(procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace))
         store.end_process(proc.id, None)
-    attempts = store.running_attempts()
+    running = store.running_attempts()
+    attempts = [a for a in running if a.id not in remote]
+    kept = {a.key for a in running if a.id in remote}
     resets: dict[TaskKey, TaskState] = {}
     for key, state in store.load_tasks().items():
-        if state.status is Status.IN_PROGRESS:
+        if state.status is Status.IN_PROGRESS and key not in kept:
             resets[key] = state.with_owned(status=Status.PENDING)
     if attempts or resets:
         store.interrupt_attempts([a.id for a in attempts], resets, INTERRUPTED)
-    result = Recovered(tuple(ended), tuple(a.id for a in attempts), tuple(resets))
+    result = Recovered(
+        tuple(ended), tuple(a.id for a in attempts), tuple(resets), tuple(sorted(remote))
+    )
     if ended or attempts or resets:
         log.warning(
             "recovered after an unclean stop",

@@ -24,7 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, 
 from pydantic_core import PydanticCustomError
 
 from .errors import RefError
-from .model import Command, Owned, Ref, Status, TaskDef, TaskKey, TrackDef, TrackSettings
+from .model import (
+    Command,
+    ExecutorChoice,
+    Owned,
+    Ref,
+    Status,
+    TaskDef,
+    TaskKey,
+    TrackDef,
+    TrackSettings,
+)
 from .problems import ROOT, Problem, json_path
 
 STATUS_ALIASES: Mapping[str, Status] = {
@@ -195,6 +205,97 @@ def _task_id(value: object) -> str:
     return value
 
 
+EXECUTOR_KEYS = (
+    "type",
+    "address",
+    "cpus",
+    "gpus",
+    "memory_mb",
+    "resources",
+    "pending_limit",
+    "workspace",
+    "repo",
+    "ref",
+)
+
+
+def _number(raw: dict[str, Any], key: str, *, positive: bool = False) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _fail(f"executor {key}: expected a number >= 0, got {describe_json(value)}")
+    if positive and value == 0:
+        raise _fail(f"executor {key}: must be > 0, got {describe_json(value)}")
+    return float(value)
+
+
+def _text(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None or (isinstance(value, str) and value.strip()):
+        return value
+    raise _fail(f"executor {key}: expected a non-empty string, got {describe_json(value)}")
+
+
+def _executor(value: object) -> ExecutorChoice | None:
+    """``track.executor``: ``"local"``, ``"ray"``, or an object with ``type`` and overrides."""
+    if value is None:
+        return None
+    kinds = ("local", "ray")
+    if isinstance(value, str):
+        if value in kinds:
+            return ExecutorChoice(value)  # type: ignore[arg-type]
+        raise _fail(
+            f'unknown executor {describe_json(value)}; allowed: "local", "ray", or an object '
+            'such as {"type": "ray", "cpus": 2}'
+        )
+    if not isinstance(value, dict):
+        raise _fail(f'expected "local", "ray" or an object, got {describe_json(value)}')
+    for key in value:
+        if key not in EXECUTOR_KEYS:
+            close = difflib.get_close_matches(str(key), EXECUTOR_KEYS, n=1)
+            hint = (
+                f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(EXECUTOR_KEYS)}"
+            )
+            raise _fail(f"unknown executor setting {key!r}{hint}")
+    kind = value.get("type")
+    if kind not in kinds:
+        raise _fail(f'executor "type" must be "local" or "ray", got {describe_json(kind)}')
+    resources = value.get("resources") or {}
+    if not isinstance(resources, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        for k, v in resources.items()
+    ):
+        raise _fail(
+            "executor resources: expected an object of names to amounts > 0, "
+            f'such as {{"agent_slot": 1}}, got {describe_json(resources)}'
+        )
+    memory = _number(value, "memory_mb")
+    if memory is not None and memory != int(memory):
+        raise _fail(f"executor memory_mb: expected a whole number, got {memory:g}")
+    workspace = value.get("workspace")
+    if workspace not in (None, "shared", "git"):
+        raise _fail(f'executor workspace: "shared" or "git", got {describe_json(workspace)}')
+    choice = ExecutorChoice(
+        kind=kind,
+        address=_text(value, "address"),
+        cpus=_number(value, "cpus"),
+        gpus=_number(value, "gpus"),
+        memory_mb=None if memory is None else int(memory),
+        resources=tuple(sorted((k, float(v)) for k, v in resources.items())),
+        pending_limit=_number(value, "pending_limit", positive=True),
+        workspace=workspace,
+        repo=_text(value, "repo"),
+        ref=_text(value, "ref"),
+    )
+    if choice.cpus == 0 and not (choice.gpus or choice.memory_mb or choice.resources):
+        raise _fail(
+            "executor cpus: 0 with no other resource would reserve nothing (Ray would start "
+            "any number of runs at once); keep cpus > 0 or add a resource such as agent_slot"
+        )
+    return choice
+
+
 StatusField = Annotated[Status, PlainValidator(_status)]
 RefsField = Annotated[tuple[Ref, ...], PlainValidator(_refs)]
 CommandField = Annotated[Command | None, PlainValidator(_command)]
@@ -261,6 +362,7 @@ class TrackFields(_Strict):
     timeout: Seconds | None = None
     verify_timeout: Seconds | None = None
     max_iterations: Annotated[int, Field(ge=1)] | None = None
+    executor: Annotated[ExecutorChoice | None, PlainValidator(_executor)] = None
 
 
 TRACK_SETTINGS: tuple[str, ...] = tuple(TrackFields.model_fields)
@@ -401,6 +503,7 @@ def _track_settings(raw: object, problem: Any) -> TrackSettings:
         timeout=fields.timeout,
         verify_timeout=fields.verify_timeout,
         max_iterations=fields.max_iterations,
+        executor=fields.executor,
     )
 
 

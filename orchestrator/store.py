@@ -27,7 +27,7 @@ from .errors import StateError
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -94,6 +94,22 @@ CREATE TABLE IF NOT EXISTS written (
 );
 """
 
+_REMOTE_RUNS = """
+ALTER TABLE processes ADD COLUMN executor TEXT NOT NULL DEFAULT 'local';
+ALTER TABLE processes ADD COLUMN run_id TEXT;
+CREATE INDEX IF NOT EXISTS processes_run ON processes (run_id);
+CREATE TABLE IF NOT EXISTS run_logs (
+    run_id TEXT PRIMARY KEY,
+    log_offset INTEGER NOT NULL
+);
+"""
+"""Remote runs (schema 2, additive): where each process ran (``executor``: ``local``, or
+``ray:ADDRESS``) and its run id, so a restarted daemon re-attaches to remote runs instead
+of treating them as leftovers; and how much of each remote run's output is in its log file."""
+
+_STEPS: tuple[tuple[int, str], ...] = ((2, _REMOTE_RUNS),)
+"""Migrations after the base schema (version 1), each ``(version it brings, script)``."""
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptRow:
@@ -125,6 +141,9 @@ class ProcessRow:
     started_at: str
     ended_at: str | None
     exit_code: int | None
+    executor: str = "local"
+    """``local``, or where a remote run ran (``ray:ADDRESS``)."""
+    run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +237,8 @@ def _process(row: sqlite3.Row) -> ProcessRow:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         exit_code=row["exit_code"],
+        executor=row["executor"],
+        run_id=row["run_id"],
     )
 
 
@@ -265,11 +286,12 @@ class Store:
             raise StateError(
                 f"{self.path}: written by a newer orchestratord (schema {version}); upgrade"
             )
-        if version < SCHEMA_VERSION:
-            # executescript commits on its own: the whole migration is one script.
-            self._db.executescript(
-                f"BEGIN;\n{_SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
-            )
+        if version < 1:
+            # executescript commits on its own: each step is one script, one transaction.
+            self._db.executescript(f"BEGIN;\n{_SCHEMA}\nPRAGMA user_version=1;\nCOMMIT;")
+        for step, script in _STEPS:
+            if version < step:
+                self._db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={step};\nCOMMIT;")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -425,11 +447,14 @@ class Store:
         pid: int | None,
         start_ticks: int | None,
         boot_id: str | None,
+        *,
+        executor: str = "local",
+        run_id: str | None = None,
     ) -> int:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO processes (attempt_id, role, argv, cwd, pid, pgid, start_ticks,"
-                " boot_id, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " boot_id, started_at, executor, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     attempt_id,
                     role,
@@ -440,6 +465,8 @@ class Store:
                     start_ticks,
                     boot_id,
                     self._now(),
+                    executor,
+                    run_id,
                 ),
             )
         process_id = cur.lastrowid
@@ -458,6 +485,43 @@ class Store:
         self._flush_ends()
         rows = self._db.execute("SELECT * FROM processes WHERE ended_at IS NULL ORDER BY id")
         return [_process(r) for r in rows]
+
+    def open_run(self, run_id: str) -> ProcessRow | None:
+        """The open record of a (remote) run, to record a re-attached run only once."""
+        self._flush_ends()
+        row = self._db.execute(
+            "SELECT * FROM processes WHERE run_id = ? AND ended_at IS NULL ORDER BY id DESC",
+            (run_id,),
+        ).fetchone()
+        return None if row is None else _process(row)
+
+    def remote_attempts(self) -> dict[int, list[ProcessRow]]:
+        """Running attempts with remote runs: attempt id -> those runs (ended or not)."""
+        self._flush_ends()
+        rows = self._db.execute(
+            "SELECT p.* FROM processes p JOIN attempts a ON a.id = p.attempt_id"
+            " WHERE p.executor != 'local' AND a.state = 'running' ORDER BY p.id"
+        )
+        out: dict[int, list[ProcessRow]] = {}
+        for row in rows:
+            proc = _process(row)
+            out.setdefault(proc.attempt_id, []).append(proc)
+        return out
+
+    def run_log_offset(self, run_id: str) -> int:
+        """Bytes of a remote run's output already in its log file."""
+        row = self._db.execute(
+            "SELECT log_offset FROM run_logs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_run_log_offset(self, run_id: str, offset: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO run_logs (run_id, log_offset) VALUES (?, ?)"
+                " ON CONFLICT (run_id) DO UPDATE SET log_offset = excluded.log_offset",
+                (run_id, offset),
+            )
 
     def processes(self, attempt_id: int) -> list[ProcessRow]:
         self._flush_ends()

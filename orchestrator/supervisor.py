@@ -33,6 +33,7 @@ from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .lock import StateLock
 from .model import TaskKey
+from .placement import Placement, Resume, reattach
 from .progress import Progress
 from .reconfigure import ConfigReloader
 from .recovery import recover
@@ -138,6 +139,10 @@ class Runtime:
     def launch(self, key: TaskKey) -> None:
         self.workers[key.track].launch(key)
 
+    def resume(self, key: TaskKey, resume: Resume) -> None:
+        """Continue an attempt the last daemon left running on a cluster."""
+        self.workers[key.track].launch(key, resume)
+
 
 class Service(Protocol):
     """A part of the daemon started with it (control API, file watcher, service manager).
@@ -174,6 +179,7 @@ async def serve(
         _load_tracks(engine, cfg)
         writeback = Writeback(engine, cfg.settings.writeback_delay)
         async with anyio.create_task_group() as tg:
+            engine.placement = Placement(cfg, executor, store, tg)
             rt = Runtime(cfg, engine, writeback, control, tg)
             for name in engine.tracks:
                 await rt.start_worker(name)
@@ -201,6 +207,7 @@ async def serve(
                 tracks=len(engine.tracks),
                 tasks=len(engine.graph),
             )
+            await reattach(engine, engine.placement, rt.resume)
             engine.dispatch()
             if on_ready is not None:
                 on_ready(engine)
@@ -234,6 +241,10 @@ async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg:
         ("daemon_stopping", None, {"running": [str(k) for k in engine.running_keys()]})
     )
     log.info("daemon stopping", running=len(engine.running_keys()))
+    placement = engine.placement
+    if placement is not None and placement.detach():
+        for key in placement.remote_keys(engine):  # their runs go on; the next daemon attaches
+            engine.cancel_running(key, "the daemon stopped; the runs go on on the cluster")
     with anyio.CancelScope(shield=True):
         if engine.busy() and not control.force.is_set():
             with anyio.move_on_after(cfg.settings.shutdown_grace):

@@ -6,6 +6,10 @@ until PASS, BLOCKED, or the iteration budget is spent, each attempt recorded in 
 its process starts and its verdict recorded before anything acts on it. An attempt cut short
 (the daemon stopping, a person's order, the track's file removed) is recorded as interrupted;
 when nothing else decided the task's fate it is pending again, at the same iteration.
+
+Attempts on a cluster (:mod:`orchestrator.placement`) are the exception when the daemon
+stops: their runs go on, the attempt stays running, and the next daemon resumes the Ralph
+loop with that attempt (``run_task(..., resume=...)``), re-attaching to its runs.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from . import procs
 from .attempt import AttemptPlan, AttemptResult, command_argv, run_attempt, write_failure_file
 from .clock import iso
 from .daemon import Engine, Track
-from .executors.base import RunInfo, RunSpec
+from .executors.base import Executor, RunInfo, RunSpec
 from .model import Command, Status, TaskDef, TaskKey, Verdict
+from .placement import LOCAL, Resume
 from .prompt import DEFAULT_TEMPLATE, PromptInput, build
 from .states import TaskState
 from .store import EventSpec
@@ -46,26 +51,40 @@ class TrackWorker:
                 task_status.started()
                 await anyio.sleep_forever()
 
-    def launch(self, key: TaskKey) -> None:
+    def launch(self, key: TaskKey, resume: Resume | None = None) -> None:
         if self._tg is None:
             raise RuntimeError(f"worker of track {self.name!r} is not running")
-        self._tg.start_soon(run_task, self.engine, key, name=f"task {key}")
+        self._tg.start_soon(run_task, self.engine, key, resume, name=f"task {key}")
 
     def stop(self) -> None:
         self._scope.cancel()
 
 
 class _Recorder:
-    """Records every child process in the store the moment it runs."""
+    """Records every child process (or remote run) in the store the moment it runs."""
 
-    def __init__(self, engine: Engine, attempt_id: int) -> None:
+    def __init__(self, engine: Engine, attempt_id: int, where: str = LOCAL) -> None:
         self.engine = engine
         self.attempt_id = attempt_id
+        self.where = where
 
     def started(self, role: str, spec: RunSpec, info: RunInfo) -> int:
+        store = self.engine.store
+        if self.where != LOCAL:
+            existing = store.open_run(spec.run_id)  # re-attached: recorded once
+            if existing is not None:
+                return existing.id
         ticks = procs.start_ticks_now() if info.pid else None
-        return self.engine.store.record_process(
-            self.attempt_id, role, spec.argv, spec.cwd, info.pid, ticks, _boot_id()
+        return store.record_process(
+            self.attempt_id,
+            role,
+            spec.argv,
+            spec.cwd,
+            info.pid,
+            ticks,
+            _boot_id(),
+            executor=self.where,
+            run_id=spec.run_id,
         )
 
     def ended(self, record_id: int, info: RunInfo) -> None:
@@ -178,11 +197,10 @@ def _conclude(
 ) -> tuple[TaskState, list[EventSpec]]:
     now = iso(engine.clock.now())
     attempts = started.owned.attempts + 1
-    finished: EventSpec = (
-        "attempt_finished",
-        key,
-        {"attempt": attempts, "verdict": result.verdict.value, "reason": result.reason},
-    )
+    data = {"attempt": attempts, "verdict": result.verdict.value, "reason": result.reason}
+    if result.branch is not None:  # a git workspace on a cluster: where the changes are
+        data.update(branch=result.branch, commit=result.commit)
+    finished: EventSpec = ("attempt_finished", key, data)
     common = {"attempts": attempts, "verification_verdict": result.verdict.value}
     if result.verdict is Verdict.PASS:
         state = started.with_owned(
@@ -208,8 +226,21 @@ def _conclude(
     return state, [finished]
 
 
-async def run_task(engine: Engine, key: TaskKey) -> None:
-    """The Ralph loop of one task, from its first attempt to its verdict."""
+async def _executor(
+    engine: Engine, key: TaskKey, plan: AttemptPlan
+) -> tuple[Executor, AttemptPlan]:
+    """Where the attempt runs: this machine, or the track's cluster."""
+    placement = engine.placement
+    if placement is None:
+        return engine.executor, plan
+    return await placement.place(engine.tracks[key.track], plan)
+
+
+async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -> None:
+    """The Ralph loop of one task, from its first attempt to its verdict.
+
+    ``resume``: the attempt the last daemon left running on a cluster, to continue first.
+    """
     attempt_id: int | None = None
     started_at = engine.clock.monotonic()
     try:
@@ -222,24 +253,31 @@ async def run_task(engine: Engine, key: TaskKey) -> None:
                 number = state.owned.attempts + 1
                 iteration = state.iteration + 1
                 budget = max_iterations(engine, task, track)
-                started = state.with_owned(
-                    status=Status.IN_PROGRESS, last_attempt=iso(engine.clock.now())
-                )
-                log_path = engine.log_path(key, number)
-                event: EventSpec = (
-                    "task_started",
-                    key,
-                    {"attempt": number, "iteration": iteration, "max_iterations": budget},
-                )
-                attempt_id = engine.store.begin_attempt(
-                    key, started, number, iteration, log_path, event
-                )
-                engine.after_commit(key, started, [event])
-                write_failure_file(Path(engine.failure_path(key)), failure)
+                reattach: frozenset[str] = frozenset()
+                if resume is not None:  # left running by the last daemon: continue it
+                    started, attempt_id, reattach = state, resume.attempt_id, resume.runs
+                    number, iteration, resume = resume.number, resume.iteration, None
+                else:
+                    started = state.with_owned(
+                        status=Status.IN_PROGRESS, last_attempt=iso(engine.clock.now())
+                    )
+                    log_path = engine.log_path(key, number)
+                    event: EventSpec = (
+                        "task_started",
+                        key,
+                        {"attempt": number, "iteration": iteration, "max_iterations": budget},
+                    )
+                    attempt_id = engine.store.begin_attempt(
+                        key, started, number, iteration, log_path, event
+                    )
+                    engine.after_commit(key, started, [event])
+                    write_failure_file(Path(engine.failure_path(key)), failure)
                 plan = plan_attempt(engine, key, attempt_id, number, iteration, failure)
+                executor, plan = await _executor(engine, key, plan)
+                recorder = _Recorder(engine, attempt_id, _where(engine, executor))
                 engine.watch_log(plan.log_path, True)
                 try:
-                    result = await run_attempt(plan, engine.executor, _Recorder(engine, attempt_id))
+                    result = await run_attempt(plan, executor, recorder, reattach)
                 finally:
                     engine.watch_log(plan.log_path, False)
                 state, events = _conclude(engine, key, started, result, iteration, budget)
@@ -284,8 +322,20 @@ def _previous_failure(engine: Engine, key: TaskKey) -> str:
         return ""
 
 
+def _where(engine: Engine, executor: Executor) -> str:
+    return LOCAL if engine.placement is None else engine.placement.locator(executor)
+
+
 def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
-    """Record a Ralph loop cut short; a task still in progress is pending again."""
+    """Record a Ralph loop cut short; a task still in progress is pending again.
+
+    Unless its attempt's runs go on on a cluster (the daemon stopping, detached): then the
+    attempt stays running and the task in progress, for the next daemon to re-attach.
+    """
+    placement = engine.placement
+    if attempt_id is not None and placement is not None and placement.left_running(attempt_id):
+        log.info("left running on the cluster", task=str(key), attempt_id=attempt_id)
+        return
     state = engine.states.get(key)
     reason = engine.cancel_reasons.get(key, "the daemon stopped during the attempt")
     still_running = state is not None and state.status is Status.IN_PROGRESS

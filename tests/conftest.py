@@ -13,6 +13,8 @@ import structlog
 
 from orchestrator import logs
 
+from .ray_head import ray_head  # noqa: F401 - the session's Ray head, for the ``ray`` tests
+
 EXAMPLES = Path(__file__).parent / "fixtures" / "examples"
 REPO = Path(__file__).resolve().parent.parent
 

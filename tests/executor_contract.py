@@ -4,7 +4,9 @@ A test module subclasses :class:`ExecutorContract` (a class whose name starts wi
 and implements :meth:`ExecutorContract.open_executor`. The commands are real child processes
 (``sys.executable -c ...``) built by the ``prog_*`` methods; an executor without processes
 (a fake) overrides them to script the same behaviour, and sets ``real_processes = False`` to
-skip the checks that only a real process tree can show.
+skip the checks that only a real process tree can show. A remote executor (a cluster) sets
+``remote = True``: its runs may be queued (``PENDING``) when submitted, are known to have
+failed to start only once they reach a node, and have no pid on this machine.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import anyio.lowlevel
 import pytest
 
 from orchestrator.errors import ExecutorError
-from orchestrator.executors.base import Executor, RunInfo, RunSpec, RunState
+from orchestrator.executors.base import Executor, RunInfo, RunSpec, RunState, unfit
 
 Argv = tuple[str, ...]
 _ids = itertools.count()
@@ -66,6 +68,10 @@ class ExecutorContract:
 
     real_processes: ClassVar[bool] = True
     """False for executors without processes: the process-tree checks are skipped."""
+    remote: ClassVar[bool] = False
+    """True for executors whose runs happen elsewhere (queued, no local pid)."""
+    reserves_resources: ClassVar[bool] = False
+    """True for executors that reserve ``RunSpec.resources`` (and refuse what cannot fit)."""
 
     def open_executor(self) -> AbstractAsyncContextManager[Executor]:
         raise NotImplementedError
@@ -144,15 +150,33 @@ class ExecutorContract:
         assert info.run_id == spec.run_id
         return await executor.wait(spec.run_id)
 
+    def assert_started(self, info: RunInfo) -> None:
+        """What ``submit`` returns for a run that can start."""
+        if self.remote:
+            assert info.state in (RunState.PENDING, RunState.RUNNING), info
+            assert info.pid is None
+        else:
+            assert info.state is RunState.RUNNING
+            assert info.pid is not None
+            assert info.pgid == info.pid
+            assert info.started is not None
+
+    async def submit_and_settle(self, executor: Executor, spec: RunSpec) -> RunInfo:
+        """Submit; for a remote executor, a run that cannot start is known once it ends."""
+        info = await executor.submit(spec)
+        if self.remote and not info.state.finished:
+            info = await executor.wait(spec.run_id)
+        return info
+
+    def running_states(self) -> tuple[RunState, ...]:
+        return (RunState.PENDING, RunState.RUNNING) if self.remote else (RunState.RUNNING,)
+
     # -- exit codes, environment, working directory, stdin, output ----------------------------
 
     async def test_exit_zero(self, executor: Executor, tmp_path: Path) -> None:
         spec = self.spec(tmp_path, self.prog_exit(executor, 0, b"hi\n"))
         started = await executor.submit(spec)
-        assert started.state is RunState.RUNNING
-        assert started.pid is not None
-        assert started.pgid == started.pid
-        assert started.started is not None
+        self.assert_started(started)
         info = await executor.wait(spec.run_id)
         assert info.state is RunState.EXITED
         assert info.exit_code == 0
@@ -218,7 +242,7 @@ class ExecutorContract:
         empty = tmp_path / "empty-bin"
         empty.mkdir()
         spec = self.spec(tmp_path, ("orch-no-such-command", "--flag"), env={"PATH": str(empty)})
-        info = await executor.submit(spec)
+        info = await self.submit_and_settle(executor, spec)
         assert info.state is RunState.FAILED_TO_START
         assert info.reason is not None
         assert "command not found" in info.reason
@@ -252,13 +276,14 @@ class ExecutorContract:
         assert not info.succeeded
         assert info.duration is not None
         assert 0.25 <= info.duration < 3  # the loop's clock may lag time.monotonic a little
-        if self.real_processes:
+        if self.real_processes and not self.remote:
             assert started.pid is not None
             assert process_gone(started.pid)
 
     async def test_cancel_ends_the_whole_tree(self, executor: Executor, tmp_path: Path) -> None:
         self.needs_processes("a grandchild that ignores SIGTERM")
         pidfile = tmp_path / "grandchild.pid"
+        leader_pidfile = tmp_path / "leader.pid"
         grandchild = (
             "import os, signal, time\n"
             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -267,14 +292,18 @@ class ExecutorContract:
             "time.sleep(60)\n"
         )
         leader = python(
-            "import subprocess, sys, time\n"
+            "import os, subprocess, sys, time\n"
+            f"open({str(leader_pidfile)!r}, 'w').write(str(os.getpid()))\n"
             f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
             "time.sleep(60)\n"
         )
         spec = self.spec(tmp_path, leader)
         started = await executor.submit(spec)
-        await until(pidfile.exists)
+        await until(pidfile.exists, within=30 if self.remote else 5)
         grandchild_pid = int(pidfile.read_text())
+        leader_pid = int(leader_pidfile.read_text())
+        if not self.remote:
+            assert started.pid == leader_pid
         assert not process_gone(grandchild_pid)
         before = time.monotonic()
         info = await executor.cancel(spec.run_id, GRACE)
@@ -282,8 +311,7 @@ class ExecutorContract:
         assert info.state is RunState.CANCELLED
         assert info.reason
         assert GRACE - 0.05 <= elapsed < GRACE + 2, "SIGKILL only after the grace, soon after"
-        assert started.pid is not None
-        assert process_gone(started.pid)
+        await until(lambda: process_gone(leader_pid), within=3)
         await until(lambda: process_gone(grandchild_pid), within=3)
 
     async def test_cancel_is_idempotent(self, executor: Executor, tmp_path: Path) -> None:
@@ -293,7 +321,8 @@ class ExecutorContract:
             tg.start_soon(executor.cancel, spec.run_id, GRACE)
             first = await executor.cancel(spec.run_id, GRACE)
         assert first.state is RunState.CANCELLED
-        assert first.exit_code is not None
+        if not self.remote:  # a queued remote run ends without ever having an exit status
+            assert first.exit_code is not None
         assert await executor.cancel(spec.run_id, GRACE) == first
         assert await executor.wait(spec.run_id) == first
 
@@ -358,7 +387,7 @@ class ExecutorContract:
             for _ in range(4):
                 tg.start_soon(waiter)
             await anyio.lowlevel.checkpoint()
-            assert (await executor.status(spec.run_id)).state is RunState.RUNNING
+            assert (await executor.status(spec.run_id)).state in self.running_states()
             release()
         assert len(results) == 4
         assert all(info == results[0] for info in results)
@@ -373,7 +402,7 @@ class ExecutorContract:
         with anyio.move_on_after(0.05) as scope:
             await executor.wait(spec.run_id)
         assert scope.cancelled_caught
-        assert (await executor.status(spec.run_id)).state is RunState.RUNNING
+        assert (await executor.status(spec.run_id)).state in self.running_states()
         assert [info.run_id for info in await executor.active()] == [spec.run_id]
         release()
         info = await executor.wait(spec.run_id)
@@ -414,8 +443,43 @@ class ExecutorContract:
             assert info.reason
         assert await executor.status(done.run_id) == done
         assert await executor.active() == []
-        if self.real_processes:
+        if self.real_processes and not self.remote:
             assert all(pid is not None and process_gone(pid) for pid in pids)
         with pytest.raises(ExecutorError):
             await executor.submit(self.spec(tmp_path, self.prog_exit(executor, 0)))
         await executor.aclose()
+
+    # -- re-attaching and capacity ----------------------------------------------------------
+
+    async def test_attach_finds_a_known_run_and_never_starts_one(
+        self, executor: Executor, tmp_path: Path
+    ) -> None:
+        spec = self.spec(tmp_path, self.prog_exit(executor, 0, b"once\n"))
+        unknown = await executor.attach(spec)
+        assert unknown.state is RunState.LOST
+        assert unknown.reason
+        other = self.spec(tmp_path, self.prog_exit(executor, 0, b"twice\n"))
+        info = await self.run(executor, other)
+        assert await executor.attach(other) == info
+        assert await self.log_of(executor, other.run_id) == b"twice\n"
+
+    async def test_capacity_names_at_least_one_node(self, executor: Executor) -> None:
+        capacity = await executor.capacity()
+        assert capacity.nodes
+        assert all(node.get("CPU", 0) > 0 for node in capacity.nodes)
+        assert unfit({"CPU": 1}, capacity) is None
+        assert unfit({"CPU": 1e9}, capacity)
+
+    async def test_a_run_no_node_can_hold_fails_at_once(
+        self, executor: Executor, tmp_path: Path
+    ) -> None:
+        if not self.reserves_resources:
+            pytest.skip("this executor reserves nothing for a run")
+        resources = {"CPU": 1.0, "orch_contract_unobtainium": 1.0}
+        spec = self.spec(tmp_path, self.prog_exit(executor, 0), resources=resources)
+        info = await executor.submit(spec)
+        assert info.state is RunState.FAILED_TO_START
+        assert info.reason is not None
+        assert "can ever run it" in info.reason
+        assert "orch_contract_unobtainium=1" in info.reason
+        assert await executor.wait(spec.run_id) == info

@@ -20,9 +20,10 @@ from typing import Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from orchestrator.errors import ExecutorError
-from orchestrator.executors.base import RunInfo, RunSpec, RunState
+from orchestrator.executors.base import Capacity, RunInfo, RunSpec, RunState, unfit
 
 READ_CAP = 1 << 20
 
@@ -72,8 +73,15 @@ class FakeExecutor:
 
     name = "fake"
 
-    def __init__(self, kill_grace: float = 5.0, *, default: Outcome | None = None) -> None:
+    def __init__(
+        self,
+        kill_grace: float = 5.0,
+        *,
+        default: Outcome | None = None,
+        nodes: tuple[dict[str, float], ...] = ({"CPU": 8.0, "memory": float(16 << 30)},),
+    ) -> None:
         self._kill_grace = kill_grace
+        self._capacity = Capacity(nodes, "the fake cluster")
         self._default = default
         self._scripts: dict[tuple[str, ...], Outcome] = {}
         self._runs: dict[str, _FakeRun] = {}
@@ -188,6 +196,14 @@ class FakeExecutor:
     async def active(self) -> list[RunInfo]:
         return [run.info for run in self._runs.values() if not run.done.is_set()]
 
+    async def attach(self, spec: RunSpec) -> RunInfo:
+        await anyio.lowlevel.checkpoint()
+        return await self.status(spec.run_id)
+
+    async def capacity(self) -> Capacity:
+        await anyio.lowlevel.checkpoint()
+        return self._capacity
+
     # -- internals ------------------------------------------------------------------------
 
     def _start_problem(self, spec: RunSpec, outcome: Outcome | None) -> str | None:
@@ -197,6 +213,10 @@ class FakeExecutor:
             return "no command given (argv is empty)"
         if outcome is None:
             return f"command not found: {spec.argv[0]!r} (no script for {list(spec.argv)!r})"
+        if spec.resources:
+            problem = unfit(spec.resources, self._capacity)
+            if problem is not None:
+                return problem
         return outcome.start_error
 
     def _request_stop(self, run: _FakeRun, reason: str, grace: float) -> None:

@@ -28,6 +28,7 @@ def _fake(executor: Executor) -> FakeExecutor:
 
 class TestFakeExecutor(ExecutorContract):
     real_processes = False
+    reserves_resources = True
 
     def open_executor(self) -> AbstractAsyncContextManager[Executor]:
         return FakeExecutor(kill_grace=GRACE)

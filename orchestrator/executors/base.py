@@ -3,6 +3,10 @@
 A *run* is one command (an agent run or one verification command) with its environment,
 working directory, timeout and log file. Executors never retry: a failed or lost run is
 reported, and the orchestrator decides what to do with a new run id.
+
+Local runs are child processes of the daemon (``pid``/``pgid`` set). Remote runs (a cluster)
+queue for capacity (``PENDING``), have no local pid, survive a daemon restart and are found
+again with :meth:`Executor.attach`; their output still lands in the run's ``log_path``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A workspace a remote executor prepares on its node: a fresh git checkout.
+
+    The run's ``cwd`` is then relative to the checkout's root. With ``push``, whatever the run
+    changed is committed and pushed to a branch named after the run
+    (:attr:`RunInfo.branch`, :attr:`RunInfo.commit`).
+    """
+
+    repo: str
+    """A URL (or path) every node can clone from and push to."""
+    ref: str
+    """Branch, tag or commit to check out."""
+    push: bool = False
 
 
 class RunState(StrEnum):
@@ -47,7 +67,12 @@ class RunSpec:
     stdin_path: str | None = None
     """A file to give the child as stdin; ``None`` means ``/dev/null``."""
     resources: Mapping[str, float] = field(default_factory=dict)
-    """What a remote executor reserves for the run (``CPU``, ``memory``, custom)."""
+    """What a remote executor reserves for the run (``CPU``, ``GPU``, ``memory`` in bytes,
+    custom resources such as ``agent_slot``); empty: the executor's defaults."""
+    checkout: Checkout | None = None
+    """Remote executors: run in a fresh git checkout instead of a shared ``cwd``."""
+    pending_limit: float | None = None
+    """Remote executors: seconds the run may wait for capacity before it is reported stuck."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +89,12 @@ class RunInfo:
     """Monotonic time the process started."""
     ended: float | None = None
     """Monotonic time the run ended."""
+    node: str | None = None
+    """Where the run ran: ``None`` for this machine, else the remote node's name."""
+    branch: str | None = None
+    """Git checkouts with ``push``: the branch the run's result was pushed to."""
+    commit: str | None = None
+    """Git checkouts with ``push``: the commit at the head of :attr:`branch`."""
 
     @property
     def succeeded(self) -> bool:
@@ -76,13 +107,59 @@ class RunInfo:
         return self.ended - self.started
 
 
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What an executor's nodes offer at most: the total resources of each node that is up."""
+
+    nodes: tuple[Mapping[str, float], ...]
+    where: str = "this machine"
+
+
+def _amounts(resources: Mapping[str, float]) -> str:
+    def amount(name: str, value: float) -> str:
+        if name == "memory":
+            return f"memory={value / (1 << 20):g} MiB"
+        return f"{name}={value:g}"
+
+    return ", ".join(amount(k, v) for k, v in sorted(resources.items())) or "nothing"
+
+
+def unfit(resources: Mapping[str, float], capacity: Capacity) -> str | None:
+    """Why no node could ever run something asking for ``resources``; ``None`` if one could."""
+    wanted = {k: v for k, v in resources.items() if v > 0}
+    for node in capacity.nodes:
+        if all(node.get(k, 0.0) >= v for k, v in wanted.items()):
+            return None
+    if not capacity.nodes:
+        return f"{capacity.where} has no node that is up"
+    shown = sorted(
+        capacity.nodes,
+        key=lambda node: -sum(1 for k, v in wanted.items() if node.get(k, 0.0) >= v),
+    )[:3]
+    offers = "; ".join(_amounts({k: node.get(k, 0.0) for k in wanted}) for node in shown)
+    return (
+        f"no node of {capacity.where} can ever run it: it asks for {_amounts(wanted)}, "
+        f"the nodes offer at most: {offers}"
+    )
+
+
 class Executor(Protocol):
     """Where runs happen. Every method is safe to call from the daemon's event loop."""
 
     name: str
 
     async def submit(self, spec: RunSpec) -> RunInfo:
-        """Start a run; return once it runs (or could not start). Idempotent on ``run_id``."""
+        """Start a run; return once it runs, is queued (remote) or could not start.
+
+        Idempotent on ``run_id``: submitting an id again returns that run and starts nothing.
+        """
+        ...
+
+    async def attach(self, spec: RunSpec) -> RunInfo:
+        """Find a run submitted before a daemon restart again; never start it anew.
+
+        ``LOST`` when the executor has no such run (local runs never outlive the daemon).
+        """
         ...
 
     async def wait(self, run_id: str) -> RunInfo:
@@ -101,6 +178,10 @@ class Executor(Protocol):
 
     async def active(self) -> list[RunInfo]:
         """Runs not finished yet, for re-attaching after a daemon restart."""
+        ...
+
+    async def capacity(self) -> Capacity:
+        """The largest runs it could ever take (see :func:`unfit`)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -55,7 +55,7 @@ import anyio.to_thread
 
 from .. import procs
 from ..errors import ExecutorError
-from .base import RunInfo, RunSpec, RunState
+from .base import Capacity, RunInfo, RunSpec, RunState
 
 SPAWN_THREADS = 2
 """Children spawned at once, each from a worker thread."""
@@ -293,6 +293,14 @@ class LocalExecutor:
     async def active(self) -> list[RunInfo]:
         return [run.info for run in self._runs.values() if not run.done.is_set()]
 
+    async def attach(self, spec: RunSpec) -> RunInfo:
+        """A run of this executor, or ``LOST``: local runs never outlive their daemon."""
+        return await self.status(spec.run_id)
+
+    async def capacity(self) -> Capacity:
+        """This machine: its CPUs and memory (runs here reserve nothing; see the docs)."""
+        return local_capacity()
+
     # -- starting -------------------------------------------------------------------------
 
     @staticmethod
@@ -320,6 +328,9 @@ class LocalExecutor:
         try:
             if not spec.argv:
                 return _failed(run, "no command given (argv is empty)", log_fd)
+            if spec.checkout is not None:
+                reason = "a git checkout on a node needs a remote executor (executor: ray)"
+                return _failed(run, reason, log_fd)
             if spec.stdin_path is None:
                 stdin_fd = self._devnull
             else:
@@ -576,6 +587,13 @@ class LocalExecutor:
                 self._publish(run, RunState.LOST, None, f"{reason}; not reaped after SIGKILL")
             else:
                 self._publish(run, RunState.CANCELLED, code, reason)
+
+
+def local_capacity() -> Capacity:
+    node: dict[str, float] = {"CPU": float(os.cpu_count() or 1)}
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        node["memory"] = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return Capacity((node,), "this machine")
 
 
 def _why(error: OSError | ValueError) -> str:

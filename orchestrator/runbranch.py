@@ -1,0 +1,33 @@
+"""A remote run's result arrives as a git branch: fetch it into the track's repository.
+
+With ``workspace = "git"`` a run on a cluster works in a fresh checkout on its node and pushes
+what it changed to a branch named after the run (``orchestratord/JOB``). The daemon fetches
+that branch into the repository of the track's working directory, under the same name, so the
+commit step finds the attempt's changes there: ``git diff HEAD...orchestratord/JOB``.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+
+class RunBranchError(Exception):
+    """The run's branch could not be fetched (a FAIL of the attempt, with this reason)."""
+
+
+async def fetch(repository: str, remote: str, branch: str, commit: str) -> str:
+    """Fetch ``branch`` from ``remote`` into ``repository``; return the local ref."""
+    ref = f"refs/heads/{branch}"
+    argv = ["git", "-C", repository, "fetch", "--quiet", "--no-tags", remote, f"+{ref}:{ref}"]
+    result = await anyio.run_process(argv, check=False)
+    if result.returncode != 0:
+        detail = " ".join(result.stderr.decode("utf-8", "replace").split())[-400:]
+        raise RunBranchError(f"cannot fetch the run's branch {branch} from {remote}: {detail}")
+    head = await anyio.run_process(["git", "-C", repository, "rev-parse", ref], check=False)
+    got = head.stdout.decode().strip()
+    if head.returncode != 0 or got != commit:
+        raise RunBranchError(
+            f"the run's branch {branch} is at {got or 'nothing'} after fetching, "
+            f"not at the commit the run pushed ({commit}): was it pushed to since?"
+        )
+    return ref
