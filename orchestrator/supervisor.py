@@ -163,6 +163,7 @@ async def serve(
         await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
         engine = Engine(cfg, store, executor, clock)
         _load_tracks(engine, cfg)
+        engine.restore_pause()
         writeback = Writeback(engine, cfg.settings.writeback_delay)
         async with anyio.create_task_group() as tg:
             rt = Runtime(cfg, engine, writeback, control, tg)
@@ -183,9 +184,7 @@ async def serve(
                 tg.start_soon(_signals, control)
             for service in services:
                 await tg.start(functools.partial(service, rt))
-            store.add_events(
-                ("daemon_started", None, {"pid": os.getpid(), "tracks": list(engine.tracks)})
-            )
+            engine.journal("daemon_started", None, pid=os.getpid(), tracks=list(engine.tracks))
             log.info(
                 "daemon started",
                 pid=os.getpid(),
@@ -220,10 +219,7 @@ async def serve(
 
 async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg: Config) -> None:
     engine.draining = True
-    store = engine.store
-    store.add_events(
-        ("daemon_stopping", None, {"running": [str(k) for k in engine.running_keys()]})
-    )
+    engine.journal("daemon_stopping", None, running=[str(k) for k in engine.running_keys()])
     log.info("daemon stopping", running=len(engine.running_keys()))
     with anyio.CancelScope(shield=True):
         if engine.busy() and not control.force.is_set():
@@ -255,13 +251,23 @@ def uvloop_available() -> bool:
 def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int:
     """Run the daemon in this process (it never forks away) and return its exit status."""
 
+    from .control.service import control_service  # noqa: PLC0415  (it imports this module)
+
+    services: list[Service] = [control_service]
+
     async def main() -> int:
         view = Progress() if progress is not False else None
         if view is not None and progress is None and not view.live_mode:
             view = None
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             try:
-                return await serve(cfg, executor, once=once, on_ready=view.attach if view else None)
+                return await serve(
+                    cfg,
+                    executor,
+                    once=once,
+                    on_ready=view.attach if view else None,
+                    services=services,
+                )
             finally:
                 if view is not None:
                     view.summary()

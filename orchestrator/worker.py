@@ -293,6 +293,6 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
     if attempt_id is not None:
         engine.store.interrupt_attempts([attempt_id], resets, reason)
     elif resets:
-        engine.store.put_tasks(resets)
+        engine.store.put_tasks(resets, [("attempt_interrupted", key, {"reason": reason})])
     if resets:
         engine.after_commit(key, resets[key], [("attempt_interrupted", key, {"reason": reason})])
