@@ -167,6 +167,7 @@ async def serve(
         writeback = Writeback(engine, cfg.settings.writeback_delay)
         async with anyio.create_task_group() as tg:
             rt = Runtime(cfg, engine, writeback, control, tg)
+            tg.start_soon(_starts_nothing_on_exit, engine)
             for name in engine.tracks:
                 await rt.start_worker(name)
             await tg.start(writeback.run)
@@ -215,6 +216,15 @@ async def serve(
     finally:
         store.close()
         lock.release()
+
+
+async def _starts_nothing_on_exit(engine: Engine) -> None:
+    """However the daemon ends, even cancelled from outside (a service failing), nothing new
+    starts while it unwinds: a Ralph loop cut short would otherwise be relaunched at once."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        engine.draining = True
 
 
 async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg: Config) -> None:

@@ -216,7 +216,7 @@ async def run_task(engine: Engine, key: TaskKey) -> None:
         with anyio.CancelScope() as scope:
             engine.track_scope(key, scope)
             failure = _previous_failure(engine, key)
-            while engine.states[key].status is Status.IN_PROGRESS:
+            while engine.states[key].status is Status.IN_PROGRESS and not engine.draining:
                 task, track = engine.settings_for(key)
                 state = engine.states[key]
                 number = state.owned.attempts + 1
