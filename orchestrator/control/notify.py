@@ -61,11 +61,17 @@ class _Queue:
         self.wake.set()
         return not dropped
 
-    async def pop(self) -> dict[str, Any]:
+    async def first(self) -> dict[str, Any]:
+        """The oldest event, left in the queue until :meth:`done` (a delivery cut short by
+        the daemon stopping is tried again in the last round)."""
         while not self.items:
             self.wake = anyio.Event()
             await self.wake.wait()
-        return self.items.popleft()
+        return self.items[0]
+
+    def done(self, item: dict[str, Any]) -> None:
+        if self.items and self.items[0] is item:
+            self.items.popleft()
 
 
 def payload(event: dict[str, Any]) -> dict[str, Any]:
@@ -112,11 +118,20 @@ class Notifier:
             else None
         )
         self.delivered = 0
-        self._finishing = anyio.Event()
+        self._finishing = False
+        self._finish_called = anyio.Event()
+        self._drained = anyio.Event()
 
     def finish(self) -> None:
-        """No more events will come: deliver what is queued (within the grace) and end."""
-        self._finishing.set()
+        """No more events will come: deliver what is queued (within :data:`STOP_GRACE`) and
+        end :meth:`run`."""
+        self._finishing = True
+        self._finish_called.set()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._finishing and not any(q.items for q in self._queues):
+            self._drained.set()
 
     @property
     def _queues(self) -> list[_Queue]:
@@ -141,39 +156,27 @@ class Notifier:
                 self.on_failure(queue.name)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Deliver until cancelled; then, once :meth:`finish` is called, give what is still
-        queued :data:`STOP_GRACE` seconds to go out."""
+        """Deliver until :meth:`finish`; then give what is still queued :data:`STOP_GRACE`
+        seconds. Deliveries are never cut short by the daemon's own cancellation: a
+        notification half sent would be sent twice, or not at all."""
         if not self.active:
             task_status.started()
             return
         async with httpx.AsyncClient(transport=self._transport) as client:
-            try:
+            with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as tg:
                     for hook, queue in self._webhooks:
                         tg.start_soon(self._webhook_worker, client, hook, queue)
                     if self._command is not None:
                         tg.start_soon(self._command_worker, *self._command)
                     task_status.started()
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE):
-                    await self._finishing.wait()
-                    await self._last_round(client)
+                    await self._drained_or_late()
+                    tg.cancel_scope.cancel()
 
-    async def _last_round(self, client: httpx.AsyncClient) -> None:
-        """Deliver what is still queued, each once (the daemon is stopping)."""
-        async with anyio.create_task_group() as tg:
-            for hook, queue in self._webhooks:
-                tg.start_soon(self._flush_webhook, client, hook, queue)
-            if self._command is not None:
-                tg.start_soon(self._flush_command, *self._command)
-
-    async def _flush_webhook(self, client: httpx.AsyncClient, hook: Webhook, queue: _Queue) -> None:
-        while queue.items:
-            await self._post(client, hook, queue.items.popleft(), 0)
-
-    async def _flush_command(self, command: NotifyCommand, queue: _Queue) -> None:
-        while queue.items:
-            await self._run_command(command, queue.items.popleft())
+    async def _drained_or_late(self) -> None:
+        await self._finish_called.wait()
+        with anyio.move_on_after(STOP_GRACE):
+            await self._drained.wait()
 
     # ------------------------------------------------------------------ webhooks
 
@@ -181,7 +184,10 @@ class Notifier:
         self, client: httpx.AsyncClient, hook: Webhook, queue: _Queue
     ) -> None:
         while True:
-            await self._post(client, hook, await queue.pop(), hook.retries)
+            event = await queue.first()
+            await self._post(client, hook, event, hook.retries)
+            queue.done(event)
+            self._check_drained()
 
     async def _post(
         self, client: httpx.AsyncClient, hook: Webhook, event: dict[str, Any], retries: int
@@ -220,7 +226,10 @@ class Notifier:
 
     async def _command_worker(self, command: NotifyCommand, queue: _Queue) -> None:
         while True:
-            await self._run_command(command, await queue.pop())
+            event = await queue.first()
+            await self._run_command(command, event)
+            queue.done(event)
+            self._check_drained()
 
     async def _run_command(self, command: NotifyCommand, event: dict[str, Any]) -> bool:
         try:
