@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from . import __version__, config, diagram, logs, supervisor, workspace
+from . import __version__, config, diagram, workspace
 from .control import commands as control_commands
 from .errors import OrchestratorError
 
@@ -190,6 +190,9 @@ def start(
             f"{cfg.tracks_dir}: tracks directory not found; pass --tracks DIR or set "
             "ORCHESTRATORD_TRACKS"
         )
+    # Only `start` needs the daemon's machinery: the other commands start faster without it.
+    from . import logs, supervisor  # noqa: PLC0415
+
     logs.configure(cfg.settings.log_level, cfg.settings.log_format)
     sys.exit(supervisor.run(cfg, once=once, progress=progress))
 

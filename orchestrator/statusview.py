@@ -92,28 +92,25 @@ def snapshot(
     elapsed time and the document's ``generated_at``.
     """
     lookup: OwnedLookup = owned or (lambda k: tasks[k].owned if k in tasks else None)
-    all_keys: list[TaskKey] = []
+    totals = dict.fromkeys(STATUS_ORDER, 0)
     tracks_out: list[dict[str, Any]] = []
+    status_of = graph.status
     for name, spec in graph.tracks.items():
-        keys = list(graph.keys(name))
-        all_keys.extend(keys)
-        if only is not None and name != only:
-            continue
-        trigger = None
-        if spec.trigger:
-            trigger = {
-                "refs": [str(t) for t in spec.trigger],
-                "holds": graph.trigger_holds(name),
-                "waiting_on": [str(t) for t in spec.trigger if not graph.target_done(t)],
-            }
+        tally = dict.fromkeys(STATUS_ORDER, 0)
+        listed = only is None or name == only
         running, blocked, failed = [], [], []
-        for key in keys:
-            status = graph.status(key)
+        # One pass per track: a status lookup per task, the rest only for the few listed.
+        for key in graph.keys(name):
+            status = status_of(key)
+            tally[status] += 1
+            if not listed or status in _NOT_LISTED:
+                continue
             info = lookup(key)
+            brief = _task_brief(tasks.get(key), key)
             if status is Status.IN_PROGRESS:
                 running.append(
                     _running(
-                        _task_brief(tasks.get(key), key),
+                        brief,
                         state(key) if state else None,
                         info,
                         budget(key) if budget else None,
@@ -122,27 +119,38 @@ def snapshot(
                 )
             elif status is Status.BLOCKED:
                 blocked.append(
-                    _task_brief(tasks.get(key), key)
+                    brief
                     | {
                         "reason": info.error if info else None,
                         "verdict": info.verification_verdict if info else None,
                     }
                 )
-            elif status is Status.FAILED:
+            else:
                 failed.append(
-                    _task_brief(tasks.get(key), key)
+                    brief
                     | {
                         "attempts": info.attempts if info else 0,
                         "reason": info.error if info else None,
                         "verdict": info.verification_verdict if info else None,
                     }
                 )
+        for status, count in tally.items():
+            totals[status] += count
+        if not listed:
+            continue
+        trigger = None
+        if spec.trigger:
+            trigger = {
+                "refs": [str(t) for t in spec.trigger],
+                "holds": graph.trigger_holds(name),
+                "waiting_on": [str(t) for t in spec.trigger if not graph.target_done(t)],
+            }
         tracks_out.append(
             {
                 "name": name,
                 "file": files.get(name),
                 "paused": graph.track_paused(name),
-                "counts": counts(graph, keys),
+                "counts": _as_counts(tally),
                 "trigger": trigger,
                 "ready_count": graph.ready_count(name),
                 "next": [
@@ -158,13 +166,20 @@ def snapshot(
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now) if now else None,
         "daemon": dict(daemon or {"running": False, "source": "files"}),
-        "totals": counts(graph, all_keys),
+        "totals": _as_counts(totals),
         "tracks": tracks_out,
         "problems": [
             {"file": p.file, "path": p.path, "message": p.message, "severity": p.severity}
             for p in problems
         ],
     }
+
+
+_NOT_LISTED = frozenset({Status.PENDING, Status.COMPLETE, Status.SKIPPED})
+
+
+def _as_counts(tally: Mapping[Status, int]) -> dict[str, int]:
+    return {"total": sum(tally.values())} | {s.value: tally[s] for s in STATUS_ORDER}
 
 
 _STYLE = {

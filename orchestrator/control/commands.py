@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -32,7 +32,9 @@ from ..config import Config
 from ..errors import DaemonNotRunningError, DaemonUnreachableError, OrchestratorError
 from . import api, board
 from .client import Client
-from .views import OfflineView, board_document, explain_lines, resolve, status_document
+
+if TYPE_CHECKING:
+    from .views import OfflineView
 
 T = TypeVar("T")
 
@@ -53,6 +55,9 @@ def _offline(cfg: Config) -> Iterator[OfflineView]:
             f"{cfg.tracks_dir}: tracks directory not found; pass --tracks DIR or set "
             "ORCHESTRATORD_TRACKS"
         )
+    # Imported here: asking a running daemon needs none of the machinery to read files.
+    from .views import OfflineView  # noqa: PLC0415
+
     view = OfflineView.load(cfg)
     try:
         yield view
@@ -140,11 +145,13 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
     @click.argument("ref")
     def explain_cmd(cfg: Config, ref: str) -> None:
         """Say why the task REF (ID or track:ID) is or is not ready."""
-        lines = read(
-            cfg,
-            lambda c: c.explain(ref).lines,
-            lambda v: explain_lines(v, resolve(v, ref)),
-        )
+
+        def offline(view: OfflineView) -> list[str]:
+            from .views import explain_lines, resolve  # noqa: PLC0415
+
+            return explain_lines(view, resolve(view, ref))
+
+        lines = read(cfg, lambda c: c.explain(ref).lines, offline)
         for line in lines:
             click.echo(line)
 
@@ -157,11 +164,13 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
         if web:
             click.echo(web_url(cfg))
             return
-        text = read(
-            cfg,
-            lambda c: c.board_markdown(),
-            lambda v: board.render(board_document(v, seq=0)),
-        )
+
+        def offline(view: OfflineView) -> str:
+            from .views import board_document  # noqa: PLC0415
+
+            return board.render(board_document(view, seq=0))
+
+        text = read(cfg, lambda c: c.board_markdown(), offline)
         click.echo(text, nl=False)
 
     # ------------------------------------------------------------------ logs
@@ -184,6 +193,8 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
                     out.flush()
 
         def offline(view: OfflineView) -> None:
+            from .views import resolve  # noqa: PLC0415
+
             key = resolve(view, ref)
             rows = view.attempts(key)
             if not rows:
@@ -277,6 +288,8 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
 
 def status_data(cfg: Config, track: str | None, *, quiet: bool = True) -> dict[str, Any]:
     def offline(view: OfflineView) -> dict[str, Any]:
+        from .views import status_document  # noqa: PLC0415
+
         if track is not None and track not in view.graph.tracks:
             known = ", ".join(view.graph.tracks) or "none"
             raise OrchestratorError(f"unknown track {track!r}; known tracks: {known}")
