@@ -22,7 +22,7 @@ from orchestrator.control.service import control_service
 from orchestrator.daemon import Engine
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.model import Status, TaskKey
-from orchestrator.supervisor import Control, serve
+from orchestrator.supervisor import Control, serve, unwrap
 
 from .daemon_harness import settings
 
@@ -102,6 +102,21 @@ async def running_daemon(
         holder.append(live)
         started.set()
 
+    try:
+        async with _daemon(cfg, control, ready, started, holder) as live:
+            yield live
+    except BaseExceptionGroup as group:
+        raise unwrap(group) from None
+
+
+@asynccontextmanager
+async def _daemon(
+    cfg: config.Config,
+    control: Control,
+    ready: Callable[[Engine], None],
+    started: anyio.Event,
+    holder: list[Live],
+) -> AsyncIterator[Live]:
     async with LocalExecutor(cfg.settings.kill_grace) as executor, anyio.create_task_group() as tg:
 
         async def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,28 @@ async def test_stop_over_the_api(tmp_path: Path, tracks_dir: Path, write_track: 
         assert attempt.state == "interrupted"
     finally:
         store.close()
+
+
+async def test_a_state_dir_too_long_for_a_socket_path_still_works(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}])
+    state = tmp_path / ("very-long-state-directory-name-" * 4) / "state"
+    assert len(str(state / api.SOCKET_NAME)) > 108
+    async with running_daemon(tracks_dir, state) as live:
+        await live.until_status("t:A", Status.COMPLETE)
+        data = await live.ask("status")
+        assert data["totals"]["complete"] == 1
+
+
+async def test_a_busy_port_is_a_clear_error(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve the control API on 127.0.0.1:{port}"):
+            async with running_daemon(tracks_dir, http=f"127.0.0.1:{port}"):
+                pass

@@ -52,6 +52,7 @@ HEARTBEAT = 15.0
 LOG_POLL = 0.25
 CHUNK = 65536
 ORDER_WAIT_EXTRA = 10.0
+PUBLIC_PATHS = frozenset({api.WEB_BOARD, "/favicon.ico"})
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -416,7 +417,10 @@ class Guard:
             await response(scope, receive, send)
             return
         reading = scope["method"] in ("GET", "HEAD")
-        if (self.remote or not reading) and not self._authorized(scope, headers, reading):
+        # The page itself holds no data: it must load before it can send the token.
+        page = reading and scope.get("path") in PUBLIC_PATHS
+        needed = not reading or (self.remote and not page)
+        if needed and not self._authorized(scope, headers, reading):
             response = error_response(
                 401,
                 "this request needs the daemon's token: send 'Authorization: Bearer TOKEN' "

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp
 
 from .. import __version__
 from ..clock import iso
+from ..errors import ConfigError, StateError
 from ..supervisor import Runtime
 from . import api
 from .boardfile import BoardFile
@@ -82,10 +83,17 @@ def socket_address(path: Path) -> Iterator[str]:
 
 
 def bind_unix(path: Path) -> socket.socket:
-    """Listen on ``path`` (mode 0600), replacing a socket a dead daemon left behind."""
-    with contextlib.suppress(FileNotFoundError):
+    """Listen on ``path`` (mode 0600), replacing a socket a dead daemon left behind.
+
+    The state directory's lock is held: any socket already there is a dead daemon's.
+    """
+    try:
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
+        else:
+            raise StateError(f"{path}: in the way of the control socket; move it elsewhere")
+    except FileNotFoundError:
+        pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with socket_address(path) as address:
@@ -93,6 +101,11 @@ def bind_unix(path: Path) -> socket.socket:
         # Not listening yet: nobody can connect before the mode is right.
         os.chmod(path, 0o600)
         sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StateError(
+            f"{path}: cannot listen for the control API: {exc.strerror or exc}"
+        ) from None
     except BaseException:
         sock.close()
         raise
@@ -108,6 +121,13 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError(
+            f"cannot serve the control API on {shown}: {exc.strerror or exc}; choose another "
+            "address with --http (port 0 picks a free one)"
+        ) from None
     except BaseException:
         sock.close()
         raise
