@@ -98,3 +98,23 @@ def test_what_an_order_means(
     decision = decide(order, "t:A", status, running)
     assert (decision.event, decision.refused) == (event, refused)
     assert decision.message.startswith("t:A")
+
+
+@pytest.mark.anyio
+async def test_a_new_state_database_starts_a_new_event_log(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}])
+    state = tmp_path / "state"
+    async with running_daemon(tracks_dir, state) as live:
+        await live.until_status("t:A", Status.COMPLETE)
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    write_track("t", [{"id": "A", "command": "true"}])
+    async with running_daemon(tracks_dir, state) as live:
+        await live.until_status("t:A", Status.COMPLETE)
+    lines = (state / api.EVENTS_LOG_NAME).read_text().splitlines()
+    seqs = [json.loads(x)["seq"] for x in lines]
+    assert seqs[0] == 1
+    assert seqs == sorted(seqs)
+    assert (state / (api.EVENTS_LOG_NAME + ".1")).exists()

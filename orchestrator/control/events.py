@@ -118,8 +118,13 @@ class EventLog:
 
     def _rotate(self) -> None:
         self._handle.close()
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self.rotate()
         self._open()
+
+    def rotate(self) -> None:
+        """Start a new log; the current one becomes ``events.jsonl.1``."""
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
 
     def close(self) -> None:
         if self._handle is not None:
@@ -195,6 +200,11 @@ class Hub:
         """Follow the journal until :meth:`close` (or cancellation, which closes too)."""
         engine = self.engine
         written = self.events_log.last_seq()
+        if written is not None and written > engine.store.last_seq():
+            # A new state database (the old one moved aside): its numbering starts again, and
+            # so does the log, the old one kept as events.jsonl.1.
+            self.events_log.rotate()
+            written = None
         self.seq = written if written is not None else engine.boot_seq
         engine.listeners.append(self.poke)
         try:
