@@ -63,6 +63,15 @@ async def test_status_over_the_socket_follows_the_schema(
         assert one.totals.total == 3
         with pytest.raises(RefError, match="unknown track 'nope'; known tracks: t, u"):
             await live.ask("status", "nope")
+        board = api.BoardDocument.model_validate(await live.ask("board"))
+        assert [(c.ref, c.status) for c in board.cards] == [
+            ("t:RUN", "in_progress"),
+            ("t:NEXT", "pending"),
+            ("u:U1", "pending"),
+        ]
+        assert 0 < board.seq <= live.engine.store.last_seq()
+        markdown = await live.ask("board_markdown")
+        assert "| **u**<br>0/1 done<br>waits for t:RUN | U1 |" in markdown
         state = live.state
         assert stat.S_IMODE((state / api.SOCKET_NAME).stat().st_mode) == 0o600
         assert stat.S_IMODE((state / api.TOKEN_NAME).stat().st_mode) == 0o600
