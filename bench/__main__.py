@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import dispatch, load, ray, resident, writeback
+from . import dispatch, load, ray, resident, status, writeback
 
 ALL = {
     "load": load.run,
@@ -16,6 +16,7 @@ ALL = {
     "writeback": writeback.run,
     "resident": resident.run,
     "ray": ray.run,
+    "status": status.run,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import anyio
 from orchestrator import config, logs
 from orchestrator.daemon import Engine
 from orchestrator.executors.local import LocalExecutor
-from orchestrator.supervisor import serve, uvloop_available
+from orchestrator.supervisor import Service, serve, uvloop_available
 
 
 def scratch_root() -> str | None:
@@ -33,6 +33,7 @@ def run_daemon(
     executor: LocalExecutor | None = None,
     on_ready: Callable[[Engine], None] | None = None,
     ballast_mb: int = 0,
+    services: Sequence[Service] = (),
     **flags: Any,
 ) -> dict[str, Any]:
     """Run ``start --once`` in this process; return wall and CPU seconds and the engine."""
@@ -53,7 +54,9 @@ def run_daemon(
         async with executor or LocalExecutor(1.0) as ex:
             gc.collect()
             cpu, wall = time.process_time(), time.perf_counter()
-            code = await serve(cfg, ex, once=True, on_ready=ready, handle_signals=False)
+            code = await serve(
+                cfg, ex, once=True, on_ready=ready, handle_signals=False, services=services
+            )
             result.update(code=code, wall=time.perf_counter() - wall, cpu=time.process_time() - cpu)
         del ballast
 

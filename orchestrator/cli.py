@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
-import orjson
-from rich.console import Console
 
-from . import __version__, config, diagram, explain, logs, statusview, supervisor, workspace
+from . import __version__, config, diagram, workspace
+from .control import commands as control_commands
 from .errors import OrchestratorError
-from .refs import key_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,37 +140,6 @@ def graph(ctx: click.Context, /, fmt: diagram.Format, **kwargs: Any) -> None:
     click.echo(diagram.render(ws.graph(), fmt), nl=False)
 
 
-@cli.command(name="explain")
-@click.argument("ref")
-@_common_options
-@click.pass_context
-@_reports_errors
-def explain_cmd(ctx: click.Context, /, ref: str, **kwargs: Any) -> None:
-    """Say why the task REF (ID or track:ID) is or is not ready."""
-    ws = _load(ctx, kwargs)
-    key = key_of(ref, ws.ref_index())
-    tasks = ws.tasks()
-    lines = explain.describe(ws.graph(), key, lambda k: tasks[k].owned if k in tasks else None)
-    for line in lines:
-        click.echo(line)
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document.")
-@_common_options
-@click.pass_context
-@_reports_errors
-def status(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None:
-    """Show every track: counts by status, what runs next, what is blocked and why."""
-    ws = _load(ctx, kwargs)
-    files = {t.name: t.path for t in ws.tracks}
-    data = statusview.snapshot(ws.graph(), ws.tasks(), files, ws.problems)
-    if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-    else:
-        statusview.print_status(data, Console())
-
-
 @cli.command()
 @click.option("--max-parallel", type=click.IntRange(min=1), help="Attempts running at once.")
 @click.option("--once", is_flag=True, help="Exit when no task can run any more.")
@@ -183,6 +150,17 @@ def status(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None:
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]))
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Serve the control API and the web board on TCP too (loopback). Env: ORCHESTRATORD_HTTP.",
+)
+@click.option(
+    "--http-allow-remote",
+    is_flag=True,
+    default=None,
+    help="Accept a --http address beyond loopback (every request then needs the token).",
+)
 @_common_options
 @click.pass_context
 @_reports_errors
@@ -194,6 +172,8 @@ def start(
     progress: bool | None,
     log_level: str | None,
     log_format: str | None,
+    http: str | None,
+    http_allow_remote: bool | None,
     **kwargs: Any,
 ) -> None:
     """Run every track in the foreground until stopped (SIGTERM or Ctrl-C stop gracefully).
@@ -203,12 +183,16 @@ def start(
     """
     common = _split_common(kwargs)
     common.update(max_parallel=max_parallel, log_level=log_level, log_format=log_format)
+    common.update(http=http, http_allow_remote=http_allow_remote)
     cfg = _settings(ctx, common)
     if not cfg.tracks_dir.is_dir():
         raise OrchestratorError(
             f"{cfg.tracks_dir}: tracks directory not found; pass --tracks DIR or set "
             "ORCHESTRATORD_TRACKS"
         )
+    # Only `start` needs the daemon's machinery: the other commands start faster without it.
+    from . import logs, supervisor  # noqa: PLC0415
+
     logs.configure_from(cfg.settings)
     sys.exit(supervisor.run(cfg, once=once, progress=progress))
 
@@ -218,6 +202,7 @@ from . import configcmd, servicecmd  # noqa: E402
 
 cli.add_command(configcmd.group)
 cli.add_command(servicecmd.service)
+control_commands.register(cli, _common_options, _settings)
 
 
 def main() -> None:

@@ -21,9 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from . import tomlpos
+from .control import api as _control_api
 from .errors import ConfigError
 
 ENV_PREFIX = "ORCHESTRATORD_"
@@ -104,6 +114,54 @@ class RaySettings(_Section):
 
 
 # -- end of scale-out ----------------------------------------------------------------------
+# ---------------------------------------------------------------- control and visibility
+# The control API's TCP address, the event log, notifications (docs/control-api.md).
+
+
+def _known_events(names: list[str]) -> list[str]:
+    for name in names:
+        if name != "*" and name not in _control_api.EVENT_TYPES:
+            close = difflib.get_close_matches(name, _control_api.EVENT_TYPES, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "use '*' for every event"
+            raise ValueError(f"unknown event {name!r}; {hint}")
+    return names
+
+
+EventNames = Annotated[list[str], AfterValidator(_known_events)]
+
+
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("a webhook url starts with http:// or https://")
+    return url
+
+
+class Webhook(_Section):
+    """POST every chosen event as JSON to ``url``, in the background, with retries."""
+
+    url: Annotated[str, AfterValidator(_http_url)]
+    events: EventNames = Field(default_factory=lambda: list(_control_api.ATTENTION_EVENTS))
+    timeout: Seconds = 10.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class NotifyCommand(_Section):
+    """Run ``argv`` for every chosen event, with the event in its environment."""
+
+    argv: Annotated[list[str], Field(min_length=1)]
+    events: EventNames = Field(default_factory=lambda: list(_control_api.ATTENTION_EVENTS))
+    timeout: Seconds = 30.0
+
+
+class Notify(_Section):
+    webhooks: list[Webhook] = Field(default_factory=list)
+    command: NotifyCommand | None = None
+    queue: Annotated[int, Field(ge=1)] = 1000
+    """Events waiting per hook before the oldest are dropped (a dead endpoint never blocks)."""
+
+
+# ---------------------------------------------------------------- end of control and visibility
 
 
 class Settings(_Section):
@@ -132,6 +190,22 @@ class Settings(_Section):
     executor: Literal["local", "ray"] = "local"
     """Where attempts run unless a track says otherwise (``track.executor``)."""
     ray: RaySettings = Field(default_factory=RaySettings)
+    # -- control and visibility (see the block above) --
+    http_allow_remote: bool = False
+    http: str | None = None
+    """``HOST:PORT`` of the control API and web board on TCP (loopback only by default)."""
+    events_max_bytes: Annotated[int, Field(ge=4096)] = 10_485_760
+    notify: Notify = Field(default_factory=Notify)
+
+    @field_validator("http")
+    @classmethod
+    def _check_http(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            allow = bool(info.data.get("http_allow_remote"))
+            _control_api.parse_address(value, allow_remote=allow)
+        return value
+
+    # -- end of control and visibility --
 
 
 PATH_KEYS = frozenset({"tracks", "state_dir", "board_path", "log_file"})
@@ -143,6 +217,7 @@ ENV_KEYS: Mapping[str, str] = {
     "KILL_GRACE": "kill_grace",
     "WRITEBACK_DELAY": "writeback_delay",
     "BOARD_PATH": "board_path",
+    "HTTP": "http",
     "LOG_LEVEL": "log_level",
     "LOG_FORMAT": "log_format",
     "LOG_FILE": "log_file",

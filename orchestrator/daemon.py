@@ -101,6 +101,8 @@ class Engine:
         self.cancel_reasons: dict[TaskKey, str] = {}
         self.placement: Placement | None = None
         """Where each track's attempts run (set by the daemon; ``None``: ``executor``)."""
+        self.boot_seq = store.last_seq()
+        """Events journaled by this daemon have a greater sequence number."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -274,6 +276,37 @@ class Engine:
             self.announce("track_resumed", name)
             self._dirty(name, None)
             self.dispatch()
+
+    def pause_daemon(self, reason: str) -> None:
+        """Start nothing new in any track; running attempts finish. Survives a restart."""
+        if not self.paused:
+            self.paused = True
+            self.journal("daemon_paused", None, reason=reason)
+            log.info("daemon paused", reason=reason)
+            self._check_idle()
+
+    def resume_daemon(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.journal("daemon_resumed", None)
+            log.info("daemon resumed")
+            self.dispatch()
+
+    def restore_pause(self) -> None:
+        """At start-up: a daemon paused when it last stopped starts paused."""
+        last = self.store.last_event(("daemon_paused", "daemon_resumed"))
+        if last is not None and last.type == "daemon_paused":
+            self.paused = True
+            log.warning(
+                "the daemon is paused: nothing starts until `orchestratord resume`",
+                since=last.at,
+                reason=last.data.get("reason"),
+            )
+
+    def journal(self, kind: str, subject: TaskKey | str | None, **data: Any) -> None:
+        """Record an event that goes with no task state change, and announce it."""
+        self.store.add_events((kind, subject, data))
+        self.announce(kind, subject, **data)
 
     def cancel_running(self, key: TaskKey, reason: str) -> None:
         scope = self._scopes.get(key)

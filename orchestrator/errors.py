@@ -56,3 +56,13 @@ class ExecutorError(OrchestratorError):
 
 class ControlError(OrchestratorError):
     """The control API refused a request or could not be reached."""
+
+
+class DaemonNotRunningError(ControlError):
+    """A command that changes things needs a running daemon, and none holds the state dir."""
+
+    exit_code = 3
+
+
+class DaemonUnreachableError(ControlError):
+    """A daemon holds the state dir but its control API does not answer."""

@@ -376,8 +376,10 @@ class Graph:
 
     def ready_in_order(self, track: str, limit: int | None = None) -> list[TaskKey]:
         """Ready tasks of ``track`` in run order (for display; sorts on every call)."""
-        ordered = sorted(self._ready.get(track, ()), key=lambda k: self._nodes[k].order)
-        return ordered if limit is None else ordered[:limit]
+        bucket = self._ready.get(track, ())
+        if limit is not None:
+            return heapq.nsmallest(limit, bucket, key=lambda k: self._nodes[k].order)
+        return sorted(bucket, key=lambda k: self._nodes[k].order)
 
     def dependents(self, key: TaskKey) -> list[TaskKey]:
         """Tasks that name ``key`` directly, plus those that name its whole track."""

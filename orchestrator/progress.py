@@ -43,6 +43,12 @@ def _event_line(kind: str, subject: TaskKey | str | None, data: Mapping[str, Any
         return Text(f"{who} FAILED after {data.get('attempts')} attempts", style="bold red")
     if kind == "task_blocked":
         return Text(f"{who} BLOCKED: {data.get('reason')}", style="bold magenta")
+    if kind == "daemon_stopping":
+        return Text(f"stopping ({len(data.get('running', []))} running)", style="bold yellow")
+    if kind == "daemon_paused":
+        return Text(f"daemon paused: {data.get('reason')}", style="bold magenta")
+    if kind == "daemon_resumed":
+        return Text("daemon resumed", style="bold")
     if kind in _QUIET or kind == "task_complete":
         return None
     return Text(f"{kind} {who} {dict(data) if data else ''}".rstrip(), style="dim")

@@ -7,24 +7,33 @@ data, so the two never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .clock import iso
 from .graph import Graph
 from .model import STATUS_ORDER, Owned, Status, TaskDef, TaskKey
 from .problems import Problem
+from .states import TaskState
 
 SCHEMA_VERSION = 1
 NEXT_SHOWN = 5
+LISTED = 10
+"""Blocked and failed tasks listed per track in the terminal view (``--json`` has them all)."""
 
 OwnedLookup = Callable[[TaskKey], Owned | None]
+StateLookup = Callable[[TaskKey], TaskState | None]
+BudgetLookup = Callable[[TaskKey], int | None]
 
 
-def _counts(graph: Graph, keys: list[TaskKey]) -> dict[str, int]:
+def counts(graph: Graph, keys: Sequence[TaskKey]) -> dict[str, int]:
+    """Tasks by status (and in all) among ``keys``."""
     counts = {"total": len(keys)} | {s.value: 0 for s in STATUS_ORDER}
     for key in keys:
         counts[graph.status(key).value] += 1
@@ -39,6 +48,31 @@ def _task_brief(task: TaskDef | None, key: TaskKey) -> dict[str, Any]:
     return brief
 
 
+def _running(
+    brief: dict[str, Any],
+    state: TaskState | None,
+    info: Owned | None,
+    budget: int | None,
+    now: datetime | None,
+) -> dict[str, Any]:
+    attempts = info.attempts if info else 0
+    started = info.last_attempt if info else None
+    elapsed = None
+    if started and now is not None:
+        try:
+            elapsed = max(0.0, round((now - datetime.fromisoformat(started)).total_seconds(), 1))
+        except ValueError:
+            elapsed = None
+    return brief | {
+        "attempts": attempts,
+        "attempt": attempts + 1,
+        "iteration": state.iteration + 1 if state else None,
+        "max_iterations": budget,
+        "started_at": started,
+        "elapsed_seconds": elapsed,
+    }
+
+
 def snapshot(
     graph: Graph,
     tasks: Mapping[TaskKey, TaskDef],
@@ -46,14 +80,64 @@ def snapshot(
     problems: tuple[Problem, ...] = (),
     owned: OwnedLookup | None = None,
     daemon: Mapping[str, Any] | None = None,
+    *,
+    state: StateLookup | None = None,
+    budget: BudgetLookup | None = None,
+    now: datetime | None = None,
+    only: str | None = None,
 ) -> dict[str, Any]:
-    """The status of every track as plain data (the ``status --json`` document)."""
+    """The status of every track (or of track ``only``) as plain data: ``status --json``.
+
+    ``state`` and ``budget`` add the running attempt's iteration and budget; ``now`` its
+    elapsed time and the document's ``generated_at``.
+    """
     lookup: OwnedLookup = owned or (lambda k: tasks[k].owned if k in tasks else None)
-    all_keys: list[TaskKey] = []
+    totals = dict.fromkeys(STATUS_ORDER, 0)
     tracks_out: list[dict[str, Any]] = []
+    status_of = graph.status
     for name, spec in graph.tracks.items():
-        keys = list(graph.keys(name))
-        all_keys.extend(keys)
+        tally = dict.fromkeys(STATUS_ORDER, 0)
+        listed = only is None or name == only
+        running, blocked, failed = [], [], []
+        # One pass per track: a status lookup per task, the rest only for the few listed.
+        for key in graph.keys(name):
+            status = status_of(key)
+            tally[status] += 1
+            if not listed or status in _NOT_LISTED:
+                continue
+            info = lookup(key)
+            brief = _task_brief(tasks.get(key), key)
+            if status is Status.IN_PROGRESS:
+                running.append(
+                    _running(
+                        brief,
+                        state(key) if state else None,
+                        info,
+                        budget(key) if budget else None,
+                        now,
+                    )
+                )
+            elif status is Status.BLOCKED:
+                blocked.append(
+                    brief
+                    | {
+                        "reason": info.error if info else None,
+                        "verdict": info.verification_verdict if info else None,
+                    }
+                )
+            else:
+                failed.append(
+                    brief
+                    | {
+                        "attempts": info.attempts if info else 0,
+                        "reason": info.error if info else None,
+                        "verdict": info.verification_verdict if info else None,
+                    }
+                )
+        for status, count in tally.items():
+            totals[status] += count
+        if not listed:
+            continue
         trigger = None
         if spec.trigger:
             trigger = {
@@ -61,28 +145,12 @@ def snapshot(
                 "holds": graph.trigger_holds(name),
                 "waiting_on": [str(t) for t in spec.trigger if not graph.target_done(t)],
             }
-        running, blocked, failed = [], [], []
-        for key in keys:
-            status = graph.status(key)
-            info = lookup(key)
-            if status is Status.IN_PROGRESS:
-                running.append(
-                    _task_brief(tasks.get(key), key)
-                    | {"attempts": info.attempts if info else 0, "started_at": None}
-                )
-            elif status is Status.BLOCKED:
-                blocked.append(_task_brief(tasks.get(key), key) | {"reason": info and info.error})
-            elif status is Status.FAILED:
-                failed.append(
-                    _task_brief(tasks.get(key), key)
-                    | {"attempts": info.attempts if info else 0, "reason": info and info.error}
-                )
         tracks_out.append(
             {
                 "name": name,
                 "file": files.get(name),
                 "paused": graph.track_paused(name),
-                "counts": _counts(graph, keys),
+                "counts": _as_counts(tally),
                 "trigger": trigger,
                 "ready_count": graph.ready_count(name),
                 "next": [
@@ -91,18 +159,27 @@ def snapshot(
                 "running": running,
                 "blocked": blocked,
                 "failed": failed,
+                "cost": None,
             }
         )
     return {
         "schema_version": SCHEMA_VERSION,
-        "daemon": dict(daemon or {"running": False}),
-        "totals": _counts(graph, all_keys),
+        "generated_at": iso(now) if now else None,
+        "daemon": dict(daemon or {"running": False, "source": "files"}),
+        "totals": _as_counts(totals),
         "tracks": tracks_out,
         "problems": [
             {"file": p.file, "path": p.path, "message": p.message, "severity": p.severity}
             for p in problems
         ],
     }
+
+
+_NOT_LISTED = frozenset({Status.PENDING, Status.COMPLETE, Status.SKIPPED})
+
+
+def _as_counts(tally: Mapping[Status, int]) -> dict[str, int]:
+    return {"total": sum(tally.values())} | {s.value: tally[s] for s in STATUS_ORDER}
 
 
 _STYLE = {
@@ -117,10 +194,7 @@ _STYLE = {
 
 def render(data: Mapping[str, Any]) -> RenderableType:
     """Rich tables for a :func:`snapshot`."""
-    parts: list[RenderableType] = []
-    daemon = data["daemon"]
-    if not daemon.get("running"):
-        parts.append(Text("daemon not running: showing the queue files", style="dim"))
+    parts: list[RenderableType] = [_daemon_line(data["daemon"])]
     totals = data["totals"]
     parts.append(
         Text.assemble(
@@ -138,11 +212,51 @@ def render(data: Mapping[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
+def _daemon_line(daemon: Mapping[str, Any]) -> Text:
+    if not daemon.get("running"):
+        what = (
+            "the queue files and the state database"
+            if daemon.get("source") == "state"
+            else "the queue files"
+        )
+        return Text(f"daemon not running: showing {what}", style="dim")
+    line = Text.assemble(
+        ("daemon running", "bold green"),
+        f" (pid {daemon.get('pid')}, since {daemon.get('started_at')}",
+        f", {daemon.get('running_attempts', 0)} of {daemon.get('max_parallel')} slots busy)",
+    )
+    if daemon.get("paused"):
+        line.append("  PAUSED: `orchestratord resume` starts tasks again", style="bold magenta")
+    if daemon.get("stopping"):
+        line.append("  stopping", style="bold yellow")
+    return line
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _shown_file(path: str | None) -> str:
+    if not path:
+        return "?"
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _track_table(track: Mapping[str, Any]) -> Table:
-    title = f"{track['name']}  ({track['file']})"
+    title = f"{track['name']}  ({_shown_file(track['file'])})"
     if track["paused"]:
         title += "  [paused]"
-    table = Table(title=title, title_justify="left", show_header=True, expand=False)
+    table = Table(title=Text(title), title_justify="left", show_header=True, expand=False)
     counts = track["counts"]
     for key in counts:
         table.add_column(key, justify="right", style=_STYLE.get(key, "bold"))
@@ -155,17 +269,24 @@ def _track_table(track: Mapping[str, Any]) -> Table:
         else:
             notes.append(f"waiting for trigger: {', '.join(trigger['waiting_on'])}")
     for item in track["running"]:
-        notes.append(f"running: {item['id']} (attempt {item['attempts']})")
+        budget = item.get("max_iterations")
+        attempt = f"attempt {item.get('attempt', item['attempts'] + 1)}"
+        if budget and item.get("iteration") is not None:
+            attempt += f", iteration {item['iteration']}/{budget}"
+        elapsed = _elapsed(item.get("elapsed_seconds"))
+        notes.append(f"running: {item['id']} ({attempt}{', ' + elapsed if elapsed else ''})")
     if track["next"]:
         more = track["ready_count"] - len(track["next"])
         shown = ", ".join(t["id"] for t in track["next"])
         notes.append(f"next: {shown}" + (f" (+{more} more)" if more > 0 else ""))
-    for item in track["blocked"]:
-        notes.append(f"blocked: {item['id']}: {item['reason'] or 'no reason recorded'}")
-    for item in track["failed"]:
-        notes.append(f"failed: {item['id']}: {item['reason'] or 'no reason recorded'}")
+    for kind in ("blocked", "failed"):
+        items = track[kind]
+        for item in items[:LISTED]:
+            notes.append(f"{kind}: {item['id']}: {item['reason'] or 'no reason recorded'}")
+        if len(items) > LISTED:
+            notes.append(f"{kind}: ... and {len(items) - LISTED} more (status --json lists all)")
     if notes:
-        table.caption = "\n".join(notes)
+        table.caption = Text("\n".join(notes))
         table.caption_justify = "left"
     return table
 

@@ -154,6 +154,8 @@ class EventRow:
     type: str
     key: TaskKey | None
     data: Mapping[str, Any]
+    track: str | None = None
+    """The event's track (set for track events as well as task events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,18 @@ def _process(row: sqlite3.Row) -> ProcessRow:
         exit_code=row["exit_code"],
         executor=row["executor"],
         run_id=row["run_id"],
+    )
+
+
+def _event(row: sqlite3.Row) -> EventRow:
+    return EventRow(
+        seq=row["seq"],
+        at=row["at"],
+        mono=row["mono"],
+        type=row["type"],
+        key=TaskKey(row["track"], row["task_id"]) if row["task_id"] is not None else None,
+        data=orjson.loads(row["data"]),
+        track=row["track"],
     )
 
 
@@ -540,17 +554,21 @@ class Store:
         rows = self._db.execute(
             "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
-        return [
-            EventRow(
-                seq=r["seq"],
-                at=r["at"],
-                mono=r["mono"],
-                type=r["type"],
-                key=TaskKey(r["track"], r["task_id"]) if r["task_id"] is not None else None,
-                data=orjson.loads(r["data"]),
-            )
-            for r in rows
-        ]
+        return [_event(r) for r in rows]
+
+    def last_event(self, types: Sequence[str]) -> EventRow | None:
+        """The latest journaled event of one of ``types`` (say, the daemon's last pause)."""
+        marks = ", ".join("?" for _ in types)
+        row = self._db.execute(
+            f"SELECT * FROM events WHERE type IN ({marks}) ORDER BY seq DESC LIMIT 1",  # noqa: S608
+            tuple(types),
+        ).fetchone()
+        return None if row is None else _event(row)
+
+    def last_seq(self) -> int:
+        """The sequence number of the latest journaled event (0 when there is none)."""
+        row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
 
     # ------------------------------------------------------------------ write-back base
 

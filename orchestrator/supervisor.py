@@ -177,10 +177,12 @@ async def serve(
         await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
         engine = Engine(cfg, store, executor, clock)
         _load_tracks(engine, cfg)
+        engine.restore_pause()
         writeback = Writeback(engine, cfg.settings.writeback_delay)
         async with anyio.create_task_group() as tg:
             engine.placement = Placement(cfg, executor, store, tg)
             rt = Runtime(cfg, engine, writeback, control, tg)
+            tg.start_soon(_starts_nothing_on_exit, engine)
             for name in engine.tracks:
                 await rt.start_worker(name)
             await tg.start(writeback.run)
@@ -198,9 +200,7 @@ async def serve(
                 tg.start_soon(_signals, control)
             for service in services:
                 await tg.start(functools.partial(service, rt))
-            store.add_events(
-                ("daemon_started", None, {"pid": os.getpid(), "tracks": list(engine.tracks)})
-            )
+            engine.journal("daemon_started", None, pid=os.getpid(), tracks=list(engine.tracks))
             log.info(
                 "daemon started",
                 pid=os.getpid(),
@@ -234,12 +234,18 @@ async def serve(
         lock.release()
 
 
+async def _starts_nothing_on_exit(engine: Engine) -> None:
+    """However the daemon ends, even cancelled from outside (a service failing), nothing new
+    starts while it unwinds: a Ralph loop cut short would otherwise be relaunched at once."""
+    try:
+        await anyio.sleep_forever()
+    finally:
+        engine.draining = True
+
+
 async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg: Config) -> None:
     engine.draining = True
-    store = engine.store
-    store.add_events(
-        ("daemon_stopping", None, {"running": [str(k) for k in engine.running_keys()]})
-    )
+    engine.journal("daemon_stopping", None, running=[str(k) for k in engine.running_keys()])
     log.info("daemon stopping", running=len(engine.running_keys()))
     placement = engine.placement
     if placement is not None and placement.detach():
@@ -275,12 +281,14 @@ def uvloop_available() -> bool:
 def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int:
     """Run the daemon in this process (it never forks away) and return its exit status."""
 
+    from .control.service import control_service  # noqa: PLC0415  (it imports this module)
+
     async def main() -> int:
         view = Progress() if progress is not False else None
         if view is not None and progress is None and not view.live_mode:
             view = None
-        services: list[Service] = [ConfigReloader(), LogRetention()]
-        # Last: it tells the service manager READY=1 once every service before it is ready.
+        # The control socket first; the notifier last: READY=1 once every service is ready.
+        services: list[Service] = [control_service, ConfigReloader(), LogRetention()]
         services.append(NotifyService.from_environ())
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             try:

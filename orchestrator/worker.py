@@ -247,7 +247,7 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
         with anyio.CancelScope() as scope:
             engine.track_scope(key, scope)
             failure = _previous_failure(engine, key)
-            while engine.states[key].status is Status.IN_PROGRESS:
+            while engine.states[key].status is Status.IN_PROGRESS and not engine.draining:
                 task, track = engine.settings_for(key)
                 state = engine.states[key]
                 number = state.owned.attempts + 1
@@ -343,6 +343,6 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
     if attempt_id is not None:
         engine.store.interrupt_attempts([attempt_id], resets, reason)
     elif resets:
-        engine.store.put_tasks(resets)
+        engine.store.put_tasks(resets, [("attempt_interrupted", key, {"reason": reason})])
     if resets:
         engine.after_commit(key, resets[key], [("attempt_interrupted", key, {"reason": reason})])

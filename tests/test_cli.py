@@ -139,7 +139,7 @@ def test_status_json_is_stable(tracks_dir: Path, write_track: WriteTrack) -> Non
     assert code == 0
     data = json.loads(out)
     assert data["schema_version"] == 1
-    assert data["daemon"] == {"running": False}
+    assert data["daemon"] == {"running": False, "source": "files", "paused": False}
     track = data["tracks"][0]
     assert track["counts"] == {
         "total": 3,
@@ -159,6 +159,7 @@ def test_status_json_is_stable(tracks_dir: Path, write_track: WriteTrack) -> Non
             "summary": "",
             "attempts": 3,
             "reason": "tests fail",
+            "verdict": None,
         }
     ]
 

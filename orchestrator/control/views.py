@@ -1,0 +1,412 @@
+"""What the commands and the API show, computed one way for a running daemon and for none.
+
+A :class:`View` is the picture of every track: the graph, the task definitions, each task's
+runtime state and its attempts. :class:`EngineView` reads a running daemon's engine;
+:class:`OfflineView` reads the queue files together with the state database a stopped daemon
+left (its truth about attempts). The documents built here (status, one task, explain, board)
+are the same whichever view they come from, so a daemon and the files never tell two stories.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import __version__, explain, statusview, workspace
+from ..clock import Clock, SystemClock, iso
+from ..config import Config
+from ..daemon import Engine
+from ..graph import Graph, TrackSpec
+from ..model import STATUS_ORDER, Status, TaskDef, TaskKey, TrackDef
+from ..problems import Problem
+from ..refs import RefIndex, key_of
+from ..states import TaskState
+from ..store import AttemptRow, Store
+
+
+class View(Protocol):
+    """The picture of every track that documents are built from."""
+
+    @property
+    def graph(self) -> Graph: ...
+
+    @property
+    def defs(self) -> Mapping[TaskKey, TaskDef]: ...
+
+    def state(self, key: TaskKey) -> TaskState | None: ...
+
+    def max_iterations(self, key: TaskKey) -> int | None: ...
+
+    def attempts(self, key: TaskKey) -> list[AttemptRow]: ...
+
+    def running(self) -> Collection[TaskKey]: ...
+
+    def files(self) -> Mapping[str, str]: ...
+
+    def problems(self) -> tuple[Problem, ...]: ...
+
+    def daemon(self) -> dict[str, Any]: ...
+
+    def ref_index(self) -> RefIndex: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+
+def budget_of(task: TaskDef, track: TrackDef, default: int) -> int:
+    """The iteration budget: the task's, else its track's, else the configured default."""
+    return task.max_iterations or track.settings.max_iterations or default
+
+
+# ---------------------------------------------------------------------- a running daemon
+
+
+@dataclass(slots=True)
+class DaemonMeta:
+    """What the daemon says about itself."""
+
+    started_at: str
+    pid: int = field(default_factory=os.getpid)
+    http: str | None = None
+
+
+class EngineView:
+    """A running daemon, read on its event loop."""
+
+    def __init__(self, engine: Engine, meta: DaemonMeta) -> None:
+        self.engine = engine
+        self.meta = meta
+        self._index: tuple[tuple[TrackDef, ...], RefIndex] | None = None
+
+    @property
+    def graph(self) -> Graph:
+        return self.engine.graph
+
+    @property
+    def defs(self) -> Mapping[TaskKey, TaskDef]:
+        return self.engine.defs
+
+    @property
+    def paused(self) -> bool:
+        return self.engine.paused
+
+    def state(self, key: TaskKey) -> TaskState | None:
+        return self.engine.states.get(key)
+
+    def max_iterations(self, key: TaskKey) -> int | None:
+        task = self.engine.defs.get(key)
+        track = self.engine.tracks.get(key.track)
+        if task is None or track is None:
+            return None
+        default = self.engine.cfg.settings.defaults.max_iterations
+        return budget_of(task, track.definition, default)
+
+    def attempts(self, key: TaskKey) -> list[AttemptRow]:
+        return self.engine.store.attempts(key)
+
+    def running(self) -> Collection[TaskKey]:
+        return self.engine.running_keys()
+
+    def files(self) -> Mapping[str, str]:
+        return {name: str(track.path) for name, track in self.engine.tracks.items()}
+
+    def problems(self) -> tuple[Problem, ...]:
+        found = list(self.engine.problems)
+        for track in self.engine.tracks.values():
+            found.extend(track.problems)
+        return tuple(dict.fromkeys(found))
+
+    def daemon(self) -> dict[str, Any]:
+        engine = self.engine
+        return {
+            "running": True,
+            "source": "daemon",
+            "pid": self.meta.pid,
+            "version": __version__,
+            "started_at": self.meta.started_at,
+            "paused": engine.paused,
+            "stopping": engine.draining,
+            "max_parallel": engine.cfg.settings.max_parallel,
+            "running_attempts": sum(engine.running.values()),
+            "http": self.meta.http,
+        }
+
+    def ref_index(self) -> RefIndex:
+        """Refs are resolved against the definitions in force (rebuilt when one changes)."""
+        definitions = tuple(t.definition for t in self.engine.tracks.values())
+        cached = self._index
+        if (
+            cached is None
+            or len(cached[0]) != len(definitions)
+            or any(a is not b for a, b in zip(cached[0], definitions, strict=True))
+        ):
+            self._index = cached = (definitions, RefIndex(definitions))
+        return cached[1]
+
+
+# ---------------------------------------------------------------------- no daemon
+
+
+class OfflineView:
+    """The queue files, with the state database of a stopped daemon when there is one.
+
+    The database is the truth about runtime state; a task it shows in progress was cut short
+    when that daemon stopped, and is pending (as the next start will record it).
+    """
+
+    def __init__(self, ws: workspace.Workspace, store: Store | None, cfg: Config) -> None:
+        self.ws = ws
+        self.store = store
+        self.cfg = cfg
+        self._defs = ws.tasks()
+        self._tracks = {t.name: t for t in ws.tracks}
+        self._states: dict[TaskKey, TaskState] = {}
+        stored = store.load_tasks() if store is not None else {}
+        for key, task in self._defs.items():
+            found = stored.get(key)
+            state = found if found is not None else TaskState.imported(task.owned)
+            if state.status is Status.IN_PROGRESS:
+                state = state.with_owned(status=Status.PENDING)
+            self._states[key] = state
+        self._paused = False
+        if store is not None:
+            last = store.last_event(("daemon_paused", "daemon_resumed"))
+            self._paused = last is not None and last.type == "daemon_paused"
+        with workspace.bulk():
+            self._graph = Graph(self._spec(spec) for spec in ws.report.track_specs())
+
+    @classmethod
+    def load(cls, cfg: Config, clock: Clock | None = None) -> OfflineView:
+        ws = workspace.load([cfg.tracks_dir])
+        store = None
+        if (cfg.state_dir / "state.db").is_file():
+            store = Store(cfg.state_dir / "state.db", clock or SystemClock())
+        return cls(ws, store, cfg)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def _spec(self, spec: TrackSpec) -> TrackSpec:
+        nodes = tuple(
+            type(node)(
+                key=node.key,
+                order=node.order,
+                deps=node.deps,
+                status=self._states[node.key].status if node.key in self._states else node.status,
+                paused=node.paused,
+            )
+            for node in spec.tasks
+        )
+        return TrackSpec(spec.name, nodes, spec.trigger, spec.paused)
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
+
+    @property
+    def defs(self) -> Mapping[TaskKey, TaskDef]:
+        return self._defs
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def state(self, key: TaskKey) -> TaskState | None:
+        return self._states.get(key)
+
+    def max_iterations(self, key: TaskKey) -> int | None:
+        task = self._defs.get(key)
+        track = self._tracks.get(key.track)
+        if task is None or track is None:
+            return None
+        return budget_of(task, track, self.cfg.settings.defaults.max_iterations)
+
+    def attempts(self, key: TaskKey) -> list[AttemptRow]:
+        return self.store.attempts(key) if self.store is not None else []
+
+    def running(self) -> Collection[TaskKey]:
+        return ()
+
+    def files(self) -> Mapping[str, str]:
+        paths = {qf.display: qf.path for qf in self.ws.files}
+        return {
+            t.name: str(paths[t.path].resolve()) if t.path in paths else t.path
+            for t in self.ws.tracks
+        }
+
+    def problems(self) -> tuple[Problem, ...]:
+        return self.ws.problems
+
+    def daemon(self) -> dict[str, Any]:
+        return {
+            "running": False,
+            "source": "state" if self.store is not None else "files",
+            "paused": self._paused,
+        }
+
+    def ref_index(self) -> RefIndex:
+        return self.ws.ref_index()
+
+
+# ---------------------------------------------------------------------- documents
+
+
+def resolve(view: View, ref: str) -> TaskKey:
+    """The one task ``ref`` names; :class:`~orchestrator.errors.RefError` says why not."""
+    text = ref.strip()
+    track, sep, ident = text.partition(":")
+    if sep and TaskKey(track, ident) in view.defs:
+        return TaskKey(track, ident)
+    return key_of(text, view.ref_index())
+
+
+def _owned(view: View, key: TaskKey) -> Any:
+    state = view.state(key)
+    if state is not None:
+        return state.owned
+    task = view.defs.get(key)
+    return task.owned if task is not None else None
+
+
+def status_document(
+    view: View, *, track: str | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """The ``status --json`` document (every track, or one)."""
+    return statusview.snapshot(
+        view.graph,
+        view.defs,
+        view.files(),
+        view.problems(),
+        owned=lambda k: _owned(view, k),
+        daemon=view.daemon(),
+        state=view.state,
+        budget=view.max_iterations,
+        now=now or SystemClock().now(),
+        only=track,
+    )
+
+
+def explain_lines(view: View, key: TaskKey) -> list[str]:
+    return explain.describe(view.graph, key, lambda k: _owned(view, k), daemon_paused=view.paused)
+
+
+def _attempt(row: AttemptRow) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "iteration": row.iteration,
+        "state": row.state,
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
+        "verdict": row.verdict,
+        "reason": row.reason,
+        "exit_code": row.exit_code,
+        "log_path": row.log_path,
+        "cost": None,
+    }
+
+
+def task_detail(view: View, key: TaskKey) -> dict[str, Any]:
+    """One task: its definition in brief, its state, every attempt, and why it waits."""
+    task = view.defs[key]
+    state = view.state(key) or TaskState.imported(task.owned)
+    owned = state.owned
+    status = view.graph.status(key) if key in view.graph else owned.status
+    return {
+        "ref": str(key),
+        "track": key.track,
+        "id": key.id,
+        "status": status.value,
+        "summary": task.summary_line or None,
+        "description": task.description,
+        "priority": task.priority,
+        "dependencies": [str(d) for d in task.deps],
+        "file": task.file,
+        "attempts": owned.attempts,
+        "iteration": state.iteration,
+        "max_iterations": view.max_iterations(key),
+        "running": key in view.running(),
+        "last_attempt": owned.last_attempt,
+        "completed_at": owned.completed_at,
+        "passes": owned.passes,
+        "error": owned.error,
+        "verification_verdict": owned.verification_verdict,
+        "history": [_attempt(a) for a in view.attempts(key)],
+        "explain": explain_lines(view, key),
+    }
+
+
+def _trigger(graph: Graph, name: str) -> dict[str, Any] | None:
+    spec = graph.tracks[name]
+    if not spec.trigger:
+        return None
+    return {
+        "refs": [str(t) for t in spec.trigger],
+        "holds": graph.trigger_holds(name),
+        "waiting_on": [str(t) for t in spec.trigger if not graph.target_done(t)],
+    }
+
+
+def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> dict[str, Any]:
+    """Every task as a card, every track as a lane: the kanban board's data."""
+    graph = view.graph
+    tracks: list[dict[str, Any]] = []
+    cards: list[dict[str, Any]] = []
+    for name in graph.tracks:
+        keys = list(graph.keys(name))
+        tracks.append(
+            {
+                "name": name,
+                "paused": graph.track_paused(name),
+                "counts": statusview.counts(graph, keys),
+                "trigger": _trigger(graph, name),
+            }
+        )
+        for key in keys:
+            cards.append(card(view, key))
+    return {
+        "generated_at": iso(now or SystemClock().now()),
+        "seq": seq,
+        "daemon": view.daemon(),
+        "columns": [s.value for s in STATUS_ORDER],
+        "tracks": tracks,
+        "cards": cards,
+    }
+
+
+def card(view: View, key: TaskKey) -> dict[str, Any]:
+    task = view.defs.get(key)
+    owned = _owned(view, key)
+    return {
+        "ref": str(key),
+        "track": key.track,
+        "id": key.id,
+        "status": view.graph.status(key).value,
+        "summary": task.summary_line[:160] if task is not None else None,
+        "priority": task.priority if task is not None else None,
+        "attempts": owned.attempts if owned is not None else 0,
+        "max_iterations": view.max_iterations(key),
+        "verdict": owned.verification_verdict if owned is not None else None,
+        "error": owned.error if owned is not None else None,
+    }
+
+
+def problem_info(problem: Problem) -> dict[str, Any]:
+    return {
+        "file": problem.file,
+        "path": problem.path,
+        "message": problem.message,
+        "severity": problem.severity,
+    }
+
+
+def shown_path(path: str) -> str:
+    """A path relative to the working directory when it is inside it (for people)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path

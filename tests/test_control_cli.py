@@ -1,0 +1,218 @@
+"""The commands as a user runs them, against a real daemon process and without one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.control import api
+
+from .conftest import WriteTrack
+from .daemon_harness import run_once
+from .process_harness import daemon, wait_for
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def gate(tmp_path: Path) -> str:
+    return f"while [ ! -e {tmp_path / 'gate'} ]; do sleep 0.05; done"
+
+
+def file_task(tracks: Path, name: str, ident: str) -> dict[str, object]:
+    doc = json.loads((tracks / f"{name}.json").read_text())
+    task: dict[str, object] = next(t for t in doc["features"] if t["id"] == ident)
+    return task
+
+
+def test_commands_steer_a_running_daemon(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "t",
+        [
+            {"id": "RUN", "description": "runs until the gate opens", "command": gate(tmp_path)},
+            {"id": "NEXT", "command": "true", "dependencies": ["RUN"]},
+        ],
+    )
+    state = tmp_path / "state"
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+    proc = daemon(tracks_dir, state)
+    try:
+        wait_for((state / api.INFO_NAME).exists)
+        wait_for(lambda: file_task(tracks_dir, "t", "RUN").get("status") == "in_progress")
+
+        code, out, _ = run("status", "--json", *where)
+        data = json.loads(out)
+        assert (code, data["daemon"]["running"], data["daemon"]["pid"]) == (0, True, proc.pid)
+        assert [r["ref"] for r in data["tracks"][0]["running"]] == ["t:RUN"]
+
+        code, out, _ = run("status", *where)
+        assert code == 0
+        assert f"daemon running (pid {proc.pid}" in out
+        assert "running: RUN (attempt 1, iteration 1/10" in out
+
+        code, out, _ = run("explain", "NEXT", *where)
+        assert code == 0
+        assert "    t:RUN (in progress)" in out.splitlines()
+
+        code, out, _ = run("board", *where)
+        assert code == 0
+        assert "| **t**<br>0/2 done |" in out
+        assert "RUN (attempt 1/10)" in out
+
+        code, out, _ = run("logs", "RUN", *where)
+        assert (code, out.splitlines()[0]) == (0, "=== t:RUN attempt 1 ===")
+
+        assert run("pause", *where)[:2] == (
+            0,
+            "the daemon is paused; running attempts finish, nothing new starts\n",
+        )
+        assert run("resume", *where)[:2] == (0, "the daemon is resumed\n")
+        assert run("pause", "t", "--reason", "review", *where)[0] == 0
+        assert json.loads((tracks_dir / "t.json").read_text())["track"]["paused"] is True
+        assert run("resume", "t", *where)[0] == 0
+        assert json.loads((tracks_dir / "t.json").read_text())["track"]["paused"] is False
+
+        code, out, _ = run("cancel", "RUN", *where)
+        assert (code, out) == (0, "t:RUN: its attempt was ended; it is blocked\n")
+        task = file_task(tracks_dir, "t", "RUN")
+        assert (task["status"], task["error"]) == ("blocked", "cancelled")
+        assert run("cancel", "RUN", *where)[:2] == (0, "t:RUN is blocked already; nothing runs\n")
+
+        (tmp_path / "gate").touch()
+        assert run("retry", "t:RUN", *where)[0] == 0
+        wait_for(lambda: file_task(tracks_dir, "t", "NEXT").get("status") == "complete")
+        code, _, err = run("skip", "RUN", *where)
+        assert (code, err) == (
+            1,
+            "orchestratord: t:RUN is complete: skipping it would change nothing\n",
+        )
+        code, _, err = run("retry", "NOPE", *where)
+        assert code == 1
+        assert "unknown task 'NOPE'" in err
+
+        assert run("reload", *where)[:2] == (0, "every queue file was read again\n")
+        code, out, _ = run("stop", *where)
+        assert (code, out) == (0, "stopping\nstopped\n")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_changing_commands_without_a_daemon_exit_3(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A"}])
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(tmp_path / "state"))
+    for args in (
+        ("retry", "A"),
+        ("cancel", "A"),
+        ("skip", "A"),
+        ("pause",),
+        ("pause", "t"),
+        ("resume",),
+        ("reload",),
+        ("stop",),
+    ):
+        code, out, err = run(*args, *where)
+        assert (code, out) == (3, ""), args
+        assert f"no daemon is running with state dir {tmp_path / 'state'}" in err
+    assert "set the task's status to pending in its queue file" in run("retry", "A", *where)[2]
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.anyio
+async def test_reading_commands_without_a_daemon_use_the_state_database(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track(
+        "t",
+        [
+            {"id": "OK", "command": "echo fine"},
+            {"id": "BAD", "command": "echo broken; exit 4", "max_iterations": 2},
+            {"id": "WAIT", "dependencies": ["BAD"]},
+        ],
+    )
+    finished = await run_once(tracks_dir)
+    assert finished.code == 1
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(finished.state))
+
+    code, out, _ = run("status", "--json", *where)
+    data = json.loads(out)
+    assert data["daemon"] == {"running": False, "source": "state", "paused": False}
+    [failed] = data["tracks"][0]["failed"]
+    assert (failed["ref"], failed["attempts"], failed["reason"], failed["verdict"]) == (
+        "t:BAD",
+        2,
+        "the command exited with status 4",
+        "FAIL",
+    )
+    api.StatusDocument.model_validate(data)
+
+    code, out, err = run("logs", "BAD", "--attempt", "1", *where)
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        "=== t:BAD attempt 1 ===",
+        "$ /bin/sh -c 'echo broken; exit 4'",
+        "broken",
+    ]
+    assert err == "daemon not running: read from the queue files and the state database\n"
+    code, _, err = run("logs", "BAD", "--attempt", "3", *where)
+    assert (code, err.splitlines()[-1]) == (
+        1,
+        "orchestratord: t:BAD has no attempt 3 (attempts: 1, 2)",
+    )
+    assert run("logs", "BAD", "--attempt", "0", *where)[0] == 2
+
+    code, out, _ = run("explain", "WAIT", *where)
+    assert "t:BAD is failed after 2 attempts: the command exited with status 4: retry it" in out
+
+    code, out, _ = run("board", *where)
+    assert "- **t:BAD** failed after 2 attempts (FAIL): the command exited with status 4" in out
+    assert "| **t**<br>1/3 done | WAIT |  | OK |  | BAD (FAIL, 2 attempts) |  |" in out
+
+
+def test_status_watch_redraws_when_the_daemon_says_something_changed(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "RUN", "command": gate(tmp_path)}])
+    state = tmp_path / "state"
+    proc = daemon(tracks_dir, state)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")}
+    argv = [sys.executable, "-m", "orchestrator", "status", "--watch", "--json"]
+    argv += ["--tracks", str(tracks_dir), "--state-dir", str(state)]
+    watcher = None
+    try:
+        wait_for((state / api.INFO_NAME).exists)
+        watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        assert watcher.stdout is not None
+        first = json.loads(watcher.stdout.readline())
+        assert first["daemon"]["running"] is True
+        (tmp_path / "gate").touch()
+        for line in watcher.stdout:
+            if json.loads(line)["totals"]["complete"] == 1:
+                break
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 0
+    finally:
+        if watcher is not None:
+            if watcher.poll() is None:
+                watcher.kill()
+                watcher.wait()
+            if watcher.stdout is not None:
+                watcher.stdout.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
