@@ -1,10 +1,14 @@
 """One attempt: run the agent or command, then every verification command, then decide.
 
 PASS only when the run exited 0, printed the completion promise (when the task has one) as
-``<promise>TEXT</promise>``, and every verification command exited 0. A run that prints
-``<blocked>reason</blocked>`` is BLOCKED. Anything else is FAIL with a reason in words: the
-exit status, a timeout, a missing binary, a missing promise, or which verification command
-failed and the tail of its output.
+``<promise>TEXT</promise>``, passed the gate (in git: it changed files, and no guardrail
+matched what it added), and every verification command exited 0 having run some test. A run
+that prints ``<blocked>reason</blocked>`` is BLOCKED, and so is a guardrail hit. Anything else
+is FAIL with a reason in words: the exit status, a timeout, a missing binary, a missing
+promise, no changes, or which verification command failed (or ran no test) and the tail of its
+output. An agent's structured output is read first (:mod:`agentoutput`): the promise and the
+``<blocked>`` signal are looked for in its final text, and what it used is reported; a failed
+run that reports the agent's usage limit says so (``usage_limit``).
 
 Output goes to the attempt's log file, which is trimmed to its last ``log_max_bytes`` bytes
 (the tail is what matters) and never read into memory beyond that. While a run goes on, the
@@ -17,14 +21,17 @@ import contextlib
 import os
 import re
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 
+from . import agentoutput
+from .agentoutput import Usage
 from .executors.base import Executor, RunInfo, RunSpec, RunState
+from .guardrails import NoTests
 from .model import Command, TaskKey, Verdict
 from .prompt import promise_tag
 
@@ -55,6 +62,18 @@ class AttemptPlan:
     """``agent`` or ``command``: how the run is named in reasons."""
     run_env: Mapping[str, str] | None = None
     """The environment of the run, when it differs (an agent profile's ``env``)."""
+    output_format: str = "text"
+    """How the run's output is read: ``text`` or ``claude-json``."""
+    usage_limit: tuple[re.Pattern[str], ...] = ()
+    """Messages meaning the agent's usage limit is reached (looked for when a run fails)."""
+    no_tests: NoTests | None = None
+    """Recognises a verification run that ran no test."""
+    blocked: str | None = None
+    """The task cannot run at all and is blocked for this reason (a task for a person)."""
+    notes: tuple[str, ...] = ()
+    """Lines for the attempt's log before the run (which agent, which working tree)."""
+    agent: str | None = None
+    """The agent profile that runs (None for a command)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +83,22 @@ class AttemptResult:
     exit_code: int | None
     failure_output: str = ""
     """What the next attempt is told: the reason and the tail of the failing output."""
+    usage: Usage | None = None
+    """What the run used, when the agent reported it."""
+    usage_limit: str | None = None
+    """The agent's own words when it reported that its usage limit is reached."""
+
+
+Note = Callable[[str], None]
+"""Writes a line to the attempt's log."""
+
+
+class Gate(Protocol):
+    """Checks what a successful run changed, before verification (git: changes, guardrails)."""
+
+    async def after_run(self, note: Note, what: str) -> AttemptResult | None:
+        """None to go on to verification, or the attempt's verdict."""
+        ...
 
 
 class ProcessRecorder(Protocol):
@@ -191,13 +226,15 @@ async def _run(
 
 
 async def run_attempt(
-    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder
+    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, gate: Gate | None = None
 ) -> AttemptResult:
     """Run one attempt to its verdict. Cancelling it ends its processes, then re-raises."""
     log = _Log(Path(plan.log_path))
     try:
         log.write(f"=== {plan.key} attempt {plan.number} ===\n")
-        return await _decide(plan, executor, recorder, log)
+        for line in plan.notes:
+            log.write(f"{line}\n")
+        return await _decide(plan, executor, recorder, log, gate)
     finally:
         oversized = log.size() > plan.log_max_bytes
         log.close()
@@ -206,9 +243,12 @@ async def run_attempt(
 
 
 async def _decide(
-    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: _Log
+    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: _Log, gate: Gate | None
 ) -> AttemptResult:
     limit = plan.log_max_bytes
+    if plan.blocked is not None:
+        log.write(f"--- BLOCKED: {plan.blocked}\n")
+        return AttemptResult(Verdict.BLOCKED, plan.blocked, None, plan.blocked)
     if plan.run_argv is None:
         reason = plan.run_error or f"no {plan.what} to run"
         log.write(f"cannot run: {reason}\n")
@@ -217,20 +257,53 @@ async def _decide(
     start = log.size()
     info = await _run(plan, executor, recorder, "run", plan.run_argv, plan.timeout)
     output = log.section(start, limit)
-    blocked = _BLOCKED.findall(output) if b"<blocked>" in output else []
+    report = agentoutput.read(plan.output_format, output)
+    if report.usage is not None:
+        log.write(f"--- {plan.what} used {report.usage.describe()}\n")
+    result = _after_run(plan, info, output, report, log)
+    if result is None and gate is not None:
+        result = await gate.after_run(log.write, plan.what)
+    if result is None:
+        result = await _verify(plan, executor, recorder, log)
+    return replace(result, usage=report.usage)
+
+
+def _after_run(
+    plan: AttemptPlan, info: RunInfo, output: bytes, report: agentoutput.Report, log: _Log
+) -> AttemptResult | None:
+    """The verdict the run itself decides (usage limit, blocked, failed, no promise), if any."""
+    if plan.usage_limit and (not info.succeeded or report.is_error):
+        message = agentoutput.limit_message(report, output, plan.usage_limit)
+        if message is not None:
+            reason = f"the {plan.what} reported its usage limit: {message}"
+            log.write(f"--- {reason}\n")
+            return AttemptResult(
+                Verdict.FAIL, reason, info.exit_code, reason + "\n", usage_limit=message
+            )
+    text = report.text
+    blocked = _BLOCKED.findall(text) if b"<blocked>" in text else []
     if blocked and info.state in (RunState.EXITED, RunState.TIMED_OUT):
         reason = " ".join(blocked[-1].decode("utf-8", "replace").split()) or "blocked"
         return AttemptResult(Verdict.BLOCKED, reason, info.exit_code, reason)
-    if not info.succeeded:
+    if not info.succeeded or (report.is_error and report.structured):
         reason = _ended_reason(info, plan.what, plan.timeout)
+        if info.succeeded:
+            reason = f"the {plan.what} reported an error"
         log.write(f"--- {reason}\n")
         return AttemptResult(
             Verdict.FAIL, reason, info.exit_code, _failure(reason, output, plan.failure_bytes)
         )
-    if plan.promise and promise_tag(plan.promise).encode() not in output:
+    if plan.promise and promise_tag(plan.promise).encode() not in text:
         reason = f"the {plan.what} exited 0 but did not print {promise_tag(plan.promise)}"
         log.write(f"--- {reason}\n")
         return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
+    return None
+
+
+async def _verify(
+    plan: AttemptPlan, executor: Executor, recorder: ProcessRecorder, log: _Log
+) -> AttemptResult:
+    limit = plan.log_max_bytes
     total = len(plan.verify)
     for number, command in enumerate(plan.verify, start=1):
         text = command_text(command)
@@ -240,11 +313,17 @@ async def _decide(
         vinfo = await _run(
             plan, executor, recorder, role, command_argv(command), plan.verify_timeout
         )
-        if vinfo.succeeded:
+        empty = None
+        if plan.no_tests is not None and vinfo.state is RunState.EXITED:
+            empty = plan.no_tests.found(log.section(start, limit))
+        if vinfo.succeeded and empty is None:
             continue
-        ended = _ended_reason(vinfo, "verification", plan.verify_timeout).removeprefix(
-            "the verification "
-        )
+        if empty is not None:
+            ended = f"ran no tests ({empty!r})"
+        else:
+            ended = _ended_reason(vinfo, "verification", plan.verify_timeout).removeprefix(
+                "the verification "
+            )
         reason = f"verify {number}/{total} `{text}` {ended}"
         log.write(f"--- {reason}\n")
         output = log.section(start, limit)

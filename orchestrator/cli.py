@@ -16,7 +16,17 @@ import click
 import orjson
 from rich.console import Console
 
-from . import __version__, config, diagram, explain, logs, statusview, supervisor, workspace
+from . import (
+    __version__,
+    agentrun,
+    config,
+    diagram,
+    explain,
+    logs,
+    statusview,
+    supervisor,
+    workspace,
+)
 from .errors import OrchestratorError
 from .refs import key_of
 
@@ -164,9 +174,11 @@ def explain_cmd(ctx: click.Context, /, ref: str, **kwargs: Any) -> None:
 @_reports_errors
 def status(ctx: click.Context, /, as_json: bool, **kwargs: Any) -> None:
     """Show every track: counts by status, what runs next, what is blocked and why."""
+    cfg = _settings(ctx, {k: kwargs.get(k) for k in COMMON_KEYS})
     ws = _load(ctx, kwargs)
     files = {t.name: t.path for t in ws.tracks}
-    data = statusview.snapshot(ws.graph(), ws.tasks(), files, ws.problems)
+    spend, waits = agentrun.stored_usage(cfg.state_dir)
+    data = statusview.snapshot(ws.graph(), ws.tasks(), files, ws.problems, spend=spend, waits=waits)
     if as_json:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -215,3 +227,6 @@ def start(
 
 def main() -> None:
     cli(prog_name="orchestratord")
+
+
+from . import promptcmd  # noqa: E402, F401  (registers the `prompt` command)

@@ -49,13 +49,138 @@ class Defaults(_Section):
     prompt_template: str | None = None
 
 
-class Agent(_Section):
-    """An agent profile: how to run an agent CLI with a prompt."""
+# ------------------------------------------------------------------ agents, git, budgets
+# Agent profiles and roles (docs/agents.md), budgets, guardrails and git (docs/git.md).
 
-    argv: list[str]
+AGENT_KINDS = ("claude", "codex", "aider", "gemini", "generic")
+"""Kinds of agent CLI orchestratord knows; all but ``generic`` are also built-in profiles."""
+
+DEFAULT_GUARDRAILS = (
+    r"@ts-ignore",
+    r"@ts-nocheck",
+    r"eslint-disable",
+    r"#\s*type:\s*ignore",
+    r"#\s*noqa",
+    r"pytest\.mark\.skip",
+    r"\.only\(",
+    r"\b(?:it|test|describe)\.skip\(",
+)
+DEFAULT_NO_TESTS = (
+    r"\bno tests ran\b",
+    r"\bcollected 0 items\b",
+    r"\bRan 0 tests\b",
+    r"\bNo tests found\b",
+    r"\bNo test files found\b",
+    r"^\s*0 passing\b",
+)
+
+
+class Agent(_Section):
+    """An agent profile: how to run an agent CLI with a prompt (``[agents.NAME]``).
+
+    A profile named after a built-in kind (``claude``, ``codex``, ``aider``, ``gemini``)
+    changes only the fields it sets; any other profile needs ``argv`` or a ``kind``.
+    """
+
+    kind: Literal["claude", "codex", "aider", "gemini", "generic"] | None = None
+    argv: list[str] | None = None
+    """The whole command line; ``{prompt}`` in an argument is replaced by the prompt."""
+    binary: str | None = None
+    model: str | None = None
+    permission_mode: str | None = None
+    skip_permissions: bool = False
+    args: list[str] = Field(default_factory=list)
+    """Extra arguments after the built-in ones."""
+    output: Literal["text", "claude-json"] | None = None
     prompt_via: Literal["argv", "stdin"] = "argv"
     env: dict[str, str] = Field(default_factory=dict)
     timeout: Seconds | None = None
+    usage_limit_patterns: list[str] = Field(default_factory=list)
+    usage_limit_wait: Seconds = 1800.0
+
+
+class Role(_Section):
+    """An old queue file's ``agent`` role name: the default profile, with a paragraph."""
+
+    prompt: str = ""
+    agent: str | None = None
+    """The profile to run (default: ``defaults.agent``)."""
+    manual: bool = False
+    """A task for a person: it is blocked at once, not run."""
+
+
+class Git(_Section):
+    enabled: bool = True
+    worktrees: bool | Literal["auto"] = "auto"
+    worktree_dir: str | None = None
+    base_branch: str | None = None
+    integration: Literal["merge", "branch"] = "merge"
+    commit: bool = True
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Guardrails(_Section):
+    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_GUARDRAILS))
+    extra_patterns: list[str] = Field(default_factory=list)
+    exempt_marker: str = "orchestratord: allow"
+    ignore_paths: list[str] = Field(default_factory=list)
+    no_tests_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_NO_TESTS))
+
+
+Usd = Annotated[float, Field(gt=0)]
+Tokens = Annotated[int, Field(gt=0)]
+
+
+class Budgets(_Section):
+    task_usd: Usd | None = None
+    task_tokens: Tokens | None = None
+    track_usd: Usd | None = None
+    track_tokens: Tokens | None = None
+    day_usd: Usd | None = None
+    day_tokens: Tokens | None = None
+
+
+def _check_agents(settings: Settings) -> list[str]:
+    """Problems pydantic cannot see: profiles without a command, bad regular expressions."""
+    problems: list[str] = []
+    for name, agent in settings.agents.items():
+        kind = agent.kind or (name if name in AGENT_KINDS[:-1] else None)
+        if agent.argv is None and kind in (None, "generic"):
+            problems.append(
+                f'agents.{name}: no command: give argv = [...] (with "{{prompt}}" or '
+                f'prompt_via = "stdin"), or kind = one of {", ".join(AGENT_KINDS[:-1])}'
+            )
+        if agent.argv is not None and not agent.argv:
+            problems.append(f"agents.{name}.argv: empty; give the command and its arguments")
+        if (agent.permission_mode or "").lower() == "bypasspermissions" and not (
+            agent.skip_permissions
+        ):
+            problems.append(
+                f"agents.{name}.permission_mode: bypassPermissions skips every permission "
+                "check; set skip_permissions = true to mean it"
+            )
+        problems += _bad_patterns(f"agents.{name}.usage_limit_patterns", agent.usage_limit_patterns)
+    for name, role in settings.roles.items():
+        if role.agent and role.agent not in settings.agents and role.agent not in AGENT_KINDS:
+            problems.append(f"roles.{name}.agent: unknown agent profile {role.agent!r}")
+    guard = settings.guardrails
+    problems += _bad_patterns("guardrails.patterns", guard.patterns)
+    problems += _bad_patterns("guardrails.extra_patterns", guard.extra_patterns)
+    problems += _bad_patterns("guardrails.no_tests_patterns", guard.no_tests_patterns)
+    return problems
+
+
+def _bad_patterns(where: str, patterns: list[str]) -> list[str]:
+    out = []
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            out.append(f"{where}[{index}]: not a regular expression ({exc}): {pattern!r}")
+    return out
+
+
+# ------------------------------------------------------------------ end of agents, git, budgets
 
 
 class Settings(_Section):
@@ -73,6 +198,10 @@ class Settings(_Section):
     log_format: Literal["auto", "console", "json"] = "auto"
     defaults: Defaults = Field(default_factory=Defaults)
     agents: dict[str, Agent] = Field(default_factory=dict)
+    roles: dict[str, Role] = Field(default_factory=dict)
+    git: Git = Field(default_factory=Git)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    budgets: Budgets = Field(default_factory=Budgets)
 
 
 PATH_KEYS = frozenset({"tracks", "state_dir", "board_path"})
@@ -133,7 +262,8 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         fields = getattr(current, "model_fields", None)
         if fields is None or part not in fields:
-            return list(Agent.model_fields) if isinstance(part, str) else []
+            section = Role if loc and loc[0] == "roles" else Agent
+            return list(section.model_fields) if isinstance(part, str) else []
         annotation = fields[part].annotation
         current = annotation if isinstance(annotation, type) else None
     fields = getattr(current, "model_fields", None)
@@ -227,6 +357,8 @@ def load(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("\n".join(_errors(exc, origin, text))) from None
+    if problems := _check_agents(settings):
+        raise ConfigError("\n".join(f"{origin}: {p}" for p in problems))
     for key in Settings.model_fields:
         sources.setdefault(key, Source("default"))
     tracks_dir = (cwd / settings.tracks).resolve()

@@ -96,6 +96,9 @@ class Engine:
         self.running_logs: set[str] = set()
         self._logs_added = anyio.Event()
         self.cancel_reasons: dict[TaskKey, str] = {}
+        self.waiting: set[str] = set()
+        """Waits that end by themselves (an agent's usage limit resetting): work will resume,
+        so the daemon is not idle (``--once`` keeps running)."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -328,7 +331,11 @@ class Engine:
         """Something runs, or something could start now."""
         if self.busy():
             return True
-        if self.paused or self.draining:
+        if self.draining:
+            return False
+        if self.waiting:
+            return True
+        if self.paused:
             return False
         return self.graph.ready_count() > 0
 

@@ -56,3 +56,7 @@ class ExecutorError(OrchestratorError):
 
 class ControlError(OrchestratorError):
     """The control API refused a request or could not be reached."""
+
+
+class GitError(OrchestratorError):
+    """A git command failed, or a repository cannot be used the way the config asks."""

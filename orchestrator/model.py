@@ -163,6 +163,19 @@ class TaskDef:
         return text.strip().splitlines()[0] if text.strip() else ""
 
 
+Integration = Literal["merge", "branch"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackBudget:
+    """A track's ``budget`` object: spending limits in USD and tokens (None: no limit)."""
+
+    usd: float | None = None
+    tokens: int | None = None
+    task_usd: float | None = None
+    task_tokens: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class TrackSettings:
     """The optional ``track`` object of a queue file."""
@@ -179,6 +192,8 @@ class TrackSettings:
     timeout: float | None = None
     verify_timeout: float | None = None
     max_iterations: int | None = None
+    integration: Integration | None = None
+    budget: TrackBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, 
 from pydantic_core import PydanticCustomError
 
 from .errors import RefError
-from .model import Command, Owned, Ref, Status, TaskDef, TaskKey, TrackDef, TrackSettings
+from .model import (
+    Command,
+    Owned,
+    Ref,
+    Status,
+    TaskDef,
+    TaskKey,
+    TrackBudget,
+    TrackDef,
+    TrackSettings,
+)
 from .problems import ROOT, Problem, json_path
 
 STATUS_ALIASES: Mapping[str, Status] = {
@@ -244,6 +254,17 @@ class TaskFields(_Strict):
     files_actually_changed: OptStringsField = None
 
 
+class BudgetFields(_Strict):
+    """The ``budget`` object of ``track``: limits in USD and tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd: Annotated[float, Field(gt=0)] | None = None
+    tokens: Annotated[int, Field(gt=0)] | None = None
+    task_usd: Annotated[float, Field(gt=0)] | None = None
+    task_tokens: Annotated[int, Field(gt=0)] | None = None
+
+
 class TrackFields(_Strict):
     """The optional ``track`` object. Unknown keys are errors: this object is ours."""
 
@@ -261,9 +282,12 @@ class TrackFields(_Strict):
     timeout: Seconds | None = None
     verify_timeout: Seconds | None = None
     max_iterations: Annotated[int, Field(ge=1)] | None = None
+    integration: Literal["merge", "branch"] | None = None
+    budget: BudgetFields | None = None
 
 
 TRACK_SETTINGS: tuple[str, ...] = tuple(TrackFields.model_fields)
+BUDGET_SETTINGS: tuple[str, ...] = tuple(BudgetFields.model_fields)
 _TASKS = TypeAdapter(list[TaskFields])
 
 
@@ -384,7 +408,8 @@ def _track_settings(raw: object, problem: Any) -> TrackSettings:
         bad: set[str] = set()
         for err in exc.errors():
             parts = _loc_parts(err)
-            problem(json_path("track", *parts), _message(err, TRACK_SETTINGS))
+            known = BUDGET_SETTINGS if parts[:1] == ["budget"] and len(parts) > 1 else None
+            problem(json_path("track", *parts), _message(err, known or TRACK_SETTINGS))
             if parts:
                 bad.add(str(parts[0]))
         fields = TrackFields.model_validate({k: v for k, v in raw.items() if k not in bad})
@@ -401,6 +426,8 @@ def _track_settings(raw: object, problem: Any) -> TrackSettings:
         timeout=fields.timeout,
         verify_timeout=fields.verify_timeout,
         max_iterations=fields.max_iterations,
+        integration=fields.integration,
+        budget=None if fields.budget is None else TrackBudget(**fields.budget.model_dump()),
     )
 
 

@@ -7,7 +7,7 @@ data, so the two never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -17,6 +17,7 @@ from rich.text import Text
 from .graph import Graph
 from .model import STATUS_ORDER, Owned, Status, TaskDef, TaskKey
 from .problems import Problem
+from .store import HoldRow, Spend
 
 SCHEMA_VERSION = 1
 NEXT_SHOWN = 5
@@ -46,8 +47,14 @@ def snapshot(
     problems: tuple[Problem, ...] = (),
     owned: OwnedLookup | None = None,
     daemon: Mapping[str, Any] | None = None,
+    spend: Mapping[str, Spend] | None = None,
+    waits: Sequence[HoldRow] = (),
 ) -> dict[str, Any]:
-    """The status of every track as plain data (the ``status --json`` document)."""
+    """The status of every track as plain data (the ``status --json`` document).
+
+    ``spend`` (per track: what its agents reported using) and ``waits`` (agents waiting for
+    their usage limit to reset) come from the store when there is one.
+    """
     lookup: OwnedLookup = owned or (lambda k: tasks[k].owned if k in tasks else None)
     all_keys: list[TaskKey] = []
     tracks_out: list[dict[str, Any]] = []
@@ -91,18 +98,51 @@ def snapshot(
                 "running": running,
                 "blocked": blocked,
                 "failed": failed,
+                "spend": _spend(spend.get(name) if spend else None),
+                "waiting": [
+                    {"agent": w.agent, "until": w.until, "reason": w.reason}
+                    for w in waits
+                    if name in w.tracks
+                ],
             }
         )
     return {
         "schema_version": SCHEMA_VERSION,
         "daemon": dict(daemon or {"running": False}),
         "totals": _counts(graph, all_keys),
+        "spend": _spend(_total(spend.values())) if spend else _spend(None),
+        "usage_limits": [
+            {
+                "agent": w.agent,
+                "since": w.since,
+                "until": w.until,
+                "reason": w.reason,
+                "tracks": list(w.tracks),
+            }
+            for w in waits
+        ],
         "tracks": tracks_out,
         "problems": [
             {"file": p.file, "path": p.path, "message": p.message, "severity": p.severity}
             for p in problems
         ],
     }
+
+
+def _spend(used: Spend | None) -> dict[str, Any]:
+    used = used or Spend()
+    return {"tokens": used.tokens, "cost_usd": round(used.cost_usd, 6), "attempts": used.attempts}
+
+
+def _total(items: Iterable[Spend]) -> Spend:
+    tokens, cost, attempts = 0, 0.0, 0
+    for item in items:
+        tokens, cost, attempts = (
+            tokens + item.tokens,
+            cost + item.cost_usd,
+            attempts + item.attempts,
+        )
+    return Spend(tokens, cost, attempts)
 
 
 _STYLE = {
@@ -160,6 +200,11 @@ def _track_table(track: Mapping[str, Any]) -> Table:
         more = track["ready_count"] - len(track["next"])
         shown = ", ".join(t["id"] for t in track["next"])
         notes.append(f"next: {shown}" + (f" (+{more} more)" if more > 0 else ""))
+    for wait in track.get("waiting", ()):
+        notes.append(f"waiting until {wait['until']}: usage limit of agent {wait['agent']!r}")
+    spent = track.get("spend") or {}
+    if spent.get("attempts"):
+        notes.append(f"spent: ${spent['cost_usd']:.2f}, {spent['tokens']:,} tokens")
     for item in track["blocked"]:
         notes.append(f"blocked: {item['id']}: {item['reason'] or 'no reason recorded'}")
     for item in track["failed"]:

@@ -24,7 +24,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import workspace
+from . import agentrun, workspace
 from .clock import Clock, SystemClock
 from .config import Config
 from .daemon import Engine, Track
@@ -261,7 +261,13 @@ def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int
             view = None
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             try:
-                return await serve(cfg, executor, once=once, on_ready=view.attach if view else None)
+                return await serve(
+                    cfg,
+                    executor,
+                    once=once,
+                    on_ready=view.attach if view else None,
+                    services=[agentrun.service],
+                )
             finally:
                 if view is not None:
                     view.summary()

@@ -43,3 +43,10 @@ def write_track(tracks_dir: Path) -> WriteTrack:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run in a scratch directory: a track without ``workdir`` works in the daemon's
+    working directory, and the project's own git checkout must never be that."""
+    monkeypatch.chdir(tmp_path)
