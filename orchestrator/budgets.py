@@ -60,7 +60,7 @@ class Crossing:
     def as_data(self) -> dict[str, object]:
         return {
             "scope": self.scope,
-            "subject": self.subject,
+            "of": self.subject,
             "unit": self.unit,
             "limit": self.limit,
             "spent": self.spent,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import gitwork
 from .attempt import AttemptResult, Note
+from .errors import GitError
 from .gitwork import Change
 from .guardrails import Guardrails, evidence
 from .model import TaskDef, Verdict
@@ -150,7 +151,12 @@ class GitAttempt:
 
     async def after_run(self, note: Note, what: str) -> AttemptResult | None:
         """The gate: the run changed something, and nothing it added hits a guardrail."""
-        diff = await in_thread(self._after_run)
+        try:
+            diff = await in_thread(self._after_run)
+        except GitError as exc:
+            reason = f"git: {exc}"
+            note(f"--- {reason}")
+            return AttemptResult(Verdict.BLOCKED, reason, 0, reason + "\n")
         if self.changed:
             note(f"--- changes: {len(self.changed)} file(s): {_listed(self.changed)}")
         if not self.changed and not self.task.allow_no_changes:
@@ -183,7 +189,22 @@ class GitAttempt:
     # ------------------------------------------------------------------ after the verdict
 
     async def conclude(self, result: AttemptResult, commit: bool) -> Outcome:
-        """Commit a PASS (and integrate it); keep anything else on a ref and reset the tree."""
+        """Commit a PASS (and integrate it); keep anything else on a ref and reset the tree.
+
+        A git failure here blocks a PASS (the verified work stays in the tree for a person)
+        and is added to the reason of anything else.
+        """
+        try:
+            return await self._conclude(result, commit)
+        except GitError as exc:
+            files = tuple(sorted(c.path for c in self.changed))
+            if result.verdict is Verdict.PASS:
+                reason = f"git: verified, but not committed: {exc}"
+                return Outcome(replace(result, verdict=Verdict.BLOCKED, reason=reason), files)
+            reason = f"{result.reason}; git: the changes were not kept and reset: {exc}"
+            return Outcome(replace(result, reason=reason), files)
+
+    async def _conclude(self, result: AttemptResult, commit: bool) -> Outcome:
         if result.verdict is Verdict.PASS:
             commit_id = await in_thread(self._commit, commit)
             files = tuple(sorted(c.path for c in self.changed))
