@@ -132,10 +132,13 @@ class AgentRuntime:
         task, track = engine.settings_for(key)
         git = self.settings.git
         integration = track.definition.settings.integration or git.integration
-        workdirs = {name: t.workdir for name, t in engine.tracks.items()}
+
+        def workdirs() -> dict[str, Path]:
+            return {name: t.workdir for name, t in engine.tracks.items()}
+
         try:
             tree = await self.trees.prepare(key.track, track.workdir, workdirs, integration)
-        except GitError as exc:
+        except (GitError, OSError) as exc:
             yield Session(error=f"git: {exc}")
             return
         if tree is None:
@@ -147,7 +150,7 @@ class AgentRuntime:
             attempt = GitAttempt(self.trees, tree, task, number, self.guardrails, scratch, stamp)
             try:
                 notes = await attempt.begin()
-            except GitError as exc:
+            except (GitError, OSError) as exc:
                 yield Session(error=f"git: {exc}")
                 return
             yield Session(
@@ -168,8 +171,11 @@ class AgentRuntime:
                 return f"waiting for the usage limit of agent {hold.agent!r} to reset ({until})"
         return None
 
-    def details(self, plan: AttemptPlan, outcome: Outcome) -> AttemptDetails:
+    def details(self, plan: AttemptPlan, outcome: Outcome) -> AttemptDetails | None:
+        """What the store records beyond the verdict; None when there is nothing."""
         usage = outcome.result.usage
+        if plan.agent is None and usage is None and outcome.files is None:
+            return None
         return AttemptDetails(
             agent=plan.agent,
             tokens_in=usage.tokens_in if usage else None,
@@ -183,13 +189,14 @@ class AgentRuntime:
     async def task_done(self, key: TaskKey) -> None:
         """After a task's Ralph loop: a finished track's worktree is cleaned up."""
         engine = self.engine
-        if key.track not in engine.tracks or not all(
-            engine.graph.status(k).done for k in engine.graph.keys(key.track)
-        ):
+        tree = self.trees.tree(key.track)
+        if tree is None or not tree.own or key.track not in engine.tracks:
+            return
+        if not all(engine.graph.status(k).done for k in engine.graph.keys(key.track)):
             return
         try:
             kept = await self.trees.finish(key.track)
-        except GitError as exc:
+        except (GitError, OSError) as exc:
             log.warning("worktree not removed", track=key.track, error=str(exc))
             return
         if kept is not None:

@@ -17,6 +17,8 @@ into the next commit.
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,12 +122,34 @@ class GitAttempt:
             synced = self.trees.sync(tree)
             if synced:
                 notes.append(f"git: {synced}")
+        else:
+            self._keep_index()
         self.start = gitwork.head(self.root)
         self.t0 = self._snapshot()
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
         notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
         return notes
+
+    @property
+    def _kept_index(self) -> Path:
+        return self.scratch.with_suffix(".before")
+
+    def _keep_index(self) -> None:
+        """A shared checkout's index as it was, to undo what the agent staged or committed."""
+        real = gitwork.git_path(self.root, "index")
+        if real.exists():
+            self._kept_index.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(real, self._kept_index)
+        else:
+            self._kept_index.unlink(missing_ok=True)
+
+    def _put_index_back(self) -> None:
+        if self.tree.own:
+            return
+        kept = self._kept_index
+        if kept.exists():
+            os.replace(kept, gitwork.git_path(self.root, "index"))
 
     def _keep_leftovers(self) -> str:
         head = gitwork.head(self.root)
@@ -153,7 +177,7 @@ class GitAttempt:
         """The gate: the run changed something, and nothing it added hits a guardrail."""
         try:
             diff = await in_thread(self._after_run)
-        except GitError as exc:
+        except (GitError, OSError) as exc:
             reason = f"git: {exc}"
             note(f"--- {reason}")
             return AttemptResult(Verdict.BLOCKED, reason, 0, reason + "\n")
@@ -196,7 +220,7 @@ class GitAttempt:
         """
         try:
             return await self._conclude(result, commit)
-        except GitError as exc:
+        except (GitError, OSError) as exc:
             files = tuple(sorted(c.path for c in self.changed))
             if result.verdict is Verdict.PASS:
                 reason = f"git: verified, but not committed: {exc}"
@@ -240,8 +264,10 @@ class GitAttempt:
         if not self.changed:
             if self.tree.own and self.start:
                 gitwork.reset_hard(root, self.start)
+            self._put_index_back()
             return None
         if not enabled and not self.tree.own:
+            self._put_index_back()
             return None  # git.commit = false: the changes stay in the checkout
         assert self.t1 is not None
         base_tree = gitwork.tree_of(root, self.start)
@@ -257,6 +283,7 @@ class GitAttempt:
         if self.tree.own:
             gitwork.reset_hard(root, commit)  # also clears what verification left behind
         else:
+            self._put_index_back()
             self._sync_index()
         return commit
 
@@ -306,6 +333,6 @@ class GitAttempt:
             return
         if self.start and now != self.start:
             gitwork.update_ref(root, "HEAD", self.start, now)  # the agent committed: undo it
+        self._put_index_back()
         if self.changed:
             gitwork.restore_paths(root, self.t0, self.changed, self.scratch)
-            self._sync_index()

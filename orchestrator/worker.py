@@ -133,6 +133,14 @@ def plan_attempt(
         what = "agent"
         choice = agents.choose(task, track.definition.settings, settings)
         notes = (*notes, choice.describe())
+        if choice.role is not None and number == 1:
+            log.info(
+                "agent role",
+                task=str(key),
+                agent=choice.requested,
+                role=choice.role,
+                profile=choice.profile.name if choice.profile else None,
+            )
         if choice.manual:
             blocked = (
                 f"agent {choice.requested!r} marks this task for a person: do it, then set its "
@@ -297,7 +305,8 @@ async def run_task(engine: Engine, key: TaskKey) -> None:
                 details = runtime.details(plan, outcome)
                 if result.usage_limit is not None and plan.agent is not None:
                     # Not the task's doing: the attempt is interrupted, and not counted.
-                    engine.store.set_attempt_details(attempt_id, details)
+                    if details is not None:
+                        engine.store.set_attempt_details(attempt_id, details)
                     runtime.after_attempt(key, result)
                     engine.cancel_reasons[key] = runtime.limit_hit(
                         key, plan.agent, result.usage_limit

@@ -165,19 +165,29 @@ class Trees:
         return gitwork.current_branch(repo.top), False
 
     async def prepare(
-        self, track: str, workdir: Path, workdirs: dict[str, Path], integration: str
+        self,
+        track: str,
+        workdir: Path,
+        workdirs: Callable[[], dict[str, Path]],
+        integration: str,
     ) -> Tree | None:
-        """The tree ``track`` works in now (made if needed); None outside git."""
+        """The tree ``track`` works in now (made if needed); None outside git.
+
+        ``workdirs`` gives every track's workdir, asked for only when a tree is decided.
+        """
         if not self.git.enabled:
             return None
         current = self._trees.get(track)
         if current is not None and current.workdir == workdir and current.root.is_dir():
             current.integration = integration
             return current
-        repo = await in_thread(self.repo_of, workdir)
+        if workdir in self._repos:
+            repo = self._repos[workdir]  # no thread hop for what is known (most attempts)
+        else:
+            repo = await in_thread(self.repo_of, workdir)
         if repo is None:
             return None
-        if not await in_thread(self.wants_worktree, repo, workdirs):
+        if not await in_thread(self.wants_worktree, repo, workdirs()):
             root = repo.top
             tree = Tree(
                 track=track,

@@ -339,3 +339,71 @@ async def test_merge_integration_brings_other_tracks_work_and_blocks_on_conflict
     assert "the verified work is committed on orchestratord/" in blocked["error"]
     # The blocked track is not finished: its worktree stays for a person to look at.
     assert git(repo, "worktree", "list").count("\n") == 1  # main + the blocked track's
+
+
+async def test_in_a_shared_checkout_only_the_attempts_own_changes_are_committed(
+    tmp_path: Path, write_track: WriteTrack, tracks_dir: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"notes.txt": "mine\n", "app.py": "v = 1\n"})
+    (repo / "notes.txt").write_text("mine, edited and not committed\n")
+    plan = {
+        "tasks": {
+            # An agent that commits by itself: its commit is replaced by orchestratord's.
+            "C1": [{"write": {"app.py": "v = 2\n"}, "commit": True}],
+            "C2": [{"write": {"app.py": "v = 3\n", "tmp.txt": "x\n"}, "exit": 1}],
+        }
+    }
+    claude_config(tmp_path, plan)
+    write_track(
+        "solo",
+        {
+            "track": {"workdir": "../repo"},
+            "features": [task("C1"), task("C2", dependencies=["C1"], max_iterations=1)],
+        },
+    )
+    run = await run_once(tracks_dir)
+    assert run.task("solo", "C1")["status"] == "complete"
+    assert run.task("solo", "C2")["status"] == "failed"
+    log = git(repo, "log", "--format=%s").splitlines()
+    assert log == ["C1: Build c1: the whole of it", "first"]
+    assert git(repo, "show", "--name-only", "--format=", "HEAD") == "app.py"
+    assert git(repo, "show", "HEAD:notes.txt") == "mine"
+    # The user's edit is still there, uncommitted; the failed attempt left nothing behind.
+    assert (repo / "notes.txt").read_text() == "mine, edited and not committed\n"
+    assert git(repo, "status", "--porcelain") == "M notes.txt"
+    assert (repo / "app.py").read_text() == "v = 2\n"
+    assert git(repo, "show", "refs/orchestratord/attempts/solo/C2/1:app.py") == "v = 3"
+
+
+async def test_attempts_sharing_a_tree_take_turns(
+    tmp_path: Path, write_track: WriteTrack, tracks_dir: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = {"tasks": {f"P{i}": [{"write": {f"p{i}.py": f"P = {i}\n"}}] for i in range(4)}}
+    claude_config(tmp_path, plan)
+    write_track(
+        "t",
+        {
+            "track": {"workdir": "../repo", "concurrency": 4},
+            "features": [task(f"P{i}") for i in range(4)],
+        },
+    )
+    run = await run_once(tracks_dir)
+    assert run.code == 0
+    for i in range(4):
+        assert run.task("t", f"P{i}")["files_actually_changed"] == [f"p{i}.py"]
+    changed = [git(repo, "show", "--name-only", "--format=", c) for c in commits(repo)[:-1]]
+    assert sorted(changed) == [f"p{i}.py" for i in range(4)]
+
+
+async def test_a_task_for_a_person_is_blocked_without_running(
+    tmp_path: Path, write_track: WriteTrack, tracks_dir: Path
+) -> None:
+    write_track("t", [{"id": "M", "agent": "manual", "description": "Call the licensing board"}])
+    run = await run_once(tracks_dir)
+    task = run.task("t", "M")
+    assert task["status"] == "blocked"
+    assert task["error"] == (
+        "agent 'manual' marks this task for a person: do it, then set its status to \"complete\""
+    )
+    assert run.store().processes(run.store().attempts(TaskKey("t", "M"))[0].id) == []

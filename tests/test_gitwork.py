@@ -154,3 +154,42 @@ def test_merge_trees_reports_conflicting_files(tmp_path: Path) -> None:
         pytest.skip("git merge-tree --write-tree needs git 2.38")
     merged = gitwork.merge_trees(repo, "main", "side")
     assert merged == gitwork.Merged(None, ("f.txt",))
+
+
+@needs_git
+@pytest.mark.anyio
+async def test_own_worktrees_leftovers_and_clean_up(tmp_path: Path) -> None:
+    from orchestrator import config
+    from orchestrator.gitattempt import GitAttempt
+    from orchestrator.model import TaskDef, TaskKey
+    from orchestrator.worktrees import Trees
+
+    repo = make_repo(tmp_path / "repo", {"app/main.py": "x = 1\n"})
+    cfg = config.load(flags={"state_dir": str(tmp_path / "state")}, env={}, cwd=tmp_path)
+    trees = Trees(cfg)
+    workdirs = {"a": repo / "app", "b": repo}
+    tree = await trees.prepare("a", repo / "app", lambda: workdirs, "merge")
+    assert tree is not None
+    assert tree.own
+    assert tree.branch == "orchestratord/a"
+    assert tree.cwd == tree.root / "app"
+    assert (tree.cwd / "main.py").read_text() == "x = 1\n"
+    assert trees.planned("b", repo, workdirs) == ("orchestratord/b", True)
+    # An interrupted attempt left changes: the next attempt keeps them on a ref, starts clean.
+    (tree.cwd / "half.py").write_text("half done\n")
+    task = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
+    attempt = GitAttempt(trees, tree, task, 2, Guardrails.build([]), tmp_path / "s.idx", "STAMP")
+    notes = await attempt.begin()
+    assert "kept on refs/orchestratord/leftovers/a/STAMP" in notes[0]
+    assert not (tree.cwd / "half.py").exists()
+    assert git(repo, "show", "refs/orchestratord/leftovers/a/STAMP:app/half.py") == "half done"
+    # A finished track's worktree goes, unless it has uncommitted changes.
+    (tree.cwd / "stray.txt").write_text("?\n")
+    kept = await trees.finish("a")
+    assert kept is not None
+    assert kept.files == ("app/stray.txt",)
+    assert tree.root.exists()
+    (tree.cwd / "stray.txt").unlink()
+    assert await trees.finish("a") is None
+    assert not tree.root.exists()
+    assert git(repo, "branch", "--list", "orchestratord/a") == "orchestratord/a"
