@@ -320,6 +320,8 @@ class GitAttempt:
                 f"refs/orchestratord/attempts/{ref_part(self.tree.track)}/"
                 f"{ref_part(self.task.key.id)}/{self.number}"
             )
+            if gitwork.ref_exists(root, saved):  # an interrupted attempt of the same number
+                saved += f"-{self.stamp}"
             gitwork.update_ref(root, saved, commit)
         self._reset()
         return saved

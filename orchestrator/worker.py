@@ -6,6 +6,10 @@ until PASS, BLOCKED, or the iteration budget is spent, each attempt recorded in 
 its process starts and its verdict recorded before anything acts on it. An attempt cut short
 (the daemon stopping, a person's order, the track's file removed) is recorded as interrupted;
 when nothing else decided the task's fate it is pending again, at the same iteration.
+
+Around each attempt :mod:`agentrun` gives the track's working tree and the attempt's git side
+(changes, guardrails, the commit or the kept ref), checks budgets afterwards, and holds the
+agent's tracks when it reports its usage limit (that attempt is interrupted, not counted).
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ class Trees:
                 rel = path.resolve().relative_to(top)
             except ValueError:
                 continue
-            out.append(str(rel) if str(rel) != "." else ".")
+            if str(rel) != ".":  # the whole tree is never excluded
+                out.append(str(rel))
         out.extend(self.git.exclude)
         return tuple(dict.fromkeys(out))
 
