@@ -102,6 +102,8 @@ class Hold:
 
 
 class AgentRuntime:
+    """Trees, guardrails, budgets and usage-limit waits of one engine."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         settings = engine.cfg.settings
