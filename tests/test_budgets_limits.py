@@ -168,9 +168,11 @@ async def test_a_task_over_its_budget_stops_between_attempts(
     )
     run = await run_once(tracks_dir)
     assert run.code == 1
-    task = run.task("t", "X")
+    state = run.store().task(TaskKey("t", "X"))
+    assert state is not None
     # 1,500 tokens after the first attempt, 3,000 after the second: paused, and pending again.
-    assert (task["status"], task["attempts"]) == ("pending", 2)
+    assert (state.status.value, state.owned.attempts) == ("pending", 2)
+    assert run.task("t", "X").get("status", "pending") == "pending"
     crossing = next(e for e in run.events if e[0] == "budget_exceeded")
     assert crossing[2]["scope"] == "task"
     assert crossing[2]["spent"] == 3000
