@@ -384,13 +384,14 @@ class Merged:
     conflicts: tuple[str, ...] = ()
 
 
-def merge_trees(root: Path, ours: str, theirs: str) -> Merged:
-    """The merge of two commits without touching any working tree (git 2.38 or newer)."""
+def merge_trees(root: Path, ours: str, theirs: str, scratch: Path) -> Merged:
+    """The merge of two commits, as a tree, or the files in conflict.
+
+    With git 2.38 or newer no working tree is involved (``git merge-tree --write-tree``);
+    older versions merge in a temporary detached worktree at ``scratch``, removed afterwards.
+    """
     if version() < (2, 38):
-        raise GitError(
-            f"merging needs git 2.38 or newer (this is {'.'.join(map(str, version()))}); "
-            'upgrade git or set integration = "branch"'
-        )
+        return _merge_in_worktree(root, ours, theirs, scratch)
     done = run(
         root,
         "merge-tree",
@@ -408,6 +409,26 @@ def merge_trees(root: Path, ours: str, theirs: str) -> Merged:
         files = tuple(dict.fromkeys(line for line in lines[1:] if line))
         return Merged(None, files)
     raise GitError(f"git merge-tree failed in {root}: {done.stderr.decode().strip()}")
+
+
+def _merge_in_worktree(root: Path, ours: str, theirs: str, scratch: Path) -> Merged:
+    if scratch.exists():
+        run(root, "worktree", "remove", "--force", str(scratch), check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+    run(root, "worktree", "prune")
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    run(root, "worktree", "add", "--quiet", "--detach", str(scratch), ours)
+    try:
+        done = run(
+            scratch, "merge", "--no-ff", "--no-commit", "--quiet", theirs,
+            env=FALLBACK_IDENT, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            conflicts = out(scratch, "diff", "--name-only", "--diff-filter=U").split("\n")
+            return Merged(None, tuple(f for f in conflicts if f))
+        return Merged(out(scratch, "write-tree"))
+    finally:
+        run(root, "worktree", "remove", "--force", str(scratch), check=False)
 
 
 def is_ancestor(root: Path, ancestor: str, descendant: str) -> bool:

@@ -292,7 +292,8 @@ class Trees:
         if gitwork.is_ancestor(top, old, commit):
             new = commit
         else:
-            merged = gitwork.merge_trees(top, old, commit)
+            scratch = self.cfg.state_dir / "git" / f"merge-{ref_part(tree.track)}"
+            merged = gitwork.merge_trees(top, old, commit, scratch)
             if merged.tree is None:
                 files = ", ".join(merged.conflicts) or "unknown files"
                 return (

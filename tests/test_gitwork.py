@@ -142,18 +142,32 @@ def test_default_branch_is_detected(tmp_path: Path) -> None:
 
 
 @needs_git
-def test_merge_trees_reports_conflicting_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_git", [False, True], ids=["merge-tree", "worktree"])
+def test_merge_trees_reports_conflicting_files(
+    tmp_path: Path, old_git: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = make_repo(tmp_path / "repo", {"f.txt": "base\n", "g.txt": "g\n"})
     git(repo, "checkout", "-q", "-b", "side")
     (repo / "f.txt").write_text("side\n")
     git(repo, "commit", "-qam", "side")
+    git(repo, "checkout", "-q", "-b", "other", "main")
+    (repo / "g.txt").write_text("other\n")
+    git(repo, "commit", "-qam", "other")
     git(repo, "checkout", "-q", "main")
     (repo / "f.txt").write_text("main\n")
     git(repo, "commit", "-qam", "main")
-    if gitwork.version() < (2, 38):
+    if old_git:
+        monkeypatch.setattr(gitwork, "version", lambda: (2, 34))
+    elif gitwork.version() < (2, 38):
         pytest.skip("git merge-tree --write-tree needs git 2.38")
-    merged = gitwork.merge_trees(repo, "main", "side")
-    assert merged == gitwork.Merged(None, ("f.txt",))
+    scratch = tmp_path / "scratch"
+    assert gitwork.merge_trees(repo, "main", "side", scratch) == gitwork.Merged(None, ("f.txt",))
+    clean = gitwork.merge_trees(repo, "main", "other", scratch)
+    assert clean.tree is not None
+    assert git(repo, "show", f"{clean.tree}:f.txt") == "main"
+    assert git(repo, "show", f"{clean.tree}:g.txt") == "other"
+    assert git(repo, "worktree", "list").count("\n") == 0  # the scratch worktree is gone
+    assert git(repo, "status", "--porcelain") == ""
 
 
 @needs_git
