@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import dispatch, load, ray, resident, status, writeback
+from . import dispatch, gitattempt, load, ray, resident, status, writeback
 
 ALL = {
     "load": load.run,
@@ -17,6 +17,7 @@ ALL = {
     "resident": resident.run,
     "ray": ray.run,
     "status": status.run,
+    "gitattempt": gitattempt.run,
 }
 
 

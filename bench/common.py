@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,5 +61,12 @@ def run_daemon(
             result.update(code=code, wall=time.perf_counter() - wall, cpu=time.process_time() - cpu)
         del ballast
 
-    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()})
+    # Tracks without a workdir work in the daemon's working directory: the scratch directory,
+    # never the project's own git checkout (where every attempt would be a git attempt).
+    here = os.getcwd()
+    os.chdir(tracks.parent)
+    try:
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()})
+    finally:
+        os.chdir(here)
     return result

@@ -1,10 +1,14 @@
 """One attempt: run the agent or command, then every verification command, then decide.
 
 PASS only when the run exited 0, printed the completion promise (when the task has one) as
-``<promise>TEXT</promise>``, and every verification command exited 0. A run that prints
-``<blocked>reason</blocked>`` is BLOCKED. Anything else is FAIL with a reason in words: the
-exit status, a timeout, a missing binary, a missing promise, or which verification command
-failed and the tail of its output.
+``<promise>TEXT</promise>``, passed the gate (in git: it changed files, and no guardrail
+matched what it added), and every verification command exited 0 having run some test. A run
+that prints ``<blocked>reason</blocked>`` is BLOCKED, and so is a guardrail hit. Anything else
+is FAIL with a reason in words: the exit status, a timeout, a missing binary, a missing
+promise, no changes, or which verification command failed (or ran no test) and the tail of its
+output. An agent's structured output is read first (:mod:`agentoutput`): the promise and the
+``<blocked>`` signal are looked for in its final text, and what it used is reported; a failed
+run that reports the agent's usage limit says so (``usage_limit``).
 
 Output goes to the attempt's log file, which is trimmed to its last ``log_max_bytes`` bytes
 (the tail is what matters) and never read into memory beyond that. While a run goes on, the
@@ -15,6 +19,8 @@ resources; an attempt left running when the daemon stopped is resumed by running
 with the same run ids, *attaching* to the runs submitted before (``reattach``) and writing
 no header twice; with a git workspace the run pushes its result to a branch, the daemon
 fetches it (:mod:`orchestrator.runbranch`), and the verification commands run on that commit.
+The gate does not run in a git workspace: the changes are on the fetched branch, not in the
+daemon's tree (see docs/ray.md).
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ import contextlib
 import os
 import re
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 
-from . import runbranch
+from . import agentoutput, runbranch
+from .agentoutput import Usage
 from .executors.base import Checkout, Executor, RunInfo, RunSpec, RunState
+from .guardrails import NoTests
 from .model import Command, TaskKey, Verdict
 from .prompt import promise_tag
 
@@ -76,6 +84,18 @@ class AttemptPlan:
     """The environment of the run, when it differs (an agent profile's ``env``)."""
     remote: RemoteRun | None = None
     """Where on a cluster the runs go; ``None`` for the local executor."""
+    output_format: str = "text"
+    """How the run's output is read: ``text`` or ``claude-json``."""
+    usage_limit: tuple[re.Pattern[str], ...] = ()
+    """Messages meaning the agent's usage limit is reached (looked for when a run fails)."""
+    no_tests: NoTests | None = None
+    """Recognises a verification run that ran no test."""
+    blocked: str | None = None
+    """The task cannot run at all and is blocked for this reason (a task for a person)."""
+    notes: tuple[str, ...] = ()
+    """Lines for the attempt's log before the run (which agent, which working tree)."""
+    agent: str | None = None
+    """The agent profile that runs (None for a command)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +108,22 @@ class AttemptResult:
     branch: str | None = None
     """Git workspace: the local branch holding the run's changes (fetched)."""
     commit: str | None = None
+    usage: Usage | None = None
+    """What the run used, when the agent reported it."""
+    usage_limit: str | None = None
+    """The agent's own words when it reported that its usage limit is reached."""
+
+
+Note = Callable[[str], None]
+"""Writes a line to the attempt's log."""
+
+
+class Gate(Protocol):
+    """Checks what a successful run changed, before verification (git: changes, guardrails)."""
+
+    async def after_run(self, note: Note, what: str) -> AttemptResult | None:
+        """None to go on to verification, or the attempt's verdict."""
+        ...
 
 
 class ProcessRecorder(Protocol):
@@ -245,16 +281,21 @@ async def run_attempt(
     executor: Executor,
     recorder: ProcessRecorder,
     reattach: frozenset[str] = frozenset(),
+    gate: Gate | None = None,
 ) -> AttemptResult:
     """Run one attempt to its verdict. Cancelling it ends its processes, then re-raises.
 
     ``reattach``: resuming an attempt after a daemon restart, the ids of the runs it had
-    submitted (attached to, never started again).
+    submitted (attached to, never started again). ``gate``: checks a successful run's changes
+    before verification.
     """
     log = _Log(Path(plan.log_path))
+    resuming = bool(reattach)
     try:
-        log.header(f"=== {plan.key} attempt {plan.number} ===\n", bool(reattach))
-        return await _decide(plan, executor, recorder, log, reattach)
+        log.header(f"=== {plan.key} attempt {plan.number} ===\n", resuming)
+        for line in plan.notes:
+            log.header(f"{line}\n", resuming)
+        return await _decide(plan, executor, recorder, log, reattach, gate)
     finally:
         oversized = log.size() > plan.log_max_bytes
         log.close()
@@ -267,10 +308,14 @@ async def _decide(
     executor: Executor,
     recorder: ProcessRecorder,
     log: _Log,
-    reattach: frozenset[str] = frozenset(),
+    reattach: frozenset[str],
+    gate: Gate | None,
 ) -> AttemptResult:
     limit = plan.log_max_bytes
     resuming = bool(reattach)
+    if plan.blocked is not None:
+        log.write(f"--- BLOCKED: {plan.blocked}\n")
+        return AttemptResult(Verdict.BLOCKED, plan.blocked, None, plan.blocked)
     if plan.run_argv is None:
         reason = plan.run_error or f"no {plan.what} to run"
         log.write(f"cannot run: {reason}\n")
@@ -282,29 +327,72 @@ async def _decide(
         plan, executor, recorder, "run", plan.run_argv, plan.timeout, reattach, checkout
     )
     output = log.section(start, limit)
-    blocked = _BLOCKED.findall(output) if b"<blocked>" in output else []
-    if blocked and info.state in (RunState.EXITED, RunState.TIMED_OUT):
-        reason = " ".join(blocked[-1].decode("utf-8", "replace").split()) or "blocked"
-        return AttemptResult(Verdict.BLOCKED, reason, info.exit_code, reason)
-    if not info.succeeded:
-        reason = _ended_reason(info, plan.what, plan.timeout)
-        log.write(f"--- {reason}\n")
-        return AttemptResult(
-            Verdict.FAIL, reason, info.exit_code, _failure(reason, output, plan.failure_bytes)
-        )
-    if plan.promise and promise_tag(plan.promise).encode() not in output:
-        reason = f"the {plan.what} exited 0 but did not print {promise_tag(plan.promise)}"
-        log.write(f"--- {reason}\n")
-        return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
+    report = agentoutput.read(plan.output_format, output)
+    if report.usage is not None:
+        log.write(f"--- {plan.what} used {report.usage.describe()}\n")
+    result = _after_run(plan, info, output, report, log)
     branch: str | None = None
-    if base is not None:
+    if result is None and base is not None:
         try:
             branch = await _fetch_result(plan, info)
         except runbranch.RunBranchError as error:
             reason = str(error)
             log.write(f"--- {reason}\n")
-            return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, b"", plan.failure_bytes))
+            result = AttemptResult(
+                Verdict.FAIL, reason, 0, _failure(reason, b"", plan.failure_bytes)
+            )
         checkout = Checkout(base.repo, info.commit or base.ref)
+    elif result is None and gate is not None:
+        result = await gate.after_run(log.write, plan.what)
+    if result is None:
+        result = await _verify(plan, executor, recorder, log, reattach, checkout)
+        if result.verdict is Verdict.PASS and base is not None:
+            result = replace(result, branch=branch, commit=info.commit)
+    return replace(result, usage=report.usage)
+
+
+def _after_run(
+    plan: AttemptPlan, info: RunInfo, output: bytes, report: agentoutput.Report, log: _Log
+) -> AttemptResult | None:
+    """The verdict the run itself decides (usage limit, blocked, failed, no promise), if any."""
+    if plan.usage_limit and (not info.succeeded or report.is_error):
+        message = agentoutput.limit_message(report, output, plan.usage_limit)
+        if message is not None:
+            reason = f"the {plan.what} reported its usage limit: {message}"
+            log.write(f"--- {reason}\n")
+            return AttemptResult(
+                Verdict.FAIL, reason, info.exit_code, reason + "\n", usage_limit=message
+            )
+    text = report.text
+    blocked = _BLOCKED.findall(text) if b"<blocked>" in text else []
+    if blocked and info.state in (RunState.EXITED, RunState.TIMED_OUT):
+        reason = " ".join(blocked[-1].decode("utf-8", "replace").split()) or "blocked"
+        return AttemptResult(Verdict.BLOCKED, reason, info.exit_code, reason)
+    if not info.succeeded or (report.is_error and report.structured):
+        reason = _ended_reason(info, plan.what, plan.timeout)
+        if info.succeeded:
+            reason = f"the {plan.what} reported an error"
+        log.write(f"--- {reason}\n")
+        return AttemptResult(
+            Verdict.FAIL, reason, info.exit_code, _failure(reason, output, plan.failure_bytes)
+        )
+    if plan.promise and promise_tag(plan.promise).encode() not in text:
+        reason = f"the {plan.what} exited 0 but did not print {promise_tag(plan.promise)}"
+        log.write(f"--- {reason}\n")
+        return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
+    return None
+
+
+async def _verify(
+    plan: AttemptPlan,
+    executor: Executor,
+    recorder: ProcessRecorder,
+    log: _Log,
+    reattach: frozenset[str],
+    checkout: Checkout | None,
+) -> AttemptResult:
+    limit = plan.log_max_bytes
+    resuming = bool(reattach)
     total = len(plan.verify)
     for number, command in enumerate(plan.verify, start=1):
         text = command_text(command)
@@ -320,17 +408,23 @@ async def _decide(
             reattach,
             checkout,
         )
-        if vinfo.succeeded:
+        empty = None
+        if plan.no_tests is not None and vinfo.state is RunState.EXITED:
+            empty = plan.no_tests.found(log.section(start, limit))
+        if vinfo.succeeded and empty is None:
             continue
-        ended = _ended_reason(vinfo, "verification", plan.verify_timeout).removeprefix(
-            "the verification "
-        )
+        if empty is not None:
+            ended = f"ran no tests ({empty!r})"
+        else:
+            ended = _ended_reason(vinfo, "verification", plan.verify_timeout).removeprefix(
+                "the verification "
+            )
         reason = f"verify {number}/{total} `{text}` {ended}"
         log.write(f"--- {reason}\n")
         output = log.section(start, limit)
         return AttemptResult(Verdict.FAIL, reason, 0, _failure(reason, output, plan.failure_bytes))
     log.write(f"--- PASS ({total} verification command{'s' if total != 1 else ''})\n")
-    return AttemptResult(Verdict.PASS, None, 0, branch=branch, commit=info.commit)
+    return AttemptResult(Verdict.PASS, None, 0)
 
 
 async def _fetch_result(plan: AttemptPlan, info: RunInfo) -> str:

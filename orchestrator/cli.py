@@ -48,12 +48,16 @@ def _common_options(func: F) -> F:
     return func
 
 
-def _settings(ctx: click.Context, /, local: dict[str, Any]) -> config.Config:
+def _settings(
+    ctx: click.Context, /, local: dict[str, Any], *, check_agents: bool = True
+) -> config.Config:
     """Effective config: a command's own flags win over the same flags given before it."""
     merged = dict(ctx.find_root().params)
     merged.update({k: v for k, v in local.items() if v is not None})
     flags = {k: v for k, v in merged.items() if k != "config_file"}
-    return config.load(config_file=merged.get("config_file"), flags=flags)
+    return config.load(
+        config_file=merged.get("config_file"), flags=flags, check_agents=check_agents
+    )
 
 
 def _reports_errors(func: F) -> F:
@@ -207,3 +211,6 @@ control_commands.register(cli, _common_options, _settings)
 
 def main() -> None:
     cli(prog_name="orchestratord")
+
+
+from . import promptcmd  # noqa: E402, F401  (registers the `prompt` command)

@@ -60,13 +60,153 @@ class Defaults(_Section):
     prompt_template: str | None = None
 
 
-class Agent(_Section):
-    """An agent profile: how to run an agent CLI with a prompt."""
+# ------------------------------------------------------------------ agents, git, budgets
+# Agent profiles and roles (docs/agents.md), budgets, guardrails and git (docs/git.md).
 
-    argv: list[str]
+AGENT_KINDS = ("claude", "codex", "aider", "gemini", "generic")
+"""Kinds of agent CLI orchestratord knows; all but ``generic`` are also built-in profiles."""
+
+DEFAULT_GUARDRAILS = (
+    r"@ts-ignore",
+    r"@ts-nocheck",
+    r"eslint-disable",
+    r"#\s*type:\s*ignore",
+    r"#\s*noqa",
+    r"pytest\.mark\.skip",
+    r"\.only\(",
+    r"\b(?:it|test|describe)\.skip\(",
+)
+DEFAULT_NO_TESTS = (
+    r"\bno tests ran\b",
+    r"\bcollected 0 items\b",
+    r"\bRan 0 tests\b",
+    r"\bNo tests found\b",
+    r"\bNo test files found\b",
+    r"^\s*0 passing\b",
+)
+
+
+class Agent(_Section):
+    """An agent profile: how to run an agent CLI with a prompt (``[agents.NAME]``).
+
+    A profile named after a built-in kind (``claude``, ``codex``, ``aider``, ``gemini``)
+    changes only the fields it sets; any other profile needs ``argv`` or a ``kind``.
+    """
+
+    kind: Literal["claude", "codex", "aider", "gemini", "generic"] | None = None
+    argv: list[str] | None = None
+    """The whole command line; ``{prompt}`` in an argument is replaced by the prompt."""
+    binary: str | None = None
+    model: str | None = None
+    permission_mode: str | None = None
+    skip_permissions: bool = False
+    args: list[str] = Field(default_factory=list)
+    """Extra arguments after the built-in ones."""
+    output: Literal["text", "claude-json"] | None = None
     prompt_via: Literal["argv", "stdin"] = "argv"
     env: dict[str, str] = Field(default_factory=dict)
     timeout: Seconds | None = None
+    usage_limit_patterns: list[str] = Field(default_factory=list)
+    usage_limit_wait: Seconds = 1800.0
+
+
+class Role(_Section):
+    """An old queue file's ``agent`` role name: the default profile, with a paragraph."""
+
+    prompt: str = ""
+    agent: str | None = None
+    """The profile to run (default: ``defaults.agent``)."""
+    manual: bool = False
+    """A task for a person: it is blocked at once, not run."""
+
+
+class Git(_Section):
+    enabled: bool = True
+    worktrees: bool | Literal["auto"] = "auto"
+    worktree_dir: str | None = None
+    base_branch: str | None = None
+    integration: Literal["merge", "branch"] = "merge"
+    commit: bool = True
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Guardrails(_Section):
+    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_GUARDRAILS))
+    extra_patterns: list[str] = Field(default_factory=list)
+    exempt_marker: str = "orchestratord: allow"
+    ignore_paths: list[str] = Field(default_factory=list)
+    no_tests_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_NO_TESTS))
+
+
+Usd = Annotated[float, Field(gt=0)]
+Tokens = Annotated[int, Field(gt=0)]
+
+
+class Budgets(_Section):
+    task_usd: Usd | None = None
+    task_tokens: Tokens | None = None
+    track_usd: Usd | None = None
+    track_tokens: Tokens | None = None
+    day_usd: Usd | None = None
+    day_tokens: Tokens | None = None
+
+
+def _at(lines: Mapping[tuple[str, ...], int], key: str) -> str:
+    """``:LINE`` of a dotted setting in the config file, or nothing."""
+    line = lines.get(tuple(key.split("[", 1)[0].split(".")))
+    return f":{line}" if line else ""
+
+
+def agent_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Problems pydantic cannot see, as (setting, message): profiles without a command,
+    permission modes that need consent, unknown role agents, bad regular expressions."""
+    problems: list[tuple[str, str]] = []
+    for name, agent in settings.agents.items():
+        kind = agent.kind or (name if name in AGENT_KINDS[:-1] else None)
+        if agent.argv is None and kind in (None, "generic"):
+            problems.append(
+                (
+                    f"agents.{name}",
+                    'no command: give argv = [...] (with "{prompt}" or prompt_via = "stdin"), '
+                    f"or kind = one of {', '.join(AGENT_KINDS[:-1])}",
+                )
+            )
+        if agent.argv is not None and not agent.argv:
+            problems.append(
+                (f"agents.{name}.argv", "is empty: give the agent's command and its arguments")
+            )
+        if (agent.permission_mode or "").lower() == "bypasspermissions" and not (
+            agent.skip_permissions
+        ):
+            problems.append(
+                (
+                    f"agents.{name}.permission_mode",
+                    "bypassPermissions skips every permission check; set skip_permissions = "
+                    "true to mean it",
+                )
+            )
+        problems += _bad_patterns(f"agents.{name}.usage_limit_patterns", agent.usage_limit_patterns)
+    for name, role in settings.roles.items():
+        if role.agent and role.agent not in settings.agents and role.agent not in AGENT_KINDS:
+            problems.append((f"roles.{name}.agent", f"unknown agent profile {role.agent!r}"))
+    guard = settings.guardrails
+    problems += _bad_patterns("guardrails.patterns", guard.patterns)
+    problems += _bad_patterns("guardrails.extra_patterns", guard.extra_patterns)
+    problems += _bad_patterns("guardrails.no_tests_patterns", guard.no_tests_patterns)
+    return problems
+
+
+def _bad_patterns(where: str, patterns: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            out.append((f"{where}[{index}]", f"not a regular expression ({exc}): {pattern!r}"))
+    return out
+
+
+# ------------------------------------------------------------------ end of agents, git, budgets
 
 
 # -- scale-out: the Ray cluster (docs/ray.md) ---------------------------------------------
@@ -206,6 +346,10 @@ class Settings(_Section):
         return value
 
     # -- end of control and visibility --
+    roles: dict[str, Role] = Field(default_factory=dict)
+    git: Git = Field(default_factory=Git)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+    budgets: Budgets = Field(default_factory=Budgets)
 
 
 PATH_KEYS = frozenset({"tracks", "state_dir", "board_path", "log_file"})
@@ -280,7 +424,8 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         fields = getattr(current, "model_fields", None)
         if fields is None or part not in fields:
-            return list(Agent.model_fields) if isinstance(part, str) else []
+            section = Role if loc and loc[0] == "roles" else Agent
+            return list(section.model_fields) if isinstance(part, str) else []
         annotation = fields[part].annotation
         current = annotation if isinstance(annotation, type) else None
     fields = getattr(current, "model_fields", None)
@@ -367,8 +512,13 @@ def load(
     flags: Mapping[str, object] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    check_agents: bool = True,
 ) -> Config:
-    """Build the effective configuration; raise :class:`ConfigError` naming every problem."""
+    """Build the effective configuration; raise :class:`ConfigError` naming every problem.
+
+    ``check_agents=False`` leaves :func:`agent_problems` to the caller (``config check``
+    lists them with everything else).
+    """
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -406,6 +556,10 @@ def load(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("\n".join(_errors(exc, origin, text, sources))) from None
+    if check_agents and (problems := agent_problems(settings)):
+        raise ConfigError(
+            "\n".join(f"{origin}{_at(lines, key)}: {key}: {message}" for key, message in problems)
+        )
     for key in Settings.model_fields:
         sources.setdefault(key, Source("default"))
     for parts, _ in setting_items(settings):

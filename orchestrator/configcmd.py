@@ -25,7 +25,7 @@ import orjson
 
 from . import config
 from .cli import _common_options, _reports_errors, _settings, _split_common
-from .config import CONFIG_CANDIDATES, Config, Source
+from .config import AGENT_KINDS, CONFIG_CANDIDATES, Config, Source, agent_problems
 from .errors import ConfigError
 
 group: click.Group = click.Group(
@@ -149,16 +149,17 @@ def lint(cfg: Config) -> list[Finding]:
     settings = cfg.settings
     found: list[Finding] = []
     agents = settings.agents
+    known = [*agents, *(k for k in AGENT_KINDS if k != "generic" and k not in agents)]
     default_agent = settings.defaults.agent
-    if default_agent is not None and default_agent not in agents:
-        close = difflib.get_close_matches(default_agent, list(agents), n=1)
+    if default_agent is not None and default_agent not in known:
+        close = difflib.get_close_matches(default_agent, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; define [agents.{default_agent}]"
         found.append(Finding("defaults.agent", f"no agent profile {default_agent!r}{hint}"))
+    found += [Finding(key, message) for key, message in agent_problems(settings)]
     for name, profile in agents.items():
         key = f"agents.{name}.argv"
         if not profile.argv:
-            found.append(Finding(key, "is empty: give the agent's command and its arguments"))
-            continue
+            continue  # a built-in kind's command, or reported by agent_problems
         program = profile.argv[0]
         if shutil.which(program) is None and not Path(program).is_file():
             found.append(
@@ -193,6 +194,12 @@ def _render(cfg: Config, finding: Finding) -> str:
     return f"{where}: {finding.key}: {prefix}{finding.message}"
 
 
+def _line(cfg: Config, finding: Finding) -> float:
+    """Where a finding's setting is in the config file, for file order (others last)."""
+    source = cfg.sources.get(finding.key) or cfg.sources.get(finding.key.split(".")[0])
+    return source.line if source is not None and source.line else float("inf")
+
+
 def _relative_origin(line: str) -> str:
     """``/abs/dir/cfg.toml:3: ...`` -> ``dir/cfg.toml:3: ...`` under the working directory."""
     head, sep, rest = line.partition(":")
@@ -215,14 +222,14 @@ def check(ctx: click.Context, /, file: Path | None, **kwargs: Any) -> None:
     if file is not None:
         common["config_file"] = str(file)
     try:
-        cfg = _settings(ctx, common)
+        cfg = _settings(ctx, common, check_agents=False)
     except ConfigError as exc:
         lines = str(exc).splitlines()
         for line in lines:
             click.echo(_relative_origin(line))
         click.echo(f"{file or 'config'}: {len(lines)} error(s)", err=True)
         sys.exit(1)
-    findings = lint(cfg)
+    findings = sorted(lint(cfg), key=lambda f: _line(cfg, f))
     for finding in findings:
         click.echo(_render(cfg, finding))
     errors = sum(f.severity == "error" for f in findings)

@@ -103,6 +103,9 @@ class Engine:
         """Where each track's attempts run (set by the daemon; ``None``: ``executor``)."""
         self.boot_seq = store.last_seq()
         """Events journaled by this daemon have a greater sequence number."""
+        self.waiting: set[str] = set()
+        """Waits that end by themselves (an agent's usage limit resetting): work will resume,
+        so the daemon is not idle (``--once`` keeps running)."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -366,7 +369,11 @@ class Engine:
         """Something runs, or something could start now."""
         if self.busy():
             return True
-        if self.paused or self.draining:
+        if self.draining:
+            return False
+        if self.waiting:
+            return True
+        if self.paused:
             return False
         return self.graph.ready_count() > 0
 

@@ -3,7 +3,9 @@
 It copies ``tracks/`` into a new directory outside the project, makes a scratch git repository
 for the work, writes a config whose agent is the bundled demo agent, and runs every track with
 ``start --once``: live progress, the patient-facing track starting when PROVIDER-013 completes,
-verification failures on first attempts fixed by the next, and a summary at the end.
+verification failures on first attempts fixed by the next, and a summary at the end. The three
+tracks share the scratch repository, so each works in a worktree of its own on its own branch,
+and every verified task becomes one commit merged into the repository's default branch.
 """
 
 from __future__ import annotations
@@ -66,6 +68,30 @@ def prepare(scratch: Path, source: Path) -> Path:
     return path
 
 
+def git_summary(repo: Path) -> list[str]:
+    """What the tracks committed: task commits per track branch, and on the default branch."""
+    if not shutil.which("git") or not (repo / ".git").exists():
+        return []
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    base = git("symbolic-ref", "--short", "HEAD")
+    lines = [f"git: {repo} on {base}"]
+    branches = git("for-each-ref", "--format=%(refname:short)", "refs/heads/orchestratord/")
+    for branch in branches.splitlines():
+        track = branch.removeprefix("orchestratord/")
+        count = len(
+            git("log", "--no-merges", "--format=%H", f"--grep=^Track: {track}$", branch).split()
+        )
+        lines.append(f"  {branch:<34} {count} task commit{'s' if count != 1 else ''}")
+    merged = len(git("log", "--no-merges", "--format=%H", "--grep=^Task: ", base).split())
+    lines.append(f"  {base:<34} {merged} task commits merged")
+    lines.append(f"  see them: git -C {repo} log --graph --oneline --all")
+    return lines
+
+
 def main() -> int:
     console = Console()
     scratch = Path(tempfile.mkdtemp(prefix="orchestratord-demo-"))
@@ -83,8 +109,13 @@ def main() -> int:
     console.print(
         f"\nqueue files: {scratch / 'tracks'}   work: {scratch / 'repo'}\n"
         f"look closer: .venv/bin/orchestratord status --config {config_file}\n"
-        f"             jq .summary {scratch / 'tracks'}/*.json"
+        f"             .venv/bin/orchestratord prompt PROVIDER-013 --config {config_file}\n"
+        f"             jq .summary {scratch / 'tracks'}/*.json",
+        soft_wrap=True,
+        highlight=False,
     )
+    for line in git_summary(scratch / "repo"):
+        console.print(line, highlight=False, soft_wrap=True)
     done = "[green]all tracks complete[/]"
     console.print(done if code == 0 else "[red]some tasks did not complete[/]")
     return code

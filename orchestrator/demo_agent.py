@@ -45,7 +45,7 @@ def _test(module: str) -> str:
     return (
         "import sys\nimport unittest\n\n"
         'sys.path.insert(0, "src")\n\n'
-        f"import {module}  # noqa: E402\n\n\n"
+        f"import {module}\n\n\n"
         f"class Test{module.title().replace('_', '')}(unittest.TestCase):\n"
         "    def test_ready(self) -> None:\n"
         f"        self.assertTrue({module}.ready())\n\n"

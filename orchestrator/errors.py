@@ -66,3 +66,7 @@ class DaemonNotRunningError(ControlError):
 
 class DaemonUnreachableError(ControlError):
     """A daemon holds the state dir but its control API does not answer."""
+
+
+class GitError(OrchestratorError):
+    """A git command failed, or a repository cannot be used the way the config asks."""

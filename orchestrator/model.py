@@ -163,6 +163,19 @@ class TaskDef:
         return text.strip().splitlines()[0] if text.strip() else ""
 
 
+Integration = Literal["merge", "branch"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackBudget:
+    """A track's ``budget`` object: spending limits in USD and tokens (None: no limit)."""
+
+    usd: float | None = None
+    tokens: int | None = None
+    task_usd: float | None = None
+    task_tokens: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutorChoice:
     """The optional ``track.executor``: where a track's attempts run, and overrides of the
@@ -197,6 +210,8 @@ class TrackSettings:
     verify_timeout: float | None = None
     max_iterations: int | None = None
     executor: ExecutorChoice | None = None
+    integration: Integration | None = None
+    budget: TrackBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)

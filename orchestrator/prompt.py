@@ -1,9 +1,11 @@
 """The prompt an agent gets for one attempt of a task.
 
 It holds the task id, description, ``file``, ``tests``, acceptance criteria, the exact
-completion promise to print, how to report being blocked, and the previous attempt's failure
-output (truncated). The template uses ``$name`` placeholders (:class:`string.Template`); users
-can replace it with a file (``defaults.prompt_template``).
+completion promise to print, how to report being blocked, the previous attempt's failure
+output (truncated), and, where they apply, a paragraph about the task's role (an old queue
+file's ``agent`` role name) and a note about the git tree the agent works in. The template
+uses ``$name`` placeholders (:class:`string.Template`); users can replace it with a file
+(``defaults.prompt_template``).
 
 Pure.
 """
@@ -18,13 +20,13 @@ from .model import TaskDef
 DEFAULT_TEMPLATE = """\
 You are working on task $id of track $track.
 
-$title$description
+$role$title$description
 $details
 $finish
 If you cannot make progress without help from a person, print
 <blocked>one line saying why</blocked>
 and stop.
-$failure"""
+$workspace$failure"""
 
 PLACEHOLDERS = (
     "id",
@@ -38,6 +40,8 @@ PLACEHOLDERS = (
     "failure",
     "attempt",
     "max_iterations",
+    "role",
+    "workspace",
 )
 
 
@@ -49,6 +53,10 @@ class PromptInput:
     max_iterations: int
     failure: str = ""
     """The previous attempt's failure output, already truncated."""
+    role: str = ""
+    """A paragraph about the task's role, when its agent name is a role."""
+    workspace: str = ""
+    """A note about the working tree (git), when there is one."""
 
 
 def promise_text(task: TaskDef) -> str | None:
@@ -100,5 +108,7 @@ def build(data: PromptInput, template: str = DEFAULT_TEMPLATE) -> str:
         "failure": failure,
         "attempt": str(data.attempt),
         "max_iterations": str(data.max_iterations),
+        "role": f"{data.role.strip()}\n\n" if data.role.strip() else "",
+        "workspace": f"\n{data.workspace.strip()}\n" if data.workspace.strip() else "",
     }
     return Template(template).safe_substitute(values)

@@ -32,6 +32,7 @@ from .model import (
     Status,
     TaskDef,
     TaskKey,
+    TrackBudget,
     TrackDef,
     TrackSettings,
 )
@@ -345,6 +346,17 @@ class TaskFields(_Strict):
     files_actually_changed: OptStringsField = None
 
 
+class BudgetFields(_Strict):
+    """The ``budget`` object of ``track``: limits in USD and tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    usd: Annotated[float, Field(gt=0)] | None = None
+    tokens: Annotated[int, Field(gt=0)] | None = None
+    task_usd: Annotated[float, Field(gt=0)] | None = None
+    task_tokens: Annotated[int, Field(gt=0)] | None = None
+
+
 class TrackFields(_Strict):
     """The optional ``track`` object. Unknown keys are errors: this object is ours."""
 
@@ -363,9 +375,12 @@ class TrackFields(_Strict):
     verify_timeout: Seconds | None = None
     max_iterations: Annotated[int, Field(ge=1)] | None = None
     executor: Annotated[ExecutorChoice | None, PlainValidator(_executor)] = None
+    integration: Literal["merge", "branch"] | None = None
+    budget: BudgetFields | None = None
 
 
 TRACK_SETTINGS: tuple[str, ...] = tuple(TrackFields.model_fields)
+BUDGET_SETTINGS: tuple[str, ...] = tuple(BudgetFields.model_fields)
 _TASKS = TypeAdapter(list[TaskFields])
 
 
@@ -486,7 +501,8 @@ def _track_settings(raw: object, problem: Any) -> TrackSettings:
         bad: set[str] = set()
         for err in exc.errors():
             parts = _loc_parts(err)
-            problem(json_path("track", *parts), _message(err, TRACK_SETTINGS))
+            known = BUDGET_SETTINGS if parts[:1] == ["budget"] and len(parts) > 1 else None
+            problem(json_path("track", *parts), _message(err, known or TRACK_SETTINGS))
             if parts:
                 bad.add(str(parts[0]))
         fields = TrackFields.model_validate({k: v for k, v in raw.items() if k not in bad})
@@ -504,6 +520,8 @@ def _track_settings(raw: object, problem: Any) -> TrackSettings:
         verify_timeout=fields.verify_timeout,
         max_iterations=fields.max_iterations,
         executor=fields.executor,
+        integration=fields.integration,
+        budget=None if fields.budget is None else TrackBudget(**fields.budget.model_dump()),
     )
 
 

@@ -7,7 +7,7 @@ data, so the two never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from .graph import Graph
 from .model import STATUS_ORDER, Owned, Status, TaskDef, TaskKey
 from .problems import Problem
 from .states import TaskState
+from .store import HoldRow, Spend
 
 SCHEMA_VERSION = 1
 NEXT_SHOWN = 5
@@ -85,11 +86,15 @@ def snapshot(
     budget: BudgetLookup | None = None,
     now: datetime | None = None,
     only: str | None = None,
+    spend: Mapping[str, Spend] | None = None,
+    waits: Sequence[HoldRow] = (),
 ) -> dict[str, Any]:
     """The status of every track (or of track ``only``) as plain data: ``status --json``.
 
     ``state`` and ``budget`` add the running attempt's iteration and budget; ``now`` its
-    elapsed time and the document's ``generated_at``.
+    elapsed time and the document's ``generated_at``. ``spend`` (per track: what its agents
+    reported using) and ``waits`` (agents waiting for their usage limit to reset) come from
+    the store when there is one.
     """
     lookup: OwnedLookup = owned or (lambda k: tasks[k].owned if k in tasks else None)
     totals = dict.fromkeys(STATUS_ORDER, 0)
@@ -159,7 +164,12 @@ def snapshot(
                 "running": running,
                 "blocked": blocked,
                 "failed": failed,
-                "cost": None,
+                "spend": _spend(spend.get(name) if spend else None),
+                "waiting": [
+                    {"agent": w.agent, "until": w.until, "reason": w.reason}
+                    for w in waits
+                    if name in w.tracks
+                ],
             }
         )
     return {
@@ -167,6 +177,17 @@ def snapshot(
         "generated_at": iso(now) if now else None,
         "daemon": dict(daemon or {"running": False, "source": "files"}),
         "totals": _as_counts(totals),
+        "spend": _spend(_total(spend.values())) if spend else _spend(None),
+        "usage_limits": [
+            {
+                "agent": w.agent,
+                "since": w.since,
+                "until": w.until,
+                "reason": w.reason,
+                "tracks": list(w.tracks),
+            }
+            for w in waits
+        ],
         "tracks": tracks_out,
         "problems": [
             {"file": p.file, "path": p.path, "message": p.message, "severity": p.severity}
@@ -180,6 +201,22 @@ _NOT_LISTED = frozenset({Status.PENDING, Status.COMPLETE, Status.SKIPPED})
 
 def _as_counts(tally: Mapping[Status, int]) -> dict[str, int]:
     return {"total": sum(tally.values())} | {s.value: tally[s] for s in STATUS_ORDER}
+
+
+def _spend(used: Spend | None) -> dict[str, Any]:
+    used = used or Spend()
+    return {"tokens": used.tokens, "cost_usd": round(used.cost_usd, 6), "attempts": used.attempts}
+
+
+def _total(items: Iterable[Spend]) -> Spend:
+    tokens, cost, attempts = 0, 0.0, 0
+    for item in items:
+        tokens, cost, attempts = (
+            tokens + item.tokens,
+            cost + item.cost_usd,
+            attempts + item.attempts,
+        )
+    return Spend(tokens, cost, attempts)
 
 
 _STYLE = {
@@ -279,6 +316,11 @@ def _track_table(track: Mapping[str, Any]) -> Table:
         more = track["ready_count"] - len(track["next"])
         shown = ", ".join(t["id"] for t in track["next"])
         notes.append(f"next: {shown}" + (f" (+{more} more)" if more > 0 else ""))
+    for wait in track.get("waiting", ()):
+        notes.append(f"waiting until {wait['until']}: usage limit of agent {wait['agent']!r}")
+    spent = track.get("spend") or {}
+    if spent.get("attempts"):
+        notes.append(f"spent: ${spent['cost_usd']:.2f}, {spent['tokens']:,} tokens")
     for kind in ("blocked", "failed"):
         items = track[kind]
         for item in items[:LISTED]:

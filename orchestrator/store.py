@@ -27,7 +27,7 @@ from .errors import StateError
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -107,8 +107,88 @@ CREATE TABLE IF NOT EXISTS run_logs (
 ``ray:ADDRESS``) and its run id, so a restarted daemon re-attaches to remote runs instead
 of treating them as leftovers; and how much of each remote run's output is in its log file."""
 
-_STEPS: tuple[tuple[int, str], ...] = ((2, _REMOTE_RUNS),)
-"""Migrations after the base schema (version 1), each ``(version it brings, script)``."""
+_AGENT_RUNS = """
+ALTER TABLE attempts ADD COLUMN agent TEXT;
+ALTER TABLE attempts ADD COLUMN tokens_in INTEGER;
+ALTER TABLE attempts ADD COLUMN tokens_out INTEGER;
+ALTER TABLE attempts ADD COLUMN cost_usd REAL;
+ALTER TABLE attempts ADD COLUMN commit_id TEXT;
+ALTER TABLE attempts ADD COLUMN files_changed TEXT;
+ALTER TABLE attempts ADD COLUMN saved_ref TEXT;
+CREATE INDEX IF NOT EXISTS attempts_started ON attempts (started_at);
+CREATE TABLE IF NOT EXISTS holds (
+    agent TEXT PRIMARY KEY,
+    since TEXT NOT NULL,
+    until TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    tracks TEXT NOT NULL
+);
+"""
+"""Agents and git (schema 3, additive): what each attempt used and produced (agent, tokens,
+cost, commit, files, the ref keeping a failed attempt's changes), and usage-limit waits."""
+
+_STEPS: tuple[tuple[int, str], ...] = ((2, _REMOTE_RUNS), (3, _AGENT_RUNS))
+"""Migrations after the base schema (version 1), each ``(version it brings, script)``, applied
+in order, each in its own transaction. Never edit one: add the next."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDetails:
+    """What an attempt used and produced, beyond its verdict (schema 3)."""
+
+    agent: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    commit_id: str | None = None
+    files_changed: tuple[str, ...] | None = None
+    saved_ref: str | None = None
+    """Where a FAIL or BLOCKED attempt's changes were kept (a git ref)."""
+
+    def columns(self) -> tuple[Any, ...]:
+        files = None if self.files_changed is None else orjson.dumps(self.files_changed).decode()
+        return (
+            self.agent,
+            self.tokens_in,
+            self.tokens_out,
+            self.cost_usd,
+            self.commit_id,
+            files,
+            self.saved_ref,
+        )
+
+
+_SET_DETAILS = (
+    "UPDATE attempts SET agent = ?, tokens_in = ?, tokens_out = ?, cost_usd = ?, commit_id = ?,"
+    " files_changed = ?, saved_ref = ? WHERE id = ?"
+)
+_SPEND = (
+    "SELECT COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0),"
+    " COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM attempts"
+    " WHERE (tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_usd IS NOT NULL)"
+    " AND (?1 IS NULL OR track = ?1) AND (?2 IS NULL OR task_id = ?2)"
+    " AND (?3 IS NULL OR started_at >= ?3)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Tokens and USD that attempts used, as far as their agents reported."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """An agent waiting for its usage limit to reset."""
+
+    agent: str
+    since: str
+    until: str
+    reason: str
+    tracks: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +205,7 @@ class AttemptRow:
     reason: str | None
     exit_code: int | None
     log_path: str
+    details: AttemptDetails = AttemptDetails()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +291,7 @@ def _state_of(row: sqlite3.Row) -> TaskState:
 
 
 def _attempt(row: sqlite3.Row) -> AttemptRow:
+    files = row["files_changed"]
     return AttemptRow(
         id=row["id"],
         key=TaskKey(row["track"], row["task_id"]),
@@ -222,6 +304,15 @@ def _attempt(row: sqlite3.Row) -> AttemptRow:
         reason=row["reason"],
         exit_code=row["exit_code"],
         log_path=row["log_path"],
+        details=AttemptDetails(
+            agent=row["agent"],
+            tokens_in=row["tokens_in"],
+            tokens_out=row["tokens_out"],
+            cost_usd=row["cost_usd"],
+            commit_id=row["commit_id"],
+            files_changed=None if files is None else tuple(orjson.loads(files)),
+            saved_ref=row["saved_ref"],
+        ),
     )
 
 
@@ -407,6 +498,7 @@ class Store:
         reason: str | None,
         exit_code: int | None,
         *events: EventSpec,
+        details: AttemptDetails | None = None,
     ) -> None:
         """Record an attempt's verdict together with the task's new state."""
         now = self._now()
@@ -416,6 +508,11 @@ class Store:
                 " exit_code = ? WHERE id = ?",
                 (now, verdict, reason, exit_code, attempt_id),
             )
+            if details is not None:
+                db.execute(
+                    _SET_DETAILS,
+                    (*details.columns(), attempt_id),
+                )
             db.execute(
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _owned_row(key, state, now),
@@ -438,6 +535,29 @@ class Store:
                 [_owned_row(key, state, now) for key, state in states.items()],
             )
             self._events([("attempt_interrupted", key, {"reason": reason}) for key in states])
+
+    def set_attempt_details(self, attempt_id: int, details: AttemptDetails) -> None:
+        with self._tx() as db:
+            db.execute(
+                _SET_DETAILS,
+                (*details.columns(), attempt_id),
+            )
+
+    def spend(
+        self, track: str | None = None, task_id: str | None = None, since: str | None = None
+    ) -> Spend:
+        """What the attempts of a task, a track, or all (since a time) used."""
+        row = self._db.execute(_SPEND, (track, task_id, since)).fetchone()
+        return Spend(int(row[0]), float(row[1]), int(row[2]))
+
+    def spend_by_track(self) -> dict[str, Spend]:
+        rows = self._db.execute(
+            "SELECT track, COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0),"
+            " COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM attempts"
+            " WHERE tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_usd IS NOT NULL"
+            " GROUP BY track"
+        )
+        return {r[0]: Spend(int(r[1]), float(r[2]), int(r[3])) for r in rows}
 
     def running_attempts(self) -> list[AttemptRow]:
         rows = self._db.execute("SELECT * FROM attempts WHERE state = 'running' ORDER BY id")
@@ -569,6 +689,36 @@ class Store:
         """The sequence number of the latest journaled event (0 when there is none)."""
         row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
+
+    # ------------------------------------------------------------------ usage-limit holds
+
+    def put_hold(self, hold: HoldRow, *events: EventSpec) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?, ?)",
+                (
+                    hold.agent,
+                    hold.since,
+                    hold.until,
+                    hold.reason,
+                    orjson.dumps(hold.tracks).decode(),
+                ),
+            )
+            self._events(events)
+
+    def drop_hold(self, agent: str, *events: EventSpec) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM holds WHERE agent = ?", (agent,))
+            self._events(events)
+
+    def holds(self) -> list[HoldRow]:
+        rows = self._db.execute("SELECT * FROM holds ORDER BY until, agent")
+        return [
+            HoldRow(
+                r["agent"], r["since"], r["until"], r["reason"], tuple(orjson.loads(r["tracks"]))
+            )
+            for r in rows
+        ]
 
     # ------------------------------------------------------------------ write-back base
 

@@ -25,7 +25,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import workspace
+from . import agentrun, workspace
 from .clock import Clock, SystemClock
 from .config import Config
 from .daemon import Engine, Track
@@ -288,7 +288,12 @@ def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int
         if view is not None and progress is None and not view.live_mode:
             view = None
         # The control socket first; the notifier last: READY=1 once every service is ready.
-        services: list[Service] = [control_service, ConfigReloader(), LogRetention()]
+        services: list[Service] = [
+            control_service,
+            ConfigReloader(),
+            LogRetention(),
+            agentrun.service,
+        ]
         services.append(NotifyService.from_environ())
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             try:

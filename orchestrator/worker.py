@@ -10,25 +10,31 @@ when nothing else decided the task's fate it is pending again, at the same itera
 Attempts on a cluster (:mod:`orchestrator.placement`) are the exception when the daemon
 stops: their runs go on, the attempt stays running, and the next daemon resumes the Ralph
 loop with that attempt (``run_task(..., resume=...)``), re-attaching to its runs.
+
+Around each attempt :mod:`agentrun` gives the track's working tree and the attempt's git side
+(changes, guardrails, the commit or the kept ref), checks budgets afterwards, and holds the
+agent's tracks when it reports its usage limit (that attempt is interrupted, not counted).
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import procs
+from . import agentoutput, agentrun, agents, procs
 from .attempt import AttemptPlan, AttemptResult, command_argv, run_attempt, write_failure_file
 from .clock import iso
 from .daemon import Engine, Track
 from .executors.base import Executor, RunInfo, RunSpec
 from .model import Command, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
-from .prompt import DEFAULT_TEMPLATE, PromptInput, build
 from .states import TaskState
 from .store import EventSpec
 
@@ -113,9 +119,22 @@ def _verify(engine: Engine, task: TaskDef, track: Track) -> tuple[Command, ...]:
 
 
 def plan_attempt(
-    engine: Engine, key: TaskKey, attempt_id: int, number: int, iteration: int, failure: str
+    engine: Engine,
+    key: TaskKey,
+    attempt_id: int,
+    number: int,
+    iteration: int,
+    failure: str,
+    *,
+    cwd: str | None = None,
+    workspace: str = "",
+    notes: tuple[str, ...] = (),
 ) -> AttemptPlan:
-    """Everything one attempt needs: what to run, where, with which limits."""
+    """Everything one attempt needs: what to run, where, with which limits.
+
+    ``cwd`` is the track's working tree when it is not its ``workdir`` (a git worktree);
+    ``workspace`` is what the prompt says about that tree; ``notes`` go to the attempt's log.
+    """
     task, track = engine.settings_for(key)
     settings = engine.cfg.settings
     defaults = settings.defaults
@@ -127,40 +146,60 @@ def plan_attempt(
     stdin_path: str | None = None
     what = "command"
     timeout = task.timeout or track.definition.settings.timeout
+    agent: str | None = None
+    output_format = "text"
+    usage_limit: tuple[re.Pattern[str], ...] = ()
+    blocked: str | None = None
     if task.command is not None:
         run_argv = command_argv(task.command)
     else:
         what = "agent"
-        name = task.agent if task.agent is not None else track.definition.settings.agent
-        name = name or defaults.agent
-        profile = settings.agents.get(name) if name else None
-        if not name:
-            run_error = (
-                "the task has no `command` and no agent is configured: set `agent` on the task "
-                "or its track, or `defaults.agent` in the config"
+        choice = agents.choose(task, track.definition.settings, settings)
+        notes = (*notes, choice.describe())
+        if choice.role is not None and number == 1:
+            log.info(
+                "agent role",
+                task=str(key),
+                agent=choice.requested,
+                role=choice.role,
+                profile=choice.profile.name if choice.profile else None,
             )
-        elif profile is None:
-            known = ", ".join(sorted(settings.agents)) or "none"
-            run_error = (
-                f"unknown agent {name!r}: define [agents.{name}] in the config (known: {known})"
+        if choice.manual:
+            blocked = (
+                f"agent {choice.requested!r} marks this task for a person: do it, then set its "
+                'status to "complete"'
             )
+        elif choice.profile is None:
+            run_error = choice.error
         else:
-            text = build(PromptInput(task, iteration, budget, failure), _template(engine))
+            profile = choice.profile
+            agent = profile.name
+            text = agents.prompt_for(
+                task,
+                choice,
+                settings,
+                attempt=iteration,
+                max_iterations=budget,
+                failure=failure,
+                workspace=workspace,
+            )
             agent_env = dict(profile.env)
             timeout = timeout or profile.timeout
+            output_format = profile.output
+            usage_limit = agentoutput.compiled(
+                (*agentoutput.LIMIT_PATTERNS, *profile.usage_limit_patterns)
+            )
             if profile.prompt_via == "stdin":
                 stdin_path = engine.task_file(key, f"attempt-{number}.prompt")
                 Path(stdin_path).write_text(text, encoding="utf-8")
-                run_argv = tuple(profile.argv)
-            else:
-                run_argv = tuple(arg.replace("{prompt}", text) for arg in profile.argv)
+            run_argv = profile.command(text)
     return AttemptPlan(
         key=key,
         attempt_id=attempt_id,
         number=number,
         run_argv=run_argv,
         run_error=run_error,
-        cwd=str(track.workdir),
+        cwd=cwd or str(track.workdir),
         env=engine.child_env(key, number, env_extra),
         run_env=engine.child_env(key, number, {**agent_env, **env_extra}) if agent_env else None,
         timeout=timeout or defaults.timeout,
@@ -177,14 +216,13 @@ def plan_attempt(
         kill_grace=engine.cfg.settings.kill_grace,
         log_max_bytes=settings.log_max_bytes,
         what=what,
+        output_format=output_format,
+        usage_limit=usage_limit,
+        no_tests=agentrun.of(engine).no_tests,
+        blocked=blocked,
+        notes=notes,
+        agent=agent,
     )
-
-
-def _template(engine: Engine) -> str:
-    path = engine.cfg.settings.defaults.prompt_template
-    if not path:
-        return DEFAULT_TEMPLATE
-    return Path(path).read_text(encoding="utf-8")
 
 
 def _conclude(
@@ -194,6 +232,7 @@ def _conclude(
     result: AttemptResult,
     iteration: int,
     budget: int,
+    files: tuple[str, ...] | None = None,
 ) -> tuple[TaskState, list[EventSpec]]:
     now = iso(engine.clock.now())
     attempts = started.owned.attempts + 1
@@ -201,7 +240,9 @@ def _conclude(
     if result.branch is not None:  # a git workspace on a cluster: where the changes are
         data.update(branch=result.branch, commit=result.commit)
     finished: EventSpec = ("attempt_finished", key, data)
-    common = {"attempts": attempts, "verification_verdict": result.verdict.value}
+    common: dict[str, Any] = {"attempts": attempts, "verification_verdict": result.verdict.value}
+    if files is not None:
+        common["files_actually_changed"] = files
     if result.verdict is Verdict.PASS:
         state = started.with_owned(
             status=Status.COMPLETE, completed_at=now, passes=True, error=None, **common
@@ -236,6 +277,10 @@ async def _executor(
     return await placement.place(engine.tracks[key.track], plan)
 
 
+def _where(engine: Engine, executor: Executor) -> str:
+    return LOCAL if engine.placement is None else engine.placement.locator(executor)
+
+
 async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -> None:
     """The Ralph loop of one task, from its first attempt to its verdict.
 
@@ -243,11 +288,17 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
     """
     attempt_id: int | None = None
     started_at = engine.clock.monotonic()
+    runtime = agentrun.of(engine)
     try:
         with anyio.CancelScope() as scope:
             engine.track_scope(key, scope)
             failure = _previous_failure(engine, key)
+            first = True
             while engine.states[key].status is Status.IN_PROGRESS and not engine.draining:
+                if not first and (stop := runtime.stop_reason(key)):
+                    engine.cancel_reasons[key] = stop  # pending again, at this iteration
+                    break
+                first = False
                 task, track = engine.settings_for(key)
                 state = engine.states[key]
                 number = state.owned.attempts + 1
@@ -272,15 +323,42 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                     )
                     engine.after_commit(key, started, [event])
                     write_failure_file(Path(engine.failure_path(key)), failure)
-                plan = plan_attempt(engine, key, attempt_id, number, iteration, failure)
-                executor, plan = await _executor(engine, key, plan)
-                recorder = _Recorder(engine, attempt_id, _where(engine, executor))
-                engine.watch_log(plan.log_path, True)
-                try:
-                    result = await run_attempt(plan, executor, recorder, reattach)
-                finally:
-                    engine.watch_log(plan.log_path, False)
-                state, events = _conclude(engine, key, started, result, iteration, budget)
+                async with runtime.attempt(key, number) as session:
+                    plan = plan_attempt(
+                        engine,
+                        key,
+                        attempt_id,
+                        number,
+                        iteration,
+                        failure,
+                        cwd=session.cwd,
+                        workspace=session.workspace,
+                        notes=session.notes,
+                    )
+                    if session.error is not None:
+                        plan = replace(plan, blocked=session.error)
+                    executor, plan = await _executor(engine, key, plan)
+                    recorder = _Recorder(engine, attempt_id, _where(engine, executor))
+                    engine.watch_log(plan.log_path, True)
+                    try:
+                        result = await run_attempt(plan, executor, recorder, reattach, session.gate)
+                    finally:
+                        engine.watch_log(plan.log_path, False)
+                    outcome = await session.conclude(result)
+                result = outcome.result
+                details = runtime.details(plan, outcome)
+                if result.usage_limit is not None and plan.agent is not None:
+                    # Not the task's doing: the attempt is interrupted, and not counted.
+                    if details is not None:
+                        engine.store.set_attempt_details(attempt_id, details)
+                    runtime.after_attempt(key, result)
+                    engine.cancel_reasons[key] = runtime.limit_hit(
+                        key, plan.agent, result.usage_limit
+                    )
+                    break
+                state, events = _conclude(
+                    engine, key, started, result, iteration, budget, outcome.files
+                )
                 engine.store.finish_attempt(
                     attempt_id,
                     key,
@@ -289,8 +367,10 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                     result.reason,
                     result.exit_code,
                     *events,
+                    details=details,
                 )
                 attempt_id = None
+                usage = result.usage
                 log.info(
                     "attempt",
                     task=str(key),
@@ -300,12 +380,19 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                     verdict=result.verdict.value,
                     reason=result.reason,
                     duration=round(engine.clock.monotonic() - started_at, 3),
+                    agent=plan.agent,
+                    tokens=usage.tokens if usage else None,
+                    cost_usd=usage.cost_usd if usage else None,
+                    commit=outcome.commit,
                 )
                 engine.after_commit(key, state, events)
                 if state.status is Status.BLOCKED and track.definition.settings.on_block == "pause":
                     engine.pause_track(key.track, f"task {key.id} is blocked (on_block: pause)")
-                failure = result.failure_output
+                runtime.after_attempt(key, result)
+                failure = result.failure_output + outcome.note
                 started_at = engine.clock.monotonic()
+            else:
+                await runtime.task_done(key)
     finally:
         # Synchronous on purpose: nothing here can be cancelled half-way.
         _interrupted(engine, key, attempt_id)
@@ -320,10 +407,6 @@ def _previous_failure(engine: Engine, key: TaskKey) -> str:
         return Path(engine.failure_path(key)).read_text(encoding="utf-8")
     except OSError:
         return ""
-
-
-def _where(engine: Engine, executor: Executor) -> str:
-    return LOCAL if engine.placement is None else engine.placement.locator(executor)
 
 
 def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:

@@ -61,3 +61,10 @@ def restore_logging() -> Iterator[None]:
         handler.close()
     logger.propagate = True
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run in a scratch directory: a track without ``workdir`` works in the daemon's
+    working directory, and the project's own git checkout must never be that."""
+    monkeypatch.chdir(tmp_path)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import config
+from orchestrator import agentrun, config
 from orchestrator.clock import SystemClock
 from orchestrator.daemon import Engine
 from orchestrator.executors.local import LocalExecutor
@@ -66,7 +66,13 @@ async def run_once(
     try:
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             code = await serve(
-                cfg, executor, once=True, control=control, on_ready=ready, handle_signals=False
+                cfg,
+                executor,
+                once=True,
+                control=control,
+                on_ready=ready,
+                handle_signals=False,
+                services=[agentrun.service],
             )
     except BaseExceptionGroup as group:
         raise unwrap(group) from None

@@ -134,11 +134,11 @@ def test_check_passes_a_good_file(project: Path) -> None:
             "[agents.claude]\nargv = ['sh']\n[agents.empty]\nargv = []\n",
             [
                 "my.toml:2: defaults.agent: no agent profile 'claud'; did you mean 'claude'?",
+                "my.toml:3: defaults.prompt_template: nope.txt: file not found",
                 "my.toml:5: agents.claude.argv: warning: no argument holds {prompt}: the agent "
                 'is never given the prompt (add "{prompt}" or set prompt_via = "stdin")',
                 "my.toml:7: agents.empty.argv: is empty: give the agent's command and its "
                 "arguments",
-                "my.toml:3: defaults.prompt_template: nope.txt: file not found",
             ],
         ),
         (

@@ -294,10 +294,23 @@ async def test_agent_profile_gets_the_prompt(
 async def test_unknown_agent_fails_with_a_clear_reason(
     tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    write_track("t", [{"id": "A", "agent": "featurebuilder", "max_iterations": 1}])
+    write_track(
+        "t",
+        [
+            {"id": "A", "agent": "nonesuch", "max_iterations": 1},
+            # An old queue file's role name runs the default profile: none is configured here.
+            {"id": "R", "agent": "FeatureBuilder", "max_iterations": 1},
+        ],
+    )
     run = await run_once(tracks_dir)
     assert run.task("t", "A")["error"] == (
-        "unknown agent 'featurebuilder': define [agents.featurebuilder] in the config (known: none)"
+        "unknown agent 'nonesuch': define [agents.nonesuch] in the config, or map it to a role "
+        "with [roles.nonesuch] (profiles: aider, claude, codex, gemini; roles: bugfix, "
+        "codequality, docwriter, featurebuilder, manual, refactor, testwriter)"
+    )
+    assert run.task("t", "R")["error"] == (
+        "agent 'FeatureBuilder' is a role: it runs the default agent profile, and none is set; "
+        'set defaults.agent in the config (e.g. "claude"), or agent on [roles.featurebuilder]'
     )
 
 

@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from orchestrator import config
+from orchestrator import store as store_module
 from orchestrator.attempt import AttemptPlan, run_attempt
 from orchestrator.errors import ConfigError
 from orchestrator.executors import rayjob
@@ -29,6 +30,7 @@ from orchestrator.executors.local import LocalExecutor
 from orchestrator.executors.ray import RayCluster, RayExecutor
 from orchestrator.model import ExecutorChoice, Owned, Status, TaskKey, Verdict
 from orchestrator.placement import ray_plan
+from orchestrator.queuefile import display_path
 from orchestrator.recovery import recover
 from orchestrator.states import TaskState
 from orchestrator.store import _SCHEMA, Store
@@ -465,7 +467,7 @@ def test_track_executor_errors_name_the_file_and_place(
     (tmp_path / "t.json").write_text(json.dumps(doc))
     problems = [p.render() for p in load([tmp_path]).report.problems]
     assert len(problems) == 1
-    assert problems[0].startswith(f"{tmp_path / 't.json'}: track.executor: ")
+    assert problems[0].startswith(f"{display_path(tmp_path / 't.json')}: track.executor: ")
     assert message in problems[0]
 
 
@@ -530,7 +532,7 @@ def test_a_schema_1_database_gains_remote_runs_and_keeps_its_data(tmp_path: Path
     again = Store.open(tmp_path, FixedClock())
     assert again.run_log_offset("a1-run") == 42
     version = again._db.execute("PRAGMA user_version").fetchone()[0]
-    assert version == 2
+    assert version == store_module.SCHEMA_VERSION
 
 
 def test_recovery_leaves_attempts_with_remote_runs_for_the_daemon(tmp_path: Path) -> None:

@@ -87,3 +87,40 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_text("not sqlite at all" * 100)
     with pytest.raises(StateError, match="move it aside"):
         Store.open(tmp_path, FixedClock())
+
+
+def test_a_schema_1_database_is_migrated_without_losing_anything(tmp_path: Path) -> None:
+    import sqlite3
+
+    from orchestrator import store as store_module
+    from orchestrator.store import AttemptDetails, HoldRow
+
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript(store_module._SCHEMA + "\nPRAGMA user_version=1;")
+    db.execute(
+        "INSERT INTO attempts (track, task_id, number, iteration, state, started_at, verdict,"
+        " log_path, daemon_pid) VALUES ('backend', 'PROVIDER-010', 1, 1, 'finished',"
+        " '2026-11-25T08:00:00+00:00', 'PASS', '/logs/1.log', 1)"
+    )
+    db.commit()
+    db.close()
+    store = Store.open(tmp_path, FixedClock())
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    (old,) = store.attempts(K)
+    assert (old.verdict, old.log_path, old.details) == ("PASS", "/logs/1.log", AttemptDetails())
+    running = TaskState(Owned(status=Status.IN_PROGRESS))
+    attempt = store.begin_attempt(K, running, 2, 2, "/logs/2.log")
+    details = AttemptDetails("claude", 10, 5, 0.5, "abc123", ("a.py",), None)
+    store.finish_attempt(attempt, K, TaskState(Owned(Status.COMPLETE, 2)), "PASS", None, 0,
+                         details=details)  # fmt: skip
+    assert store.attempts(K)[1].details == details
+    assert store.spend(track="backend").cost_usd == 0.5
+    assert store.spend(track="backend", task_id="PROVIDER-010").tokens == 15
+    assert store.spend(since="2026-11-26T00:00:00+00:00").attempts == 0
+    store.put_hold(HoldRow("claude", "a", "b", "limit", ("backend",)))
+    store.close()
+    again = Store.open(tmp_path, FixedClock())
+    assert again.holds() == [HoldRow("claude", "a", "b", "limit", ("backend",))]
+    again.drop_hold("claude")
+    assert again.holds() == []

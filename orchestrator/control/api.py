@@ -157,6 +157,27 @@ class Cost(_Response):
     output_tokens: int | None = None
 
 
+class Spend(_Response):
+    """What the agents reported using (tokens, USD) over the attempts that reported it."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+    attempts: int = 0
+
+
+class Wait(_Response):
+    """A track held until an agent's usage limit resets."""
+
+    agent: str
+    until: str
+    reason: str
+
+
+class UsageLimit(Wait):
+    since: str | None = None
+    tracks: list[str] = Field(default_factory=list)
+
+
 class TrackStatus(_Response):
     name: str
     file: str | None
@@ -168,7 +189,8 @@ class TrackStatus(_Response):
     running: list[RunningTask]
     blocked: list[BlockedTask]
     failed: list[FailedTask]
-    cost: Cost | None = None
+    spend: Spend = Field(default_factory=Spend)
+    waiting: list[Wait] = Field(default_factory=list)
 
 
 class DaemonInfo(_Response):
@@ -201,6 +223,8 @@ class StatusDocument(_Response):
     totals: Counts
     tracks: list[TrackStatus]
     problems: list[ProblemInfo]
+    spend: Spend = Field(default_factory=Spend)
+    usage_limits: list[UsageLimit] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- one task
@@ -217,6 +241,11 @@ class AttemptInfo(_Response):
     exit_code: int | None
     log_path: str
     cost: Cost | None = None
+    agent: str | None = None
+    commit: str | None = None
+    files_changed: list[str] | None = None
+    saved_ref: str | None = None
+    """Where a FAIL or BLOCKED attempt's changes were kept (a git ref)."""
 
 
 class TaskDetail(_Response):

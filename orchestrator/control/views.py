@@ -10,7 +10,7 @@ are the same whichever view they come from, so a daemon and the files never tell
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from ..model import STATUS_ORDER, Status, TaskDef, TaskKey, TrackDef
 from ..problems import Problem
 from ..refs import RefIndex, key_of
 from ..states import TaskState
-from ..store import AttemptRow, Store
+from ..store import AttemptRow, HoldRow, Spend, Store
 
 
 class View(Protocol):
@@ -52,6 +52,10 @@ class View(Protocol):
     def daemon(self) -> dict[str, Any]: ...
 
     def ref_index(self) -> RefIndex: ...
+
+    def usage(self) -> tuple[Mapping[str, Spend], Sequence[HoldRow]]:
+        """What agents reported using, per track, and the usage-limit waits."""
+        ...
 
     @property
     def paused(self) -> bool: ...
@@ -107,6 +111,9 @@ class EngineView:
 
     def attempts(self, key: TaskKey) -> list[AttemptRow]:
         return self.engine.store.attempts(key)
+
+    def usage(self) -> tuple[Mapping[str, Spend], Sequence[HoldRow]]:
+        return self.engine.store.spend_by_track(), self.engine.store.holds()
 
     def running(self) -> Collection[TaskKey]:
         return self.engine.running_keys()
@@ -229,6 +236,11 @@ class OfflineView:
     def attempts(self, key: TaskKey) -> list[AttemptRow]:
         return self.store.attempts(key) if self.store is not None else []
 
+    def usage(self) -> tuple[Mapping[str, Spend], Sequence[HoldRow]]:
+        if self.store is None:
+            return {}, []
+        return self.store.spend_by_track(), self.store.holds()
+
     def running(self) -> Collection[TaskKey]:
         return ()
 
@@ -277,6 +289,7 @@ def status_document(
     view: View, *, track: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """The ``status --json`` document (every track, or one)."""
+    spend, waits = view.usage()
     return statusview.snapshot(
         view.graph,
         view.defs,
@@ -288,6 +301,8 @@ def status_document(
         budget=view.max_iterations,
         now=now or SystemClock().now(),
         only=track,
+        spend=spend,
+        waits=waits,
     )
 
 
@@ -306,8 +321,22 @@ def _attempt(row: AttemptRow) -> dict[str, Any]:
         "reason": row.reason,
         "exit_code": row.exit_code,
         "log_path": row.log_path,
-        "cost": None,
+        "cost": _cost(row),
+        "agent": row.details.agent,
+        "commit": row.details.commit_id,
+        "files_changed": (
+            None if row.details.files_changed is None else list(row.details.files_changed)
+        ),
+        "saved_ref": row.details.saved_ref,
     }
+
+
+def _cost(row: AttemptRow) -> dict[str, Any] | None:
+    """What the attempt's agent reported using, or None when it reported nothing."""
+    d = row.details
+    if d.cost_usd is None and d.tokens_in is None and d.tokens_out is None:
+        return None
+    return {"usd": d.cost_usd, "input_tokens": d.tokens_in, "output_tokens": d.tokens_out}
 
 
 def task_detail(view: View, key: TaskKey) -> dict[str, Any]:

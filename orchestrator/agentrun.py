@@ -1,0 +1,383 @@
+"""What the daemon adds around each agent attempt: its git tree, its budgets, usage limits.
+
+One :class:`AgentRuntime` per engine (:func:`of`). For each attempt, :meth:`attempt` prepares
+the track's working tree (:mod:`worktrees`) and the attempt's git side (:mod:`gitattempt`),
+one attempt per tree at a time. After each attempt, :meth:`after_attempt` checks the budgets
+(:mod:`budgets`): a crossing pauses the track and is announced. When an agent reports its usage
+limit, :meth:`limit_hit` pauses every track whose pending work uses that agent until the reset
+time; :func:`service` (a daemon service) resumes them then, by itself, and restores waits that
+were under way when the daemon last stopped. A track paused this way runs no further attempt
+of a task already running: that task goes back to pending, at the same iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from . import agentoutput, agents, budgets
+from .attempt import AttemptPlan, AttemptResult, Gate
+from .clock import SystemClock, iso
+from .config import Settings
+from .daemon import Engine
+from .errors import GitError
+from .gitattempt import GitAttempt, Outcome
+from .guardrails import Guardrails, NoTests
+from .model import TaskKey
+from .store import AttemptDetails, HoldRow, Spend, Store
+from .worktrees import Trees
+
+if TYPE_CHECKING:
+    from .supervisor import Runtime
+
+log = structlog.get_logger("orchestratord")
+
+_RUNTIMES: weakref.WeakKeyDictionary[Engine, AgentRuntime] = weakref.WeakKeyDictionary()
+MAX_SLEEP = 60.0
+
+
+def of(engine: Engine) -> AgentRuntime:
+    """The runtime of an engine (made on first use)."""
+    runtime = _RUNTIMES.get(engine)
+    if runtime is None:
+        runtime = _RUNTIMES[engine] = AgentRuntime(engine)
+    return runtime
+
+
+def guardrails_of(settings: Settings) -> Guardrails:
+    guard = settings.guardrails
+    return Guardrails.build(
+        [*guard.patterns, *guard.extra_patterns], guard.exempt_marker, guard.ignore_paths
+    )
+
+
+@dataclass(slots=True)
+class Session:
+    """One attempt's working tree and git side (all None outside git)."""
+
+    cwd: str | None = None
+    notes: tuple[str, ...] = ()
+    workspace: str = ""
+    """What the prompt says about the tree."""
+    error: str | None = None
+    """The tree could not be prepared: the attempt is blocked with this reason."""
+    git: GitAttempt | None = None
+    commit: bool = True
+
+    @property
+    def gate(self) -> Gate | None:
+        return self.git
+
+    async def conclude(self, result: AttemptResult) -> Outcome:
+        if self.git is None:
+            return Outcome(result)
+        return await self.git.conclude(result, self.commit)
+
+
+@dataclass(slots=True)
+class Hold:
+    """An agent waiting for its usage limit to reset."""
+
+    agent: str
+    since: datetime
+    until: datetime
+    reason: str
+    tracks: set[str] = field(default_factory=set)
+    """The tracks this wait paused (and will resume)."""
+
+    def row(self) -> HoldRow:
+        return HoldRow(
+            self.agent, iso(self.since), iso(self.until), self.reason, tuple(sorted(self.tracks))
+        )
+
+
+class AgentRuntime:
+    """Trees, guardrails, budgets and usage-limit waits of one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        settings = engine.cfg.settings
+        self.settings = settings
+        self.trees = Trees(engine.cfg)
+        self.guardrails = guardrails_of(settings)
+        self.no_tests = NoTests.build(settings.guardrails.no_tests_patterns)
+        self.holds: dict[str, Hold] = {}
+        self.budget_paused: dict[str, str] = {}
+        """Tracks paused by a budget crossing, with the reason."""
+        self.seen: set[tuple[str, str, str, float]] = set()
+        self._wake = anyio.Event()
+        engine.listeners.append(self._on_event)
+
+    def _on_event(self, kind: str, subject: TaskKey | str | None, data: Mapping[str, Any]) -> None:
+        if kind == "track_resumed" and isinstance(subject, str):
+            # A person's resume (or ours): the track is no longer held by us.
+            self.budget_paused.pop(subject, None)
+            for hold in self.holds.values():
+                hold.tracks.discard(subject)
+
+    # ------------------------------------------------------------------ attempts
+
+    @asynccontextmanager
+    async def attempt(self, key: TaskKey, number: int) -> AsyncIterator[Session]:
+        """The attempt's tree, held for the whole attempt."""
+        engine = self.engine
+        task, track = engine.settings_for(key)
+        git = self.settings.git
+        integration = track.definition.settings.integration or git.integration
+
+        def workdirs() -> dict[str, Path]:
+            return {name: t.workdir for name, t in engine.tracks.items()}
+
+        try:
+            tree = await self.trees.prepare(key.track, track.workdir, workdirs, integration)
+        except (GitError, OSError) as exc:
+            yield Session(error=f"git: {exc}")
+            return
+        if tree is None:
+            yield Session()
+            return
+        async with tree.lock:
+            stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+            scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
+            attempt = GitAttempt(self.trees, tree, task, number, self.guardrails, scratch, stamp)
+            try:
+                notes = await attempt.begin()
+            except (GitError, OSError) as exc:
+                yield Session(error=f"git: {exc}")
+                return
+            yield Session(
+                cwd=str(tree.cwd),
+                notes=tuple(notes),
+                workspace=agents.workspace_note(tree.branch, tree.own),
+                git=attempt,
+                commit=git.commit,
+            )
+
+    def stop_reason(self, key: TaskKey) -> str | None:
+        """Why a running task must not start another attempt now (its track is held)."""
+        if key.track in self.budget_paused:
+            return f"{self.budget_paused[key.track]}; the track is paused"
+        for hold in self.holds.values():
+            if key.track in hold.tracks:
+                until = iso(hold.until)
+                return f"waiting for the usage limit of agent {hold.agent!r} to reset ({until})"
+        return None
+
+    def details(self, plan: AttemptPlan, outcome: Outcome) -> AttemptDetails | None:
+        """What the store records beyond the verdict; None when there is nothing."""
+        usage = outcome.result.usage
+        if plan.agent is None and usage is None and outcome.files is None:
+            return None
+        return AttemptDetails(
+            agent=plan.agent,
+            tokens_in=usage.tokens_in if usage else None,
+            tokens_out=usage.tokens_out if usage else None,
+            cost_usd=usage.cost_usd if usage else None,
+            commit_id=outcome.commit,
+            files_changed=outcome.files,
+            saved_ref=outcome.saved_ref,
+        )
+
+    async def task_done(self, key: TaskKey) -> None:
+        """After a task's Ralph loop: a finished track's worktree is cleaned up."""
+        engine = self.engine
+        tree = self.trees.tree(key.track)
+        if tree is None or not tree.own or key.track not in engine.tracks:
+            return
+        if not all(engine.graph.status(k).done for k in engine.graph.keys(key.track)):
+            return
+        try:
+            kept = await self.trees.finish(key.track)
+        except (GitError, OSError) as exc:
+            log.warning("worktree not removed", track=key.track, error=str(exc))
+            return
+        if kept is not None:
+            data = {"path": str(kept.path), "files": list(kept.files[:50])}
+            engine.store.add_events(("worktree_kept", key.track, data))
+            engine.announce("worktree_kept", key.track, **data)
+            log.warning(
+                "worktree kept: it has uncommitted changes",
+                track=key.track,
+                path=str(kept.path),
+                files=len(kept.files),
+            )
+
+    # ------------------------------------------------------------------ budgets
+
+    def after_attempt(self, key: TaskKey, result: AttemptResult) -> None:
+        """Check the budgets once an attempt that used something has ended."""
+        if result.usage is None:
+            return
+        engine = self.engine
+        _, track = engine.settings_for(key)
+        applicable = budgets.limits(self.settings.budgets, track.definition.settings.budget)
+        if not applicable:
+            return
+        now = engine.clock.now().astimezone(UTC)
+        day = now.strftime("%Y-%m-%d")
+        since = iso(now.replace(hour=0, minute=0, second=0, microsecond=0))
+        store = engine.store
+
+        def spend(scope: budgets.Scope) -> Spend:
+            if scope == "task":
+                return store.spend(track=key.track, task_id=key.id)
+            if scope == "track":
+                return store.spend(track=key.track)
+            return store.spend(since=since)
+
+        for crossing in budgets.crossings(key, day, applicable, spend, self.seen):
+            reason = crossing.describe()
+            store.add_events(("budget_exceeded", key, crossing.as_data()))
+            engine.announce("budget_exceeded", key, **crossing.as_data())
+            log.warning("budget exceeded", task=str(key), reason=reason)
+            names = list(engine.tracks) if crossing.scope == "day" else [key.track]
+            for name in names:
+                if not engine.graph.track_paused(name):
+                    engine.pause_track(name, reason)
+                    self.budget_paused[name] = reason
+
+    # ------------------------------------------------------------------ usage limits
+
+    def tracks_using(self, agent: str) -> set[str]:
+        """Tracks with work left that runs ``agent``."""
+        engine = self.engine
+        out: set[str] = set()
+        for name, track in engine.tracks.items():
+            for task in track.definition.tasks:
+                state = engine.states.get(task.key)
+                if task.command is not None or (state is not None and state.status.done):
+                    continue
+                choice = agents.choose(task, track.definition.settings, self.settings)
+                if choice.profile is not None and choice.profile.name == agent:
+                    out.add(name)
+                    break
+        return out
+
+    def limit_hit(self, key: TaskKey, agent: str, message: str) -> str:
+        """An agent reported its usage limit: hold its tracks until the reset. The reason."""
+        engine = self.engine
+        now = engine.clock.now()
+        until = agentoutput.reset_time(message, now)
+        if until is None or until <= now:
+            found = agents.profile(agent, self.settings)
+            wait = found.usage_limit_wait if found is not None else 1800.0
+            until = now + timedelta(seconds=wait)
+        hold = self.holds.get(agent)
+        if hold is None:
+            hold = self.holds[agent] = Hold(agent, now, until, message)
+        else:
+            hold.until, hold.reason = max(hold.until, until), message
+        pause = f"usage limit of agent {agent!r} reached; waiting until {iso(hold.until)}"
+        for name in sorted(self.tracks_using(agent) | {key.track}):
+            if not engine.graph.track_paused(name):
+                engine.pause_track(name, pause)
+                hold.tracks.add(name)
+        data = {
+            "agent": agent,
+            "until": iso(hold.until),
+            "message": message,
+            "tracks": sorted(hold.tracks),
+        }
+        engine.waiting.add(f"usage limit: {agent}")
+        engine.store.put_hold(hold.row(), ("usage_limit", key, data))
+        engine.announce("usage_limit", key, **data)
+        log.warning("usage limit reached", agent=agent, task=str(key), until=iso(hold.until))
+        self._wake.set()
+        return f"the usage limit of agent {agent!r} was reached; waiting until {iso(hold.until)}"
+
+    def _release(self, hold: Hold) -> None:
+        engine = self.engine
+        self.holds.pop(hold.agent, None)
+        resumed = []
+        for name in sorted(hold.tracks):
+            held_elsewhere = any(name in other.tracks for other in self.holds.values())
+            if held_elsewhere or name in self.budget_paused or name not in engine.tracks:
+                continue
+            if engine.graph.track_paused(name):
+                resumed.append(name)
+        data = {"agent": hold.agent, "tracks": resumed}
+        engine.store.drop_hold(hold.agent, ("usage_limit_reset", None, data))
+        engine.announce("usage_limit_reset", None, **data)
+        log.info("usage limit reset", agent=hold.agent, tracks=resumed)
+        engine.waiting.discard(f"usage limit: {hold.agent}")
+        for name in resumed:
+            engine.resume_track(name)
+        engine.dispatch()  # idle again if nothing resumed
+
+    def restore(self) -> None:
+        """Waits recorded by a daemon that stopped during them go on (or end, if over)."""
+        engine = self.engine
+        now = engine.clock.now()
+        for row in engine.store.holds():
+            until = datetime.fromisoformat(row.until)
+            hold = Hold(row.agent, datetime.fromisoformat(row.since), until, row.reason)
+            self.holds[row.agent] = hold
+            engine.waiting.add(f"usage limit: {row.agent}")
+            if until <= now:
+                continue  # released by the service's first pass
+            pause = f"usage limit of agent {row.agent!r} reached; waiting until {row.until}"
+            for name in row.tracks:
+                if name in engine.tracks and not engine.graph.track_paused(name):
+                    engine.pause_track(name, pause)
+                    hold.tracks.add(name)
+
+    async def run_timers(self) -> None:
+        """Resume held tracks when their agent's limit resets (re-checking the clock)."""
+        clock = self.engine.clock
+        while True:
+            now = clock.now()
+            for hold in [h for h in self.holds.values() if h.until <= now]:
+                self._release(hold)
+            delay = math.inf
+            if self.holds:
+                soonest = min(h.until for h in self.holds.values())
+                delay = min(max((soonest - now).total_seconds(), 0.05), MAX_SLEEP)
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def status(self) -> dict[str, Any]:
+        """For status views: what waits, and why."""
+        return {
+            "usage_limits": [
+                {
+                    "agent": h.agent,
+                    "until": iso(h.until),
+                    "reason": h.reason,
+                    "tracks": sorted(h.tracks),
+                }
+                for h in self.holds.values()
+            ],
+            "budget_paused": dict(self.budget_paused),
+        }
+
+
+async def service(
+    rt: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """The daemon service that ends usage-limit waits (``supervisor.Service``)."""
+    runtime = of(rt.engine)
+    runtime.restore()
+    task_status.started()
+    await runtime.run_timers()
+
+
+def stored_usage(state_dir: Path) -> tuple[dict[str, Spend], list[HoldRow]]:
+    """Spending per track and usage-limit waits, from a state directory (if it has a store)."""
+    if not (state_dir / "state.db").is_file():
+        return {}, []
+    store = Store.open(state_dir, SystemClock())
+    try:
+        return store.spend_by_track(), store.holds()
+    finally:
+        store.close()

@@ -1,0 +1,340 @@
+"""One attempt in a git working tree: what it changed, and what becomes of those changes.
+
+Before the run the tree is snapshotted (an own worktree is first made clean: leftovers of an
+interrupted attempt are kept on ``refs/orchestratord/leftovers/...``; with ``merge``
+integration the branch is brought up to date with the base branch). After a successful run the
+tree is snapshotted again: the difference is the attempt's changes (tracked and untracked
+files, ignored files and the daemon's own excluded). No changes is a FAIL unless the task
+allows it; a guardrail hit in the added lines is BLOCKED.
+
+PASS commits exactly those changes (parent: the commit the attempt started from), with the
+task's id and summary as the message and ``Task:``, ``Track:``, ``Verification: PASS`` and
+``Attempts:`` trailers, and merges it into the base branch where the track's integration says
+so (a conflict blocks the task). Any other verdict keeps the changes on
+``refs/orchestratord/attempts/TRACK/ID/N`` and puts the tree back as it was, so nothing leaks
+into the next commit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import gitwork
+from .attempt import AttemptResult, Note
+from .errors import GitError
+from .gitwork import Change
+from .guardrails import Guardrails, evidence
+from .model import TaskDef, Verdict
+from .worktrees import Tree, Trees, in_thread, ref_part
+
+SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An attempt's result after git had its say, and what git made of the attempt."""
+
+    result: AttemptResult
+    files: tuple[str, ...] | None = None
+    """The files the attempt changed (None outside git)."""
+    commit: str | None = None
+    saved_ref: str | None = None
+    note: str = ""
+    """Added to what the next attempt is told."""
+
+
+def commit_message(task: TaskDef, attempts: int, verdict: str = "PASS", reason: str = "") -> str:
+    summary = task.summary_line or "(no description)"
+    subject = f"{task.key.id}: {summary}"
+    if len(subject) > 72:
+        subject = subject[:71].rstrip() + "…"
+    body = (task.description or "").strip()
+    paragraphs = []
+    if body and body != summary:
+        paragraphs.append("\n".join(textwrap.fill(p, 72) for p in body.split("\n") if p.strip()))
+    if reason:
+        paragraphs.append(textwrap.fill(reason, 72))
+    trailers = (
+        f"Task: {task.key.id}\nTrack: {task.key.track}\nVerification: {verdict}\n"
+        f"Attempts: {attempts}"
+    )
+    return "\n\n".join([subject, *paragraphs, trailers]) + "\n"
+
+
+def _listed(changes: list[Change]) -> str:
+    names = [c.path for c in changes[:SHOWN]]
+    more = f" (+{len(changes) - SHOWN} more)" if len(changes) > SHOWN else ""
+    return ", ".join(names) + more
+
+
+class GitAttempt:
+    """The git side of one attempt (its gate, and its conclusion)."""
+
+    def __init__(
+        self,
+        trees: Trees,
+        tree: Tree,
+        task: TaskDef,
+        number: int,
+        guardrails: Guardrails,
+        scratch: Path,
+        stamp: str,
+    ) -> None:
+        self.trees = trees
+        self.tree = tree
+        self.task = task
+        self.number = number
+        self.guardrails = guardrails
+        self.scratch = scratch
+        self.stamp = stamp
+        self.start: str | None = None
+        self.t0 = gitwork.EMPTY_TREE
+        self.t1: str | None = None
+        self.changed: list[Change] = []
+
+    @property
+    def root(self) -> Path:
+        return self.tree.root
+
+    def _snapshot(self) -> str:
+        return gitwork.snapshot(self.root, self.tree.excludes, self.scratch)
+
+    # ------------------------------------------------------------------ before the run
+
+    async def begin(self) -> list[str]:
+        return await in_thread(self._begin)
+
+    def _begin(self) -> list[str]:
+        notes: list[str] = []
+        tree = self.tree
+        if tree.own:
+            dirty = gitwork.dirty_files(self.root)
+            if dirty:
+                ref = self._keep_leftovers()
+                notes.append(
+                    f"git: the tree had uncommitted changes ({len(dirty)} files), kept on {ref}; "
+                    "the tree was reset"
+                )
+            synced = self.trees.sync(tree)
+            if synced:
+                notes.append(f"git: {synced}")
+        else:
+            self._keep_index()
+        self.start = gitwork.head(self.root)
+        self.t0 = self._snapshot()
+        where = "own worktree" if tree.own else "checkout"
+        at = self.start[:12] if self.start else "no commit yet"
+        notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
+        return notes
+
+    @property
+    def _kept_index(self) -> Path:
+        return self.scratch.with_suffix(".before")
+
+    def _keep_index(self) -> None:
+        """A shared checkout's index as it was, to undo what the agent staged or committed."""
+        real = gitwork.git_path(self.root, "index")
+        if real.exists():
+            self._kept_index.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(real, self._kept_index)
+        else:
+            self._kept_index.unlink(missing_ok=True)
+
+    def _put_index_back(self) -> None:
+        if self.tree.own:
+            return
+        kept = self._kept_index
+        if kept.exists():
+            os.replace(kept, gitwork.git_path(self.root, "index"))
+
+    def _keep_leftovers(self) -> str:
+        head = gitwork.head(self.root)
+        snap = self._snapshot()
+        env = gitwork.ident_env(self.tree.repo)
+        message = (
+            f"Uncommitted changes found before attempt {self.number} of {self.task.key.id}\n\n"
+            f"Task: {self.task.key.id}\nTrack: {self.task.key.track}\n"
+        )
+        commit = gitwork.commit_tree(self.root, snap, [head] if head else [], message, env)
+        ref = f"refs/orchestratord/leftovers/{ref_part(self.tree.track)}/{self.stamp}"
+        gitwork.update_ref(self.root, ref, commit)
+        if head:
+            gitwork.reset_hard(self.root, head)
+        return ref
+
+    # ------------------------------------------------------------------ after the run
+
+    def _measure(self) -> None:
+        if self.t1 is None:
+            self.t1 = self._snapshot()
+            self.changed = gitwork.changes(self.root, self.t0, self.t1)
+
+    async def after_run(self, note: Note, what: str) -> AttemptResult | None:
+        """The gate: the run changed something, and nothing it added hits a guardrail."""
+        try:
+            diff = await in_thread(self._after_run)
+        except (GitError, OSError) as exc:
+            reason = f"git: {exc}"
+            note(f"--- {reason}")
+            return AttemptResult(Verdict.BLOCKED, reason, 0, reason + "\n")
+        if self.changed:
+            note(f"--- changes: {len(self.changed)} file(s): {_listed(self.changed)}")
+        if not self.changed and not self.task.allow_no_changes:
+            reason = (
+                f"no changes: the {what} changed no file "
+                '(a task that needs none can say "allow_no_changes": true)'
+            )
+            note(f"--- {reason}")
+            return AttemptResult(Verdict.FAIL, reason, 0, reason + "\n")
+        hits = self.guardrails.scan(diff) if diff else []
+        if hits:
+            reason = evidence(hits)
+            for hit in hits:
+                note(f"--- guardrail: {hit}")
+            details = "\n".join(f"- {hit}" for hit in hits)
+            failure = (
+                f"{reason}\nLines added by the attempt match patterns that are not allowed:\n"
+                f"{details}\n"
+            )
+            return AttemptResult(Verdict.BLOCKED, reason, 0, failure)
+        return None
+
+    def _after_run(self) -> str:
+        self._measure()
+        if not self.changed or not self.guardrails.patterns:
+            return ""
+        assert self.t1 is not None
+        return gitwork.diff(self.root, self.t0, self.t1)
+
+    # ------------------------------------------------------------------ after the verdict
+
+    async def conclude(self, result: AttemptResult, commit: bool) -> Outcome:
+        """Commit a PASS (and integrate it); keep anything else on a ref and reset the tree.
+
+        A git failure here blocks a PASS (the verified work stays in the tree for a person)
+        and is added to the reason of anything else.
+        """
+        try:
+            return await self._conclude(result, commit)
+        except (GitError, OSError) as exc:
+            files = tuple(sorted(c.path for c in self.changed))
+            if result.verdict is Verdict.PASS:
+                reason = f"git: verified, but not committed: {exc}"
+                return Outcome(replace(result, verdict=Verdict.BLOCKED, reason=reason), files)
+            reason = f"{result.reason}; git: the changes were not kept and reset: {exc}"
+            return Outcome(replace(result, reason=reason), files)
+
+    async def _conclude(self, result: AttemptResult, commit: bool) -> Outcome:
+        if result.verdict is Verdict.PASS:
+            commit_id = await in_thread(self._commit, commit)
+            files = tuple(sorted(c.path for c in self.changed))
+            if commit_id is None:
+                return Outcome(result, files)
+            message = (
+                f"Merge {self.tree.branch}: {self.task.key.id}\n\n"
+                f"Task: {self.task.key.id}\nTrack: {self.task.key.track}\n"
+            )
+            problem = await self.trees.integrate(self.tree, commit_id, message)
+            if problem is not None:
+                blocked = replace(
+                    result,
+                    verdict=Verdict.BLOCKED,
+                    reason=problem,
+                    failure_output=problem + "\n",
+                )
+                return Outcome(blocked, files, commit_id)
+            return Outcome(result, files, commit_id)
+        saved = await in_thread(self._save_and_reset, result)
+        files = tuple(sorted(c.path for c in self.changed))
+        note = ""
+        if saved:
+            note = (
+                f"\nThe previous attempt's changes were kept on {saved} "
+                f"(`git show {saved}`); the working tree was reset.\n"
+            )
+        return Outcome(result, files, None, saved, note)
+
+    def _commit(self, enabled: bool) -> str | None:
+        self._measure()
+        root = self.root
+        if not self.changed:
+            if self.tree.own and self.start:
+                gitwork.reset_hard(root, self.start)
+            self._put_index_back()
+            return None
+        if not enabled and not self.tree.own:
+            self._put_index_back()
+            return None  # git.commit = false: the changes stay in the checkout
+        assert self.t1 is not None
+        base_tree = gitwork.tree_of(root, self.start)
+        tree = (
+            self.t1
+            if self.t0 == base_tree
+            else gitwork.apply_changes(root, base_tree, self.t1, self.changed, self.scratch)
+        )
+        message = commit_message(self.task, self.number)
+        env = gitwork.ident_env(self.tree.repo)
+        commit = gitwork.commit_tree(root, tree, [self.start] if self.start else [], message, env)
+        gitwork.update_ref(root, "HEAD", commit, gitwork.head(root))
+        if self.tree.own:
+            gitwork.reset_hard(root, commit)  # also clears what verification left behind
+        else:
+            self._put_index_back()
+            self._sync_index()
+        return commit
+
+    def _sync_index(self) -> None:
+        """In a shared checkout: the committed paths' index entries follow the new HEAD."""
+        paths = b"\0".join(c.path.encode("utf-8", "surrogateescape") for c in self.changed)
+        gitwork.run(
+            self.root,
+            "reset",
+            "--quiet",
+            "--pathspec-from-file=-",
+            "--pathspec-file-nul",
+            env={"GIT_LITERAL_PATHSPECS": "1"},
+            stdin=paths + b"\0",
+            check=False,
+        )
+
+    def _save_and_reset(self, result: AttemptResult) -> str | None:
+        self._measure()
+        root = self.root
+        saved = None
+        if self.changed:
+            assert self.t1 is not None
+            env = gitwork.ident_env(self.tree.repo)
+            parents = [self.start] if self.start else []
+            if self.t0 != gitwork.tree_of(root, self.start):
+                before = f"The working tree before attempt {self.number} of {self.task.key.id}\n"
+                parents = [gitwork.commit_tree(root, self.t0, parents, before, env)]
+            message = commit_message(
+                self.task, self.number, result.verdict.value, result.reason or ""
+            )
+            commit = gitwork.commit_tree(root, self.t1, parents, message, env)
+            saved = (
+                f"refs/orchestratord/attempts/{ref_part(self.tree.track)}/"
+                f"{ref_part(self.task.key.id)}/{self.number}"
+            )
+            if gitwork.ref_exists(root, saved):  # an interrupted attempt of the same number
+                saved += f"-{self.stamp}"
+            gitwork.update_ref(root, saved, commit)
+        self._reset()
+        return saved
+
+    def _reset(self) -> None:
+        root = self.root
+        now = gitwork.head(root)
+        if self.tree.own:
+            if self.start:
+                gitwork.reset_hard(root, self.start)
+            return
+        if self.start and now != self.start:
+            gitwork.update_ref(root, "HEAD", self.start, now)  # the agent committed: undo it
+        self._put_index_back()
+        if self.changed:
+            gitwork.restore_paths(root, self.t0, self.changed, self.scratch)
