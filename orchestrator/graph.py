@@ -71,6 +71,8 @@ class Waiting:
     exists: bool
     remaining: int = 0
     """For ``track:*``: how many tasks of that track are not done yet."""
+    track_exists: bool = True
+    """Whether the target's track is in the graph (its queue file may have been removed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +410,9 @@ class Graph:
             exists = target.track in self._tracks
             return Waiting(target, None, exists, self._undone.get(target.track, 0))
         status = self._status.get(target)
-        return Waiting(target, status, status is not None)
+        return Waiting(
+            target, status, status is not None, track_exists=target.track in self._tracks
+        )
 
     def _unmet_targets(self, key: TaskKey) -> Iterator[TaskKey]:
         """Task-level targets ``key`` waits on (``track:*`` expanded to its unfinished tasks)."""

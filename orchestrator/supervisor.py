@@ -7,7 +7,8 @@ in one task group, and runs until stopped (or, with ``once``, until nothing more
 SIGTERM or SIGINT stops gracefully: nothing new starts, running attempts get
 ``shutdown_grace`` seconds to finish, then their process groups get SIGTERM and, after
 ``kill_grace``, SIGKILL; their attempts are recorded as interrupted and every file is written.
-A second SIGINT skips the wait. SIGHUP re-reads every queue file.
+A second SIGINT skips the wait. SIGHUP re-reads every queue file (``live.Reloader``, the same
+path the file watcher uses).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 import importlib.util
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +31,7 @@ from .config import Config
 from .daemon import Engine, Track
 from .executors.base import Executor
 from .executors.local import LocalExecutor
+from .live import Reloader, ReloadResult
 from .lock import StateLock
 from .model import TaskKey
 from .progress import Progress
@@ -50,7 +52,12 @@ class Control:
 
     stop: anyio.Event = field(default_factory=anyio.Event)
     force: anyio.Event = field(default_factory=anyio.Event)
-    reload: Callable[[], None] | None = None
+    reload: Callable[[], Awaitable[ReloadResult]] | None = None
+    """Re-read every queue file and wait until that is done (set once the daemon runs).
+
+    Awaiting it runs one reload pass (``live.Reloader.reload``); cancelling the caller
+    cancels only the wait. Wrap it to act around reloads (``control.reload = wrapped``).
+    """
 
     def request_stop(self, force: bool = False) -> None:
         self.stop.set()
@@ -60,17 +67,39 @@ class Control:
 
 async def _signals(control: Control) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading every queue file")
-                if control.reload is not None:
-                    control.reload()
-            elif control.stop.is_set() and signum == signal.SIGINT:
-                log.warning("second SIGINT: stopping now")
-                control.request_stop(force=True)
-            else:
-                log.info("stopping", signal=signal.Signals(signum).name)
-                control.request_stop()
+        async with anyio.create_task_group() as reloads:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading every queue file")
+                    if control.reload is not None:
+                        reloads.start_soon(_reload, control.reload)
+                elif control.stop.is_set() and signum == signal.SIGINT:
+                    log.warning("second SIGINT: stopping now")
+                    control.request_stop(force=True)
+                else:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    control.request_stop()
+
+
+async def _part(
+    engine: Engine,
+    run: Callable[..., Awaitable[None]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a part of the daemon; if it fails, nothing new starts while the daemon goes down.
+
+    (Otherwise a task cancelled by the failure would be pending again and launched again.)
+    """
+    try:
+        await run(task_status=task_status)
+    except Exception:
+        engine.draining = True
+        raise
+
+
+async def _reload(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
+    await reload()
 
 
 def _load_tracks(engine: Engine, cfg: Config) -> None:
@@ -113,12 +142,14 @@ class Runtime:
     control: Control
     tg: TaskGroup
     workers: dict[str, TrackWorker] = field(default_factory=dict)
+    reloader: Reloader | None = None
+    """Puts what is on disk in force (the file watcher hands it saved files)."""
 
     async def start_worker(self, name: str) -> None:
         """Start the worker of a track (at start-up, or when a track is added)."""
         worker = TrackWorker(self.engine, name)
         self.workers[name] = worker
-        await self.tg.start(worker.run)
+        await self.tg.start(_part, self.engine, worker.run)
 
     def stop_worker(self, name: str) -> None:
         """Stop a track's worker: its running attempts are cancelled (and recorded)."""
@@ -163,26 +194,23 @@ async def serve(
         await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
         engine = Engine(cfg, store, executor, clock)
         _load_tracks(engine, cfg)
-        writeback = Writeback(engine, cfg.settings.writeback_delay)
+        writeback = Writeback(engine, cfg.settings.writeback_delay, cfg.settings.watch_quiet)
         async with anyio.create_task_group() as tg:
             rt = Runtime(cfg, engine, writeback, control, tg)
             for name in engine.tracks:
                 await rt.start_worker(name)
-            await tg.start(writeback.run)
-            await tg.start(engine.log_warden)
+            await tg.start(_part, engine, writeback.run)
+            await tg.start(_part, engine, engine.log_warden)
             for name in list(engine.tracks):
                 await writeback.sync(name)
-
-            def reload() -> None:
-                for name in engine.tracks:
-                    writeback.mark(name)
-
+            rt.reloader = Reloader(engine, writeback, rt, cfg.tracks_dir)
+            await tg.start(_part, engine, rt.reloader.run)
             engine.connect(rt.launch, writeback.mark)
-            control.reload = reload
+            control.reload = rt.reloader.reload
             if handle_signals:
                 tg.start_soon(_signals, control)
             for service in services:
-                await tg.start(functools.partial(service, rt))
+                await tg.start(_part, engine, functools.partial(service, rt))
             store.add_events(
                 ("daemon_started", None, {"pid": os.getpid(), "tracks": list(engine.tracks)})
             )
@@ -255,13 +283,21 @@ def uvloop_available() -> bool:
 def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int:
     """Run the daemon in this process (it never forks away) and return its exit status."""
 
+    from .watcher import watch_tracks  # noqa: PLC0415 (the watcher is a service of this module)
+
     async def main() -> int:
         view = Progress() if progress is not False else None
         if view is not None and progress is None and not view.live_mode:
             view = None
         async with LocalExecutor(cfg.settings.kill_grace) as executor:
             try:
-                return await serve(cfg, executor, once=once, on_ready=view.attach if view else None)
+                return await serve(
+                    cfg,
+                    executor,
+                    once=once,
+                    on_ready=view.attach if view else None,
+                    services=[watch_tracks],
+                )
             finally:
                 if view is not None:
                     view.summary()
