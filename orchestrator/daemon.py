@@ -9,6 +9,7 @@ announced to listeners. Track workers run the attempts; the write-back keeps the
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -346,8 +347,12 @@ class Engine:
         )
 
     def dispatch(self) -> None:
-        """Start every task that can start now (synchronous: called in the same turn)."""
-        if self._launch is None:
+        """Start every task that can start now (synchronous: called in the same turn).
+
+        Nothing starts from a task that is being cancelled from outside (the daemon or its
+        worker is going down): a task that ends that way would otherwise be started again.
+        """
+        if self._launch is None or anyio.current_effective_deadline() == -math.inf:
             return
         limits = self.limits()
         while True:

@@ -22,7 +22,7 @@ by the next one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,11 +46,12 @@ RECHECK_ROUNDS = 8
 
 
 class Workers(Protocol):
-    """Starts and stops track workers (the daemon's :class:`~orchestrator.supervisor.Runtime`)."""
+    """Track workers (the daemon's :class:`~orchestrator.supervisor.Runtime`)."""
+
+    @property
+    def workers(self) -> Mapping[str, object]: ...
 
     async def start_worker(self, name: str) -> None: ...
-
-    def stop_worker(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,8 @@ class Reloader:
             paths |= {t.path for t in engine.tracks.values()}
             paths |= set(self._problems)
         await self._handle(paths, definitive=definitive)
+        if definitive:
+            await self._settle()
         for _ in range(RECHECK_ROUNDS):
             if not self._remember():
                 break
@@ -174,6 +177,24 @@ class Reloader:
             changed=tuple(n for n in after if n in before and after[n] is not before[n]),
             problems=tuple(engine.all_problems()),
         )
+
+    async def _settle(self) -> None:
+        """Wait for files that failed to read to settle, and read them again.
+
+        An explicit reload answers with what is true once the files are quiet: at most
+        ``quiet`` seconds later (a few rounds, for files that keep changing).
+        """
+        clock = self.engine.clock
+        for _ in range(3):
+            tracks = self.writeback.waiting()
+            deadlines = [*self._later.values(), *tracks.values()]
+            if not deadlines:
+                return
+            await anyio.sleep(max(max(deadlines) - clock.monotonic(), 0))
+            paths = set(self._later)
+            paths |= {self.engine.tracks[n].path for n in tracks if n in self.engine.tracks}
+            self._later.clear()
+            await self._handle(paths, definitive=True)
 
     def _remember(self) -> bool:
         """Note the definitions in force; say whether they changed since last noted."""
@@ -224,8 +245,9 @@ class Reloader:
         running = {k.id for k in engine.running_keys() if k.track == name}
         plan = plans.diff(track.definition, None, running=running)
         self.writeback.report_plan(plan)
+        # Each running attempt is cancelled on its own; the worker stays, idle, for the track
+        # to come back (stopping it would stop what its tasks' endings set in motion).
         engine.remove_track(name, f"its queue file {track.definition.path} was removed")
-        self.workers.stop_worker(name)
         self.writeback.forget(name, path)
 
     # ------------------------------------------------------------------ new files
@@ -257,10 +279,10 @@ class Reloader:
             return
         self.writeback.report_plan(plans.diff(None, definition))
         # The worker first: the track's ready tasks are launched as soon as it is in force.
-        await self.workers.start_worker(name)
+        if name not in self.workers.workers:
+            await self.workers.start_worker(name)
         problems = engine.reload_track(definition, path)
-        if problems:  # something changed while the worker started
-            self.workers.stop_worker(name)
+        if problems:  # something changed while the worker started (it stays, idle)
             self._invalid(path, problems, version)
             return
         self.settle.clear(path)

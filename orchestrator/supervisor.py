@@ -81,23 +81,6 @@ async def _signals(control: Control) -> None:
                     control.request_stop()
 
 
-async def _part(
-    engine: Engine,
-    run: Callable[..., Awaitable[None]],
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run a part of the daemon; if it fails, nothing new starts while the daemon goes down.
-
-    (Otherwise a task cancelled by the failure would be pending again and launched again.)
-    """
-    try:
-        await run(task_status=task_status)
-    except Exception:
-        engine.draining = True
-        raise
-
-
 async def _reload(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
     await reload()
 
@@ -149,7 +132,7 @@ class Runtime:
         """Start the worker of a track (at start-up, or when a track is added)."""
         worker = TrackWorker(self.engine, name)
         self.workers[name] = worker
-        await self.tg.start(_part, self.engine, worker.run)
+        await self.tg.start(worker.run)
 
     def stop_worker(self, name: str) -> None:
         """Stop a track's worker: its running attempts are cancelled (and recorded)."""
@@ -199,18 +182,18 @@ async def serve(
             rt = Runtime(cfg, engine, writeback, control, tg)
             for name in engine.tracks:
                 await rt.start_worker(name)
-            await tg.start(_part, engine, writeback.run)
-            await tg.start(_part, engine, engine.log_warden)
+            await tg.start(writeback.run)
+            await tg.start(engine.log_warden)
             for name in list(engine.tracks):
                 await writeback.sync(name)
             rt.reloader = Reloader(engine, writeback, rt, cfg.tracks_dir)
-            await tg.start(_part, engine, rt.reloader.run)
+            await tg.start(rt.reloader.run)
             engine.connect(rt.launch, writeback.mark)
             control.reload = rt.reloader.reload
             if handle_signals:
                 tg.start_soon(_signals, control)
             for service in services:
-                await tg.start(_part, engine, functools.partial(service, rt))
+                await tg.start(functools.partial(service, rt))
             store.add_events(
                 ("daemon_started", None, {"pid": os.getpid(), "tracks": list(engine.tracks)})
             )

@@ -67,15 +67,15 @@ class Watcher:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         stop = anyio.Event()
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(self._watch, stop)
-                task_status.started()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._watch, stop)
+            task_status.started()
+            try:
                 await anyio.sleep_forever()
-        finally:
-            # The watch thread looks at this every STEP_MS: the service ends without waiting
-            # for watchfiles' own timeout.
-            stop.set()
+            finally:
+                # The watch thread looks at this every STEP_MS: the service ends at once, not
+                # after watchfiles' own timeout.
+                stop.set()
 
     async def _watch(
         self, stop: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -122,6 +122,7 @@ class Watcher:
                 continue
             todo.add(path)
         if todo:
+            engine.stats["files_changed"] = engine.stats.get("files_changed", 0) + len(todo)
             self.reloader.changed(todo)
 
     async def _own(self, name: str, path: Path) -> bool:

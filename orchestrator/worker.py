@@ -11,6 +11,7 @@ when nothing else decided the task's fate it is pending again, at the same itera
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -242,6 +243,11 @@ async def run_task(engine: Engine, key: TaskKey) -> None:
                     result = await run_attempt(plan, engine.executor, _Recorder(engine, attempt_id))
                 finally:
                     engine.watch_log(plan.log_path, False)
+                fresh = engine.states[key].budget_base
+                if fresh != started.budget_base:
+                    # A retry order while the attempt ran: a fresh budget, this attempt its first.
+                    started = replace(started, budget_base=fresh)
+                    iteration = started.owned.attempts + 1 - fresh
                 state, events = _conclude(engine, key, started, result, iteration, budget)
                 engine.store.finish_attempt(
                     attempt_id,

@@ -155,6 +155,10 @@ class Writeback:
         known = self._known.get(name)
         return known is not None and queuefile.digest(data) == known.digest
 
+    def waiting(self) -> dict[str, float]:
+        """Tracks whose file failed to read, -> when it is read again to settle."""
+        return dict(self._later)
+
     def start_fresh(self, name: str) -> None:
         """A file appeared for ``name``: merge it as a resumed track, not as orders.
 
