@@ -216,7 +216,7 @@ class Plan:
             "orders": {o.id: o.status.value for o in self.orders[:KEPT]},
             "ignored": {i.id: i.written for i in self.ignored[:KEPT]},
             "trigger": None if self.trigger is None else [list(t) for t in self.trigger],
-            "settings": {s.name: [_jsonable(s.before), _jsonable(s.after)] for s in self.settings},
+            "settings": {s.name: [s.before, s.after] for s in self.settings},
             "counts": {
                 "added": len(self.added),
                 "removed": len(self.removed),
@@ -333,19 +333,14 @@ def _settings(old: TrackDef, new: TrackDef, paused_now: bool | None) -> tuple[Se
             before = paused_now
         after = getattr(new.settings, name)
         if before != after:
-            out.append(SettingChange(name, _shown(before), _shown(after)))
+            if name == "env":  # kept as sorted pairs; shown as the object written
+                before, after = dict(before), dict(after)
+            out.append(SettingChange(name, _jsonable(before), _jsonable(after)))
     if old.project != new.project:
         out.append(SettingChange("project", old.project, new.project))
     if old.list_key != new.list_key:
         out.append(SettingChange("list", old.list_key, new.list_key))
     return tuple(out)
-
-
-def _shown(value: Any) -> Any:
-    pairs = isinstance(value, tuple) and value and all(isinstance(v, tuple) for v in value)
-    if pairs and all(len(v) == 2 and all(isinstance(x, str) for x in v) for v in value):
-        return dict(value)  # env pairs read back as the object written
-    return value
 
 
 def _jsonable(value: Any) -> Any:
