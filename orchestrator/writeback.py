@@ -255,9 +255,10 @@ class Writeback:
         self.report_plan(self._plan(track, qf.track, changes))
         if changed:
             self.engine.reload_track(qf.track, track.path, spec)
+        seen = _consumed(qf.track, qf.doc, base, changes)
         edits, base, index = self._merge(track, qf.track, qf.doc, base, changes)
         return await self._write(
-            track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before
+            track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before, seen=seen
         )
 
     def _base(self, name: str) -> dict[str, Any]:
@@ -318,7 +319,13 @@ class Writeback:
         index: dict[str, int],
         before: FileId | None,
         style: jsonedit.Style | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> list[Problem]:
+        """Write the edits unless the file changed since it was read.
+
+        ``seen`` is the base as this read consumed it (orders applied, new tasks imported):
+        kept when the write is refused, so that the next read does not take them again.
+        """
         if edits:
             style = style or jsonedit.detect_style(text)
             new_text = jsonedit.apply_edits(
@@ -329,6 +336,8 @@ class Writeback:
             )
             if wrote is None:
                 log.info("file changed while writing; merging again", track=track.name)
+                if seen is not None:
+                    self._seen(track, seen, list_key, index)
                 self.mark(track.name)
                 return []
             self.engine.stats["file_writes"] += 1
@@ -341,6 +350,17 @@ class Writeback:
             self.engine.store.set_written(track.name, Written(str(track.path), digest, base))
             self._persisted.add(track.name)
         return []
+
+    def _seen(
+        self, track: Track, base: dict[str, Any], list_key: str, index: dict[str, int]
+    ) -> None:
+        """Remember what a read consumed though nothing was written (store included)."""
+        known = self._known.get(track.name)
+        if known is not None:
+            known.base = base
+        else:
+            known = self._known[track.name] = _Known("", None, index, list_key, base)
+        self.engine.store.set_written(track.name, Written(str(track.path), known.digest, base))
 
     def _invalid(self, track: Track, problems: list[Problem], version: FileId) -> list[Problem]:
         """Report a file that does not read or validate, once it has settled."""
@@ -434,6 +454,32 @@ def _user_changes(
         change = merge.user_changes(raw, task_base)
         if change != _NO_CHANGES:
             out[ident] = change
+    return out
+
+
+def _consumed(
+    definition: TrackDef,
+    doc: dict[str, Any],
+    base: dict[str, Any],
+    changes: dict[str, merge.UserChanges],
+) -> dict[str, Any]:
+    """The base once a read is acted on: statuses written by the user are spent (orders
+    applied, or reported), tasks seen for the first time are imported as the file has them.
+    Other fields the user changed stay changed (their values are kept until the daemon's
+    next change of them)."""
+    items = doc[definition.list_key]
+    out = dict(base)
+    for task in definition.tasks:
+        ident = task.key.id
+        raw = items[task.index]
+        if ident not in base:
+            out.setdefault(ident, merge.file_fields(raw))
+            continue
+        change = changes.get(ident)
+        if change is not None and (change.order is not None or change.not_an_order):
+            spent = dict(base[ident])
+            spent["status"] = raw["status"]
+            out[ident] = spent
     return out
 
 
