@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from . import dispatch, load, resident, writeback
+from . import dispatch, live, load, resident, writeback
 
 ALL = {
     "load": load.run,
     "dispatch": dispatch.run,
     "writeback": writeback.run,
     "resident": resident.run,
+    "live": live.run,
 }
 
 

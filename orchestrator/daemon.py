@@ -202,8 +202,7 @@ class Engine:
             current.definition = definition
             current.path = path
         for task in definition.tasks:
-            if task.key not in self.defs or self.defs[task.key] != task:
-                self.defs[task.key] = task
+            self.defs[task.key] = task
         gone = old_keys - new_keys
         for key in gone:
             self._stop(key, "removed from its queue file")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, Literal
 
 from .model import Status, TaskDef, TrackDef, TrackSettings
@@ -263,7 +264,7 @@ def diff(
     deps: list[DepChange] = []
     for ident, task in after.items():
         prior = before.get(ident)
-        if prior is None:
+        if prior is None or prior is task or _DEFINED(prior) == _DEFINED(task):
             continue
         names = _changed_fields(prior, task)
         if names:
@@ -298,6 +299,25 @@ def diff(
         trigger=None if trigger_before == trigger_after else (trigger_before, trigger_after),
         settings=_settings(old, new, paused_now),
     )
+
+
+_DEFINED = attrgetter(*(f.name for f in fields(TaskDef) if f.name != "owned"))
+"""A task's definition: every field but the daemon-owned values."""
+
+
+def same_definition(a: TrackDef, b: TrackDef) -> bool:
+    """Whether two versions of a track define the same thing (daemon-owned values aside)."""
+    if (a.name, a.path, a.list_key, a.settings, a.project) != (
+        b.name,
+        b.path,
+        b.list_key,
+        b.settings,
+        b.project,
+    ):
+        return False
+    if len(a.tasks) != len(b.tasks):
+        return False
+    return all(x is y or _DEFINED(x) == _DEFINED(y) for x, y in zip(a.tasks, b.tasks, strict=True))
 
 
 def orders_of(

@@ -23,7 +23,7 @@ from . import jsonedit
 from .errors import UsageError
 from .model import TrackDef
 from .problems import ROOT, Problem
-from .schema import load_document
+from .schema import TaskMemo, load_document
 
 BOM = "\ufeff"
 
@@ -82,9 +82,18 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def parse(display: str, stem: str, data: bytes, path: Path | None = None) -> QueueFile:
-    """Parse the bytes of a queue file (pure)."""
-    sha = digest(data)
+def parse(
+    display: str,
+    stem: str,
+    data: bytes,
+    path: Path | None = None,
+    *,
+    sha: str | None = None,
+    memo: TaskMemo | None = None,
+) -> QueueFile:
+    """Parse the bytes of a queue file (pure); ``sha`` is their digest, if known already;
+    ``memo`` the tasks of the previous read of this file."""
+    sha = sha or digest(data)
     where = path or Path(display)
 
     def failed(message: str, location: str = ROOT) -> QueueFile:
@@ -101,7 +110,7 @@ def parse(display: str, stem: str, data: bytes, path: Path | None = None) -> Que
         doc = orjson.loads(text.removeprefix(BOM))
     except orjson.JSONDecodeError as exc:
         return failed(f"invalid JSON: {exc.msg}", f"line {exc.lineno} column {exc.colno}")
-    track, problems = load_document(display, stem, doc)
+    track, problems = load_document(display, stem, doc, memo)
     parsed = doc if isinstance(doc, dict) else None
     return QueueFile(where, display, text, parsed, track, tuple(problems), sha)
 

@@ -14,7 +14,7 @@ Before a changed file is applied, the plan of what it changes is logged and jour
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +23,18 @@ import orjson
 import structlog
 from anyio.abc import TaskStatus
 
-from . import jsonedit, merge, queuefile
+from . import jsonedit, merge, queuefile, workspace
 from . import plan as plans
 from .daemon import Engine, Track
-from .model import Owned, Status, TaskDef, TaskKey, TrackDef
+from .model import Status, TaskKey, TrackDef
 from .problems import Problem
 from .queuefile import FileId
+from .schema import TaskMemo
 from .settle import Settle
 from .states import TaskState
 from .store import Written
 
 log = structlog.get_logger("orchestratord")
-_NO_OWNED = Owned()
-
-
-def definition_of(track: TrackDef) -> TrackDef:
-    """A track without its daemon-owned values: what a definition change compares."""
-    return TrackDef(
-        name=track.name,
-        path=track.path,
-        list_key=track.list_key,
-        tasks=tuple(_bare(t) for t in track.tasks),
-        settings=track.settings,
-        project=track.project,
-    )
-
-
-def _bare(task: TaskDef) -> TaskDef:
-    return replace(task, owned=_NO_OWNED)
 
 
 Edit = tuple[tuple[str | int, ...], Any]
@@ -89,6 +73,8 @@ class Writeback:
         self._persisted: set[str] = set()
         self._fresh: set[str] = set()
         """Tracks whose file came (back) while the daemon ran: the store's state wins."""
+        self._memos: dict[Path, TaskMemo] = {}
+        """Per file: its tasks as last read (a save re-validates only what changed)."""
         self._later: dict[str, float] = {}
         """Track -> when to read its file again (a failed read waiting to settle)."""
         self._wake = anyio.Event()
@@ -173,6 +159,7 @@ class Writeback:
         """The track was removed: nothing more to write for it."""
         self._dirty.pop(name, None)
         self._later.pop(name, None)
+        self._memos.pop(path, None)
         self.settle.clear(path)
         self.start_fresh(name)
 
@@ -183,11 +170,14 @@ class Writeback:
         before = queuefile.file_id(track.path)
         data = await anyio.to_thread.run_sync(_read_bytes, track.path)
         known = self._known.get(name)
-        if data is not None and known is not None and queuefile.digest(data) == known.digest:
+        if data is None:
+            return []  # gone (perhaps for a moment, mid-save): the reloader decides
+        sha = queuefile.digest(data)
+        if known is not None and sha == known.digest:
             if known.fid != before and before == queuefile.file_id(track.path):
                 known.fid = before  # touched, or saved unchanged: the same content
             return await self._quick(track, known, data, keys, before)
-        return await self._full(track, before)
+        return await self._full(track, before, data, sha)
 
     async def _quick(
         self,
@@ -224,12 +214,17 @@ class Writeback:
             track, text, doc, edits, base, known.list_key, known.index, before, known.style
         )
 
-    async def _full(self, track: Track, before: FileId | None) -> list[Problem]:
-        """Someone else wrote the file (or this is the first sync): read, check, merge all."""
+    async def _full(
+        self, track: Track, before: FileId | None, data: bytes, sha: str
+    ) -> list[Problem]:
+        """Someone else wrote the file (or this is the first sync): check, apply, merge all."""
         name = track.name
         if before is None:
-            return []  # gone (perhaps for a moment, mid-save): the reloader decides
-        qf = await anyio.to_thread.run_sync(queuefile.read, track.path)
+            return []
+        display = queuefile.display_path(track.path)
+        qf = await anyio.to_thread.run_sync(
+            self._parse, display, track.path.stem, data, track.path, sha
+        )
         if not qf.ok or qf.track is None or qf.doc is None or qf.text is None:
             return self._invalid(track, list(qf.problems), before)
         if qf.track.name != name:
@@ -242,7 +237,7 @@ class Writeback:
             return self._invalid(track, [problem], before)
         base = self._base(name)
         changes = _user_changes(qf.track, qf.doc, base)
-        changed = definition_of(qf.track) != definition_of(track.definition)
+        changed = not plans.same_definition(qf.track, track.definition)
         spec = None
         if changed:
             problems, spec = self.engine.check_track(qf.track)
@@ -253,13 +248,28 @@ class Writeback:
             log.info("queue file valid again: applying it", track=name, file=qf.display)
             track.problems = []
         self.report_plan(self._plan(track, qf.track, changes))
+        running = sum(self.engine.running.values())
         if changed:
             self.engine.reload_track(qf.track, track.path, spec)
+        self._orders(track, changes)
         seen = _consumed(qf.track, qf.doc, base, changes)
+        if sum(self.engine.running.values()) > running:
+            # Something starts: its process first. The file is merged on the next round
+            # (what this read consumed is kept: its orders are not taken twice).
+            self._seen(track, seen, qf.track.list_key, {})
+            self.mark(name)
+            return []
         edits, base, index = self._merge(track, qf.track, qf.doc, base, changes)
         return await self._write(
             track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before, seen=seen
         )
+
+    def _parse(
+        self, display: str, stem: str, data: bytes, path: Path, sha: str
+    ) -> queuefile.QueueFile:
+        memo = self._memos.setdefault(path, TaskMemo())
+        with workspace.bulk():
+            return queuefile.parse(display, stem, data, path, sha=sha, memo=memo)
 
     def _base(self, name: str) -> dict[str, Any]:
         known = self._known.get(name)
@@ -379,6 +389,14 @@ class Writeback:
         track.problems = problems
         return problems
 
+    def _orders(self, track: Track, changes: dict[str, merge.UserChanges]) -> None:
+        """Apply the status orders a person wrote."""
+        for ident, change in changes.items():
+            key = TaskKey(track.name, ident)
+            if change.order is not None and key in self.engine.states:
+                reason = f"status set to {change.ordered_status} in the file"
+                self.engine.order(key, change.order, reason)
+
     def _merge(
         self,
         track: Track,
@@ -387,7 +405,7 @@ class Writeback:
         base: dict[str, Any],
         changes: dict[str, merge.UserChanges],
     ) -> tuple[list[Edit], dict[str, Any], dict[str, int]]:
-        """Every task: apply the orders a person wrote, then merge the owned fields."""
+        """Every task: merge the owned fields (the orders are applied already)."""
         engine = self.engine
         items = doc[definition.list_key]
         edits: list[Edit] = []
@@ -403,10 +421,6 @@ class Writeback:
             if task_base is None:
                 task_base = merge.file_fields(raw)
             change = changes.get(key.id, _NO_CHANGES)
-            if change.order is not None and key in engine.states:
-                engine.order(
-                    key, change.order, f"status set to {change.ordered_status} in the file"
-                )
             state = engine.states.get(key)
             if state is None:
                 continue
@@ -451,6 +465,8 @@ def _user_changes(
         task_base = base.get(ident)
         if task_base is None:
             continue  # first seen: the file's values are its base, nothing was changed
+        if orjson.dumps(merge.file_fields(raw)) == orjson.dumps(task_base):
+            continue  # exactly as the daemon left it (JSON text compares types strictly)
         change = merge.user_changes(raw, task_base)
         if change != _NO_CHANGES:
             out[ident] = change

@@ -291,6 +291,7 @@ class LiveEditing(RuleBasedStateMachine):
         """The final file is the merge of both histories."""
         self.orders.clear()
         self.portal.call(self.writeback.sync, TRACK)
+        self.portal.call(self.writeback.flush)  # a sync that started tasks writes next round
         doc = self.file_doc()
         items = {t["id"]: t for t in doc["features"]}
         for task in self.user:
