@@ -159,7 +159,7 @@ async def _settled(engine: Engine, path: Path, key: TaskKey, complete: int) -> N
     while engine.states[key].status is not Status.COMPLETE or engine.busy():  # noqa: ASYNC110
         await anyio.sleep(0.002)
     while _complete(path) != complete:  # noqa: ASYNC110
-        await anyio.sleep(0.002)
+        await anyio.sleep(0.02)
     await anyio.sleep(0.02)
 
 

@@ -21,6 +21,7 @@ by the next one.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class Reloader:
             path = (Path.cwd() / problem.file).resolve()
             self._problems.setdefault(path, []).append(problem)
         self._remember()
+        _keep()
 
     # ------------------------------------------------------------------ asking
 
@@ -171,6 +173,8 @@ class Reloader:
             await self._handle(retry, definitive=definitive)
         self._publish()
         after = {n: t.definition for n, t in engine.tracks.items()}
+        if after.keys() != before.keys() or any(after[n] is not before[n] for n in after):
+            _keep()
         return ReloadResult(
             added=tuple(n for n in after if n not in before),
             removed=tuple(n for n in before if n not in after),
@@ -311,6 +315,16 @@ class Reloader:
     def _publish(self) -> None:
         """``engine.problems``: the problems of files that are not tracks, in file order."""
         self.engine.problems = [p for path in sorted(self._problems) for p in self._problems[path]]
+
+
+def _keep() -> None:
+    """Tell the garbage collector that what is alive now lives long (the tracks in force).
+
+    The daemon's data holds no reference cycles, so reference counting frees it when it goes;
+    without this every full collection scans all of it: 40 ms with 1,000 tasks here, in the
+    middle of a save being applied.
+    """
+    gc.freeze()
 
 
 def _discover(directory: Path) -> list[Path]:
