@@ -134,26 +134,26 @@ class Plan:
         )
 
     def headline(self) -> str:
+        """The plan in one line."""
         if self.kind == "add":
-            count = len(self.added)
-            return f"new track {self.track!r} ({self.file}): {_n(count, 'task')}"
+            return f"new track: {_n(len(self.added), 'task')}"
         if self.kind == "remove":
             return (
-                f"track {self.track!r} removed ({self.file} is gone): "
-                f"{_n(len(self.removed), 'task')} leave the schedule; their state is kept "
-                "and the track resumes if the file comes back"
+                f"file removed: {_n(len(self.removed), 'task')} leave the schedule; their state "
+                "is kept and the track resumes if the file comes back"
             )
         parts = [
             f"{len(self.added)} added" if self.added else "",
             f"{len(self.removed)} removed" if self.removed else "",
             f"{len(self.changed)} changed" if self.changed else "",
             _n(len(self.dependencies), "dependency change") if self.dependencies else "",
+            "reordered" if self.reordered else "",
             _n(len(self.orders), "order") if self.orders else "",
+            _n(len(self.ignored), "status ignored") if self.ignored else "",
             "trigger changed" if self.trigger else "",
             "settings changed" if self.settings else "",
         ]
-        summary = ", ".join(p for p in parts if p) or "no change the daemon acts on"
-        return f"reload {self.track!r} ({self.file}): {summary}"
+        return ", ".join(p for p in parts if p) or "no change the daemon acts on"
 
     def lines(self) -> list[str]:
         """The plan in words, one change per line (long sections are cut short)."""
