@@ -36,6 +36,8 @@ from .store import Written
 
 log = structlog.get_logger("orchestratord")
 
+WRITE_RETRY_SECONDS = 5.0
+
 
 Edit = tuple[tuple[str | int, ...], Any]
 
@@ -341,9 +343,24 @@ class Writeback:
             new_text = jsonedit.apply_edits(
                 text, edits, insert_before={(): list_key}, style=style, parsed=doc
             )
-            wrote = await anyio.to_thread.run_sync(
-                queuefile.write_if_unchanged, track.path, new_text, before
-            )
+            try:
+                wrote = await anyio.to_thread.run_sync(
+                    queuefile.write_if_unchanged, track.path, new_text, before
+                )
+            except OSError as exc:
+                # A full disk, a read-only directory: the state is safe in the store; the file
+                # is written once it can be.
+                log.warning(
+                    "cannot write the queue file; trying again",
+                    file=queuefile.display_path(track.path),
+                    error=exc.strerror or str(exc),
+                    retry_in=WRITE_RETRY_SECONDS,
+                )
+                if seen is not None:
+                    self._seen(track, seen, list_key, index)
+                self._later[track.name] = self.engine.clock.monotonic() + WRITE_RETRY_SECONDS
+                self._wake.set()
+                return []
             if wrote is None:
                 log.info("file changed while writing; merging again", track=track.name)
                 if seen is not None:

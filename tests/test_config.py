@@ -80,3 +80,16 @@ def test_the_shipped_config_file_is_valid() -> None:
     repo = Path(__file__).resolve().parent.parent
     cfg = config.load(config_file=str(repo / "config" / "orchestratord.toml"), env={}, cwd=repo)
     assert cfg.tracks_dir == repo / "tracks"
+
+
+def test_watching_is_set_from_the_environment_in_words() -> None:
+    def load(value: str) -> bool:
+        env = {"ORCHESTRATORD_WATCH": value, "ORCHESTRATORD_WATCH_QUIET": "0.2"}
+        loaded = config.load(env=env, cwd=Path("/"))
+        assert loaded.settings.watch_quiet == 0.2
+        return loaded.settings.watch
+
+    words = ("false", "0", "no", "off", "true", "1", "YES")
+    assert [load(v) for v in words] == [False, False, False, False, True, True, True]
+    with pytest.raises(ConfigError, match="ORCHESTRATORD_WATCH='maybe': expected true or false"):
+        load("maybe")

@@ -129,6 +129,20 @@ async def test_a_file_that_refers_to_a_task_not_there_yet_is_loaded_once_it_is(
             {"file": live.engine.tracks["b"].definition.path},
         ) in live.events
 
+        # The same for an edit of a track in force: refused until the task it needs exists.
+        doc_b = await live.settled("b")
+        doc_b["features"].append(
+            {"id": "B2", "command": note("B2", tmp_path), "dependencies": ["a:A3"]}
+        )
+        save(b, doc_b)
+        await live.until(lambda: bool(live.engine.tracks["b"].problems))
+        assert TaskKey("b", "B2") not in live.engine.graph
+        doc = await live.settled("a")
+        doc["features"].append({"id": "A3", "command": note("A3", tmp_path)})
+        save(a, doc)
+        await live.until(lambda: ledger(tmp_path)[-1:] == ["B2"])
+        assert live.engine.all_problems() == []
+
 
 async def test_a_new_file_with_a_taken_track_name_is_refused(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
