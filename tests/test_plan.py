@@ -137,3 +137,15 @@ def test_new_and_removed_tracks_and_long_lists() -> None:
     assert removed.headline().startswith("file removed: 50 tasks leave the schedule")
     assert removed.lines() == ["- cancel running T3 (attempt recorded as interrupted)"]
     assert not removed.empty
+
+
+def test_the_progress_view_shows_reloads_in_one_line() -> None:
+    from orchestrator.progress import _event_line
+
+    plan = diff(OLD, track({"features": [{"id": "A", "description": "first"}]}))
+    line = _event_line("reload_plan", "backend", plan.data())
+    assert line is not None
+    assert line.plain == "reload backend: 3 removed, 1 changed"
+    bad = _event_line("queue_file_invalid", None, {"problems": ["t.json: $: broken", "more"]})
+    assert bad is not None
+    assert bad.plain == "not applied: t.json: $: broken (+1 more)"
