@@ -238,9 +238,9 @@ class Reloader:
             self._later[path] = first + self.settle.quiet  # perhaps mid-save: look again
             return
         del self._missing[path]
-        self.remove(name, path)
+        self._remove(name, path)
 
-    def remove(self, name: str, path: Path) -> None:
+    def _remove(self, name: str, path: Path) -> None:
         """Take a track whose file is gone out of the schedule (its state is kept)."""
         engine = self.engine
         track = engine.tracks[name]
@@ -293,6 +293,7 @@ class Reloader:
         engine.store.add_events(("track_added", name, {"file": definition.path}))
         engine.announce("track_added", name, file=definition.path)
         self.writeback.start_fresh(name)
+        await anyio.lowlevel.checkpoint()  # what the new track started begins first
         await self.writeback.sync(name)
 
     def _invalid(self, path: Path, problems: list[Problem], version: FileId) -> None:

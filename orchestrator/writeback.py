@@ -78,7 +78,9 @@ class Writeback:
         self._memos: dict[Path, TaskMemo] = {}
         """Per file: its tasks as last read (a save re-validates only what changed)."""
         self._later: dict[str, float] = {}
-        """Track -> when to read its file again (a failed read waiting to settle)."""
+        """Track -> when to sync it again (a failed read waiting to settle, a failed write)."""
+        self._settling: set[str] = set()
+        """Tracks whose file failed to read, waiting to settle."""
         self._wake = anyio.Event()
         self._lock = anyio.Lock()
 
@@ -102,6 +104,7 @@ class Writeback:
             now = clock.monotonic()
             for name in [n for n, at in self._later.items() if at <= now]:
                 del self._later[name]
+                self._settling.discard(name)
                 self.mark(name)
             if not self._dirty:
                 continue
@@ -145,7 +148,7 @@ class Writeback:
 
     def waiting(self) -> dict[str, float]:
         """Tracks whose file failed to read, -> when it is read again to settle."""
-        return dict(self._later)
+        return {n: at for n, at in self._later.items() if n in self._settling}
 
     def start_fresh(self, name: str) -> None:
         """A file appeared for ``name``: merge it as a resumed track, not as orders.
@@ -161,6 +164,7 @@ class Writeback:
         """The track was removed: nothing more to write for it."""
         self._dirty.pop(name, None)
         self._later.pop(name, None)
+        self._settling.discard(name)
         self._memos.pop(path, None)
         self.settle.clear(path)
         self.start_fresh(name)
@@ -395,14 +399,16 @@ class Writeback:
         if wait > 0:
             # Perhaps caught half-written: read it again once it has been quiet.
             self._later[track.name] = self.engine.clock.monotonic() + wait
+            self._settling.add(track.name)
             self._wake.set()
             return []
         rendered = [p.render() for p in problems]
         if [p.render() for p in track.problems] != rendered:
             for line in rendered:
                 log.warning("queue file not applied; the last good version stays", problem=line)
-            self.engine.store.add_events(("queue_file_invalid", track.name, {"problems": rendered}))
-            self.engine.announce("queue_file_invalid", track.name, problems=rendered)
+            data = {"file": track.definition.path, "problems": rendered}
+            self.engine.store.add_events(("queue_file_invalid", track.name, data))
+            self.engine.announce("queue_file_invalid", track.name, **data)
         track.problems = problems
         return problems
 

@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from orchestrator import config, queuefile
+from orchestrator import writeback as writeback_module
 from orchestrator.clock import SystemClock
 from orchestrator.daemon import Engine
 from orchestrator.model import Status, TaskKey
@@ -55,7 +57,7 @@ def disk_full(*args: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-async def test_a_failed_write_is_tried_again_and_its_orders_are_not_taken_twice(
+async def test_a_failed_write_does_not_take_its_orders_twice(
     tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_track(
@@ -72,7 +74,6 @@ async def test_a_failed_write_is_tried_again_and_its_orders_are_not_taken_twice(
             await writeback.sync("t")  # reads the order, cannot write
         key = TaskKey("t", "A")
         assert engine.states[key].status is Status.BLOCKED
-        assert "t" in writeback.waiting()  # tried again later, the daemon goes on
 
         engine.order(key, Event.ORDER_RETRY, "retry")  # given from elsewhere meanwhile
         await writeback.sync("t")  # the disk works again
@@ -80,3 +81,20 @@ async def test_a_failed_write_is_tried_again_and_its_orders_are_not_taken_twice(
         # "blocked" in the file was spent already: the retry stands (A was launched again).
         assert engine.states[key].status is Status.IN_PROGRESS
         assert written["status"] == "in_progress"
+
+
+async def test_a_failed_write_is_tried_again_by_itself(
+    tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_track("t", [{"id": "A", "status": "failed"}])
+    monkeypatch.setattr(writeback_module, "WRITE_RETRY_SECONDS", 0.05)
+    async with daemon_parts(tracks_dir) as (_engine, writeback), anyio.create_task_group() as tg:
+        await tg.start(writeback.run)
+        with monkeypatch.context() as patch:
+            patch.setattr(queuefile, "write_if_unchanged", disk_full)
+            await writeback.sync("t")
+            assert "summary" not in json.loads(path.read_text())
+        with anyio.fail_after(5):
+            while "summary" not in json.loads(path.read_text()):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
