@@ -27,6 +27,9 @@ from .schema import TaskMemo, load_document
 
 BOM = "\ufeff"
 
+FileId = tuple[int, int, int]
+"""A version of a file: inode, size, modification time (ns)."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueueFile:
@@ -192,9 +195,6 @@ def save(qf: QueueFile, edits: Sequence[tuple[jsonedit.Path, jsonedit.JSONValue]
     text = render(qf, edits)
     write_atomic(qf.path, text)
     return text
-
-
-FileId = tuple[int, int, int]
 
 
 def file_id(path: Path) -> FileId | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FileId = tuple[int, int, int]
+from .queuefile import FileId
 
 
 @dataclass(slots=True)

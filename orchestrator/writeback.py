@@ -385,12 +385,13 @@ class Writeback:
     def _seen(
         self, track: Track, base: dict[str, Any], list_key: str, index: dict[str, int]
     ) -> None:
-        """Remember what a read consumed though nothing was written (store included)."""
-        known = self._known.get(track.name)
-        if known is not None:
-            known.base = base
-        else:
-            known = self._known[track.name] = _Known("", None, index, list_key, base)
+        """Remember what a read consumed though nothing was written (store included).
+
+        The base no longer describes the daemon's last write: the file is not trusted as the
+        daemon's own any more (even with the same bytes, which a person may save again), so
+        the next sync reads it in full.
+        """
+        known = self._known[track.name] = _Known("", None, index, list_key, base)
         self.engine.store.set_written(track.name, Written(str(track.path), known.digest, base))
 
     def _invalid(self, track: Track, problems: list[Problem], version: FileId) -> list[Problem]:
