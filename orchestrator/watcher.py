@@ -7,7 +7,9 @@ events of one save (a temp file written, renamed over the original, the backup r
 together: watchfiles collects changes until the directory has been quiet for ``STEP_MS``.
 
 The daemon's own writes are not handed on: a file whose inode, size and modification time are
-those of the daemon's last write, or whose content has the digest of it, is its own.
+those of the daemon's last write is its own. Any other change is handed on; the write-back then
+compares the file's content with the digest of what it last wrote, so a file touched or saved
+unchanged is not an edit either.
 """
 
 from __future__ import annotations
@@ -118,23 +120,9 @@ class Watcher:
         todo: set[Path] = set()
         for path in paths:
             name = by_path.get(path.resolve())
-            if name is not None and await self._own(name, path):
+            if name is not None and self.writeback.is_own(name, path):
                 continue
             todo.add(path)
         if todo:
             engine.stats["files_changed"] = engine.stats.get("files_changed", 0) + len(todo)
             self.reloader.changed(todo)
-
-    async def _own(self, name: str, path: Path) -> bool:
-        own = self.writeback.is_own(name, path)
-        if own is not None:
-            return own
-        data = await anyio.to_thread.run_sync(_read, path)
-        return data is not None and self.writeback.same_content(name, data)
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None

@@ -128,23 +128,13 @@ class Writeback:
             self._dirty.pop(name, None)
             return await self._sync(name, None)
 
-    def is_own(self, name: str, path: Path) -> bool | None:
-        """Whether ``path`` is what the daemon last wrote for ``name`` (its own write).
-
-        Answers from the file's id alone (no I/O beyond a ``stat``); None when only its
-        content can tell (:meth:`same_content`).
-        """
+    def is_own(self, name: str, path: Path) -> bool:
+        """Whether ``path`` is, by its inode, size and modification time, what the daemon last
+        wrote for ``name`` (a ``stat``, no read)."""
         known = self._known.get(name)
-        if known is None:
+        if known is None or known.fid is None:
             return False
-        fid = queuefile.file_id(path)
-        if fid is None:
-            return False
-        return True if fid == known.fid else None
-
-    def same_content(self, name: str, data: bytes) -> bool:
-        known = self._known.get(name)
-        return known is not None and queuefile.digest(data) == known.digest
+        return queuefile.file_id(path) == known.fid
 
     def waiting(self) -> dict[str, float]:
         """Tracks whose file failed to read, -> when it is read again to settle."""

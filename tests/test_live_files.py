@@ -209,6 +209,16 @@ async def test_the_daemons_own_writes_never_trigger_a_reload(
         assert live.engine.stats.get("files_changed", 0) == 0
         assert live.kinds("reload_plan") == []
 
+        # Touched, or saved with the same bytes: seen, but not an edit.
+        path = tracks_dir / "a.json"
+        writes = live.engine.stats["file_writes"]
+        os.utime(path)
+        lh.write_and_rename(path, path.read_text())
+        await live.until(lambda: live.engine.stats.get("files_changed", 0) >= 1)
+        await anyio.sleep(0.3)
+        assert live.kinds("reload_plan") == []
+        assert live.engine.stats["file_writes"] == writes
+
 
 async def test_reload_reads_every_file_without_a_watcher(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
