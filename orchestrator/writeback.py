@@ -8,7 +8,10 @@ Syncs are coalesced: many transitions within ``writeback_delay`` make one write 
 
 Before a changed file is applied, the plan of what it changes is logged and journaled
 (``plan``). A file that does not read or validate is reported only once it has been quiet
-(``settle``): a file caught half-written is neither applied nor reported.
+(``settle``): a file caught half-written is neither applied nor reported. When applying a file
+starts tasks, their processes start first and the file is merged on the next round; what the
+read consumed (orders, new tasks) is remembered, so a deferred or refused write never makes
+the next read take it again.
 """
 
 from __future__ import annotations
