@@ -26,7 +26,7 @@ import orjson
 import structlog
 from anyio.abc import TaskStatus
 
-from . import jsonedit, merge, queuefile, workspace
+from . import jsonedit, merge, queuefile
 from . import plan as plans
 from .daemon import Engine, Track
 from .model import Status, TaskKey, TrackDef
@@ -267,8 +267,7 @@ class Writeback:
         self, display: str, stem: str, data: bytes, path: Path, sha: str
     ) -> queuefile.QueueFile:
         memo = self._memos.setdefault(path, TaskMemo())
-        with workspace.bulk():
-            return queuefile.parse(display, stem, data, path, sha=sha, memo=memo)
+        return queuefile.parse(display, stem, data, path, sha=sha, memo=memo)
 
     def _base(self, name: str) -> dict[str, Any]:
         known = self._known.get(name)
