@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import dispatch, gitattempt, load, ray, resident, status, writeback
+from . import dispatch, gitattempt, live, load, ray, resident, status, writeback
 
 ALL = {
     "load": load.run,
@@ -18,6 +18,7 @@ ALL = {
     "ray": ray.run,
     "status": status.run,
     "gitattempt": gitattempt.run,
+    "live": live.run,
 }
 
 

@@ -317,6 +317,11 @@ class Settings(_Section):
     board_path: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
+    # Live editing (docs/live-editing.md).
+    watch: bool = True
+    """Watch the tracks directory and apply saved edits at once (else on SIGHUP/reload)."""
+    watch_quiet: Annotated[float, Field(ge=0)] = 0.5
+    """Seconds a file that does not read must stay unchanged before it is reported."""
     defaults: Defaults = Field(default_factory=Defaults)
     agents: dict[str, Agent] = Field(default_factory=dict)
     # --- running as a service: the daemon's log file, attempt-log retention -------------
@@ -368,6 +373,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LOGS_KEEP_DAYS": "logs_keep_days",
     "LOGS_MAX_TOTAL_BYTES": "logs_max_total_bytes",
     "EXECUTOR": "executor",
+    "WATCH": "watch",
+    "WATCH_QUIET": "watch_quiet",
 }
 
 
@@ -482,6 +489,13 @@ def _toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
 
 def _coerce_env(key: str, value: str) -> object:
     annotation = Settings.model_fields[key].annotation
+    if annotation is bool:
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{key.upper()}={value!r}: expected true or false")
     if annotation is int:
         try:
             return int(value)

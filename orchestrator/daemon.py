@@ -9,6 +9,7 @@ announced to listeners. Track workers run the attempts; the write-back keeps the
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -88,6 +89,9 @@ class Engine:
         self.draining = False
         self.listeners: list[Listener] = []
         self.problems: list[Problem] = []
+        """Problems of queue files that are not in force as tracks (not loaded, or new)."""
+        self.removed: dict[str, Track] = {}
+        """Tracks whose file was removed while the daemon ran (their states are kept)."""
         self.stats: dict[str, int] = {"file_writes": 0, "attempts": 0}
         self._launch: Callable[[TaskKey], None] | None = None
         self._dirty: Callable[[str, TaskKey | None], None] = lambda track, key: None
@@ -153,51 +157,106 @@ class Engine:
             self.store.put_tasks(fresh)
             self.states.update(fresh)
 
-    def reload_track(self, definition: TrackDef, path: Path) -> list[Problem]:
-        """Put a new definition of a track in force, or say why not (nothing changes then).
+    def check_track(self, definition: TrackDef) -> tuple[list[Problem], TrackSpec | None]:
+        """Check a new definition of a track with every other track; say why it is refused.
 
-        The change is checked with every other track: an edit that introduces an error
-        anywhere (a cycle, a ref that no longer resolves) is refused as a whole.
+        An edit that introduces an error anywhere (a cycle, a ref that no longer resolves) is
+        refused as a whole; errors that were already there (a ref into a removed track) are
+        not the edit's. Removed tracks still resolve refs: their dependents wait for them.
+        Returns the problems, or the track as the graph will see it.
         """
         name = definition.name
         others = [t.definition for n, t in self.tracks.items() if n != name]
-        current = self.tracks.get(name)
-        before = check([*others, current.definition]) if current else check(others)
+        others += [t.definition for n, t in self.removed.items() if n != name]
         after = check([*others, definition])
-        known = {p.render() for p in before.errors}
-        new_errors = [p for p in after.errors if p.render() not in known]
-        if new_errors:
-            return [
-                p
-                if p.file == definition.path
-                else Problem(
-                    definition.path, "$", f"this edit would break {p.file}: {p.path}: {p.message}"
-                )
-                for p in new_errors
-            ]
-        spec = next(s for s in after.track_specs() if s.name == name)
+        if after.errors:
+            current = self.tracks.get(name)
+            before = check([*others, current.definition]) if current else check(others)
+            known = {p.render() for p in before.errors}
+            new_errors = [p for p in after.errors if p.render() not in known]
+            if new_errors:
+                return [
+                    p
+                    if p.file == definition.path
+                    else Problem(
+                        definition.path,
+                        "$",
+                        f"this edit would break {p.file}: {p.path}: {p.message}",
+                    )
+                    for p in new_errors
+                ], None
+        return [], next(s for s in after.track_specs() if s.name == name)
+
+    def reload_track(
+        self, definition: TrackDef, path: Path, spec: TrackSpec | None = None
+    ) -> list[Problem]:
+        """Put a new definition of a track in force, or say why not (nothing changes then).
+
+        ``spec`` is what :meth:`check_track` returned for this definition, if it was called
+        (and nothing changed since); otherwise the definition is checked here.
+        """
+        if spec is None:
+            problems, spec = self.check_track(definition)
+            if spec is None:
+                return problems
+        name = definition.name
+        current = self.tracks.get(name)
         old_keys = set(self.graph.keys(name)) if current else set()
         new_keys = {t.key for t in definition.tasks}
         self.import_tasks(definition.tasks)
         if current is None:
             self.tracks[name] = Track(definition, path)
             self.running.setdefault(name, 0)
+            self.removed.pop(name, None)
         else:
             current.definition = definition
             current.path = path
         for task in definition.tasks:
-            if task.key not in self.defs or self.defs[task.key] != task:
-                self.defs[task.key] = task
-        for gone in old_keys - new_keys:
-            self.defs.pop(gone, None)
+            self.defs[task.key] = task
+        gone = old_keys - new_keys
+        for key in gone:
+            self._stop(key, "removed from its queue file")
         self._handle(self.graph.set_track(self._with_states(spec)))
-        for gone in old_keys - new_keys:
-            self.cancel_running(gone, "removed from its queue file")
+        for key in gone:
+            self.defs.pop(key, None)
         self.dispatch()
         return []
 
+    def remove_track(self, name: str, reason: str) -> None:
+        """Take a track out of the schedule (its file is gone); its states stay in the store.
+
+        Running attempts are cancelled; tasks elsewhere that depend on it wait (its tasks are
+        unknown targets now) and the track comes back where it stopped if the file does.
+        """
+        track = self.tracks.pop(name, None)
+        if track is None:
+            return
+        self.removed[name] = track
+        for key in self.graph.keys(name):
+            self._stop(key, reason)
+        self._handle(self.graph.remove_track(name))
+        for task in track.definition.tasks:
+            self.defs.pop(task.key, None)
+        self.store.add_events(("track_removed", name, {"file": track.definition.path}))
+        self.announce("track_removed", name, file=track.definition.path, reason=reason)
+        log.info("track removed", track=name, reason=reason)
+        self.dispatch()
+
+    def _stop(self, key: TaskKey, reason: str) -> None:
+        """Stop a task that leaves the schedule: cancel its attempt, or its launch."""
+        state = self.states.get(key)
+        if key in self._scopes:
+            self.cancel_running(key, reason)
+        elif state is not None and state.status is Status.IN_PROGRESS:
+            # Dispatched but its Ralph loop has not begun: it finds itself pending and ends.
+            self.states[key] = state.with_owned(status=Status.PENDING)
+
     def settings_for(self, key: TaskKey) -> tuple[TaskDef, Track]:
         return self.defs[key], self.tracks[key.track]
+
+    def all_problems(self) -> list[Problem]:
+        """Every problem of the queue files on disk now (what ``status`` shows)."""
+        return [*self.problems, *(p for t in self.tracks.values() for p in t.problems)]
 
     # ------------------------------------------------------------------ state changes
 
@@ -235,7 +294,8 @@ class Engine:
     def order(self, key: TaskKey, event: Event, reason: str) -> None:
         """A person's order (retry, skip, accept, block) on one task."""
         state = self.states[key]
-        running = key in self._scopes
+        # In progress: running, or launched and about to run (its Ralph loop sees the order).
+        running = state.status is Status.IN_PROGRESS
         if event is Event.ORDER_RETRY and running:
             # Running already: the order means a fresh budget for the attempts to come.
             new = TaskState(state.owned, budget_base=state.owned.attempts)
@@ -327,8 +387,12 @@ class Engine:
         )
 
     def dispatch(self) -> None:
-        """Start every task that can start now (synchronous: called in the same turn)."""
-        if self._launch is None:
+        """Start every task that can start now (synchronous: called in the same turn).
+
+        Nothing starts from a task that is being cancelled from outside (the daemon or its
+        worker is going down): a task that ends that way would otherwise be started again.
+        """
+        if self._launch is None or anyio.current_effective_deadline() == -math.inf:
             return
         limits = self.limits()
         while True:

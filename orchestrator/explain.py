@@ -42,6 +42,8 @@ def _waiting(item: Waiting, owned: OwnedLookup) -> str:
         if not item.exists:
             return f"{target} (no such track: its queue file is missing)"
         return f"{target} ({item.remaining} task{'s' if item.remaining != 1 else ''} not done)"
+    if not item.exists and not item.track_exists:
+        return f"{target} (missing: the queue file of track {target.track!r} is gone)"
     if not item.exists:
         return f"{target} (missing: no such task any more)"
     return f"{target} ({_state(target, item.status, owned)})"

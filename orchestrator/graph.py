@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -71,6 +71,8 @@ class Waiting:
     exists: bool
     remaining: int = 0
     """For ``track:*``: how many tasks of that track are not done yet."""
+    track_exists: bool = True
+    """Whether the target's track is in the graph (its queue file may have been removed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +128,88 @@ class Graph:
     # ----------------------------------------------------------------- structure
 
     def set_track(self, spec: TrackSpec) -> Delta:
-        """Add a track, or replace it with a new definition (statuses come from ``spec``)."""
+        """Add a track, or replace it with a new definition (statuses come from ``spec``).
+
+        A new definition with the same trigger touches only the tasks that changed (a reload
+        that adds one task costs that task, not the track); one with another trigger rebuilds
+        the track's counters.
+        """
         with self._recording() as rec:
-            if spec.name in self._tracks:
-                # A reload rebuilds the track's counters: compare with where it stood before.
-                rec.trigger_held.setdefault(spec.name, self.trigger_holds(spec.name))
+            current = self._tracks.get(spec.name)
+            if current is not None and current.trigger == spec.trigger:
                 rec.was_done.setdefault(spec.name, self.target_done(TrackAll(spec.name)))
-                self._drop_track(spec.name)
-            self._add_track(spec)
+                self._update_track(current, spec)
+            else:
+                if current is not None:
+                    # Compare with where the track stood before it is rebuilt.
+                    rec.trigger_held.setdefault(spec.name, self.trigger_holds(spec.name))
+                    rec.was_done.setdefault(spec.name, self.target_done(TrackAll(spec.name)))
+                    self._drop_track(spec.name)
+                self._add_track(spec)
         return self._delta(rec)
+
+    def _update_track(self, old: TrackSpec, new: TrackSpec) -> None:
+        """Replace a track's definition in place: drop the tasks that went or changed shape
+        (dependencies or order), add the new ones, and bring the others up to date."""
+        name = new.name
+        fresh = {n.key: n for n in new.tasks}
+        gone = [
+            n
+            for n in old.tasks
+            if (m := fresh.get(n.key)) is None or m.deps != n.deps or m.order != n.order
+        ]
+        if gone:
+            for node in gone:  # first not done, so that dependents everywhere are updated
+                self._apply_status(node.key, Status.PENDING)
+                self._set_ready(node.key, False)
+            dropped = {n.key for n in gone}
+            self._track_keys[name] = [k for k in self._track_keys[name] if k not in dropped]
+            for node in gone:
+                for target in dict.fromkeys(node.deps):
+                    del self._dependents[target][node.key]
+                del self._nodes[node.key]
+                del self._status[node.key]
+                del self._unmet[node.key]
+                self._task_paused.discard(node.key)
+                self._in_heap.discard(node.key)
+            self._undone[name] -= len(gone)
+            self._track_done_changed(name, was_all_done=False)
+        self._tracks[name] = new
+        self._track_keys[name] = [n.key for n in new.tasks]
+        added = [n for n in new.tasks if n.key not in self._nodes]
+        if added:
+            was_all_done = self._undone[name] == 0
+            self._undone[name] += len(added)
+            self._register(added)
+            self._track_done_changed(name, was_all_done)
+            self._link(added)
+        added_keys = {n.key for n in added}
+        for node in new.tasks:
+            key = node.key
+            if key in added_keys:
+                continue
+            if node.paused != (key in self._task_paused):
+                if node.paused:
+                    self._task_paused.add(key)
+                else:
+                    self._task_paused.discard(key)
+                self._recheck(key)
+            if self._status[key] is not node.status:
+                self._apply_status(key, node.status)
+        if new.paused != (name in self._track_paused):
+            if new.paused:
+                self._track_paused.add(name)
+            else:
+                self._track_paused.discard(name)
+            for key in self._track_keys[name]:
+                self._recheck(key)
+        if gone and added:
+            # A task that came back with another order must not keep its old heap entry.
+            heap = [(self._nodes[k].order, k) for k in self._ready[name]]
+            heapq.heapify(heap)
+            self._heaps[name] = heap
+            self._in_heap.difference_update(self._track_keys[name])
+            self._in_heap.update(self._ready[name])
 
     def remove_track(self, name: str) -> Delta:
         """Remove a track; its tasks become unknown targets for their dependents."""
@@ -160,29 +235,35 @@ class Graph:
             self._watchers[target][name] = None
             if not self.target_done(target):
                 self._trigger_unmet[name] += 1
-        self._undone[name] = 0
-        # Register nodes first (as not done), then count their deps, so that
-        # dependencies inside the same track are seen.
-        for node in spec.tasks:
+        self._undone[name] = len(spec.tasks)
+        self._register(spec.tasks)
+        was_all_done = False  # an absent track is never done
+        # An empty track is done at once: announce it to whoever waits on track:*.
+        if not spec.tasks:
+            self._track_done_changed(name, was_all_done)
+        self._link(spec.tasks)
+
+    def _register(self, nodes: Iterable[NodeSpec]) -> None:
+        """Nodes as not done yet (before any dependency is counted: some are on each other)."""
+        for node in nodes:
             self._nodes[node.key] = node
             self._status[node.key] = Status.PENDING
-            self._undone[name] += 1
+            self._unmet[node.key] = 1  # not ready until its dependencies are counted
             if node.paused:
                 self._task_paused.add(node.key)
             else:
                 self._task_paused.discard(node.key)
-        was_all_done = False  # an absent track is never done
-        for node in spec.tasks:
+
+    def _link(self, nodes: Sequence[NodeSpec]) -> None:
+        """Count the registered nodes' unmet dependencies, then give them their statuses."""
+        for node in nodes:
             unmet = 0
             for target in dict.fromkeys(node.deps):
                 self._dependents[target][node.key] = None
                 if not self.target_done(target):
                     unmet += 1
             self._unmet[node.key] = unmet
-        # An empty track is done at once: announce it to whoever waits on track:*.
-        if not spec.tasks:
-            self._track_done_changed(name, was_all_done)
-        for node in spec.tasks:
+        for node in nodes:
             self._recheck(node.key)
             if node.status is not Status.PENDING:
                 self._apply_status(node.key, node.status)
@@ -410,7 +491,9 @@ class Graph:
             exists = target.track in self._tracks
             return Waiting(target, None, exists, self._undone.get(target.track, 0))
         status = self._status.get(target)
-        return Waiting(target, status, status is not None)
+        return Waiting(
+            target, status, status is not None, track_exists=target.track in self._tracks
+        )
 
     def _unmet_targets(self, key: TaskKey) -> Iterator[TaskKey]:
         """Task-level targets ``key`` waits on (``track:*`` expanded to its unfinished tasks)."""

@@ -49,6 +49,14 @@ def _event_line(kind: str, subject: TaskKey | str | None, data: Mapping[str, Any
         return Text(f"daemon paused: {data.get('reason')}", style="bold magenta")
     if kind == "daemon_resumed":
         return Text("daemon resumed", style="bold")
+    if kind == "reload_plan":
+        return Text(f"reload {who}: {data.get('summary')}", style="cyan")
+    if kind == "queue_file_invalid":
+        problems = data.get("problems") or ["?"]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Text(f"not applied: {problems[0]}{more}", style="bold red")
+    if kind in ("track_added", "track_removed"):
+        return Text(f"track {who} {kind.removeprefix('track_')} ({data.get('file')})", style="cyan")
     if kind in _QUIET or kind == "task_complete":
         return None
     return Text(f"{kind} {who} {dict(data) if data else ''}".rstrip(), style="dim")

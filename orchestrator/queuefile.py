@@ -23,9 +23,12 @@ from . import jsonedit
 from .errors import UsageError
 from .model import TrackDef
 from .problems import ROOT, Problem
-from .schema import load_document
+from .schema import TaskMemo, load_document
 
 BOM = "\ufeff"
+
+FileId = tuple[int, int, int]
+"""A version of a file: inode, size, modification time (ns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +85,18 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def parse(display: str, stem: str, data: bytes, path: Path | None = None) -> QueueFile:
-    """Parse the bytes of a queue file (pure)."""
-    sha = digest(data)
+def parse(
+    display: str,
+    stem: str,
+    data: bytes,
+    path: Path | None = None,
+    *,
+    sha: str | None = None,
+    memo: TaskMemo | None = None,
+) -> QueueFile:
+    """Parse the bytes of a queue file (pure); ``sha`` is their digest, if known already;
+    ``memo`` the tasks of the previous read of this file."""
+    sha = sha or digest(data)
     where = path or Path(display)
 
     def failed(message: str, location: str = ROOT) -> QueueFile:
@@ -101,7 +113,7 @@ def parse(display: str, stem: str, data: bytes, path: Path | None = None) -> Que
         doc = orjson.loads(text.removeprefix(BOM))
     except orjson.JSONDecodeError as exc:
         return failed(f"invalid JSON: {exc.msg}", f"line {exc.lineno} column {exc.colno}")
-    track, problems = load_document(display, stem, doc)
+    track, problems = load_document(display, stem, doc, memo)
     parsed = doc if isinstance(doc, dict) else None
     return QueueFile(where, display, text, parsed, track, tuple(problems), sha)
 
@@ -127,6 +139,12 @@ def write_atomic(path: Path, text: str) -> None:
     The file keeps its permission bits. Readers see either the old or the new file, never a
     mix, and a crash at any point leaves one of the two.
     """
+    tmp_name, _ = _prepare(path, text)
+    _commit(tmp_name, path)
+
+
+def _prepare(path: Path, text: str) -> tuple[str, FileId]:
+    """The new version in a temporary file next to ``path``, on disk; and its id."""
     directory = path.parent
     try:
         mode = path.stat().st_mode & 0o7777
@@ -138,13 +156,24 @@ def write_atomic(path: Path, text: str) -> None:
             handle.write(text.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
+            st = os.fstat(handle.fileno())
         os.chmod(tmp_name, mode)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    # A rename keeps inode, size and modification time: this is the id the file will have.
+    return tmp_name, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _commit(tmp_name: str, path: Path) -> None:
+    try:
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -168,7 +197,7 @@ def save(qf: QueueFile, edits: Sequence[tuple[jsonedit.Path, jsonedit.JSONValue]
     return text
 
 
-def file_id(path: Path) -> tuple[int, int, int] | None:
+def file_id(path: Path) -> FileId | None:
     """What tells one version of a file from another: inode, size, modification time."""
     try:
         st = path.stat()
@@ -177,14 +206,21 @@ def file_id(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def write_if_unchanged(path: Path, text: str, expected: tuple[int, int, int] | None) -> bool:
+def write_if_unchanged(path: Path, text: str, expected: FileId | None) -> FileId | None:
     """Write atomically unless the file changed since ``expected`` was taken.
 
     The caller read the file after taking ``expected``; if someone saved it since, the write
-    is skipped (False) so that it can be merged again: an edit is never overwritten by a
-    write that did not see it.
+    is skipped (None) so that it can be merged again: an edit is never overwritten by a write
+    that did not see it. The check is made again after the new version is on disk, right
+    before the rename, so the window left is that of one ``stat`` and one ``rename``.
+    Returns the id of the version written.
     """
     if file_id(path) != expected:
-        return False
-    write_atomic(path, text)
-    return True
+        return None
+    tmp_name, written = _prepare(path, text)
+    if file_id(path) != expected:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        return None
+    _commit(tmp_name, path)
+    return written

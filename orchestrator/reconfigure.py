@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from . import config, logs
 from .config import Config, Settings
 from .errors import ConfigError
+from .live import ReloadResult
 
 if TYPE_CHECKING:
     from .supervisor import Runtime
@@ -139,13 +140,13 @@ class ConfigReloader:
     ) -> None:
         inner = rt.control.reload
 
-        def reload() -> None:
+        async def reload() -> ReloadResult:
             self.reloads += 1
             try:
                 reload_config(rt)
             finally:
-                if inner is not None:
-                    inner()
+                result = await inner() if inner is not None else ReloadResult()
+            return result
 
         rt.control.reload = reload
         task_status.started()

@@ -16,10 +16,13 @@ Documented mappings:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
@@ -443,11 +446,14 @@ def track_name_problem(name: str) -> str | None:
     )
 
 
-def load_document(display: str, stem: str, doc: object) -> tuple[TrackDef | None, list[Problem]]:
+def load_document(
+    display: str, stem: str, doc: object, memo: TaskMemo | None = None
+) -> tuple[TrackDef | None, list[Problem]]:
     """Turn a parsed queue file into a track, with every problem found in it.
 
     A track is returned whenever the file's tasks can be identified, even when some fields are
     invalid (those fields take their defaults), so that cross-file checks still see every task.
+    ``memo`` remembers the tasks of the previous read of the same file.
     """
     problems: list[Problem] = []
 
@@ -476,7 +482,7 @@ def load_document(display: str, stem: str, doc: object) -> tuple[TrackDef | None
     if bad_name:
         fix = "set track.name" if not settings.name else "choose another track.name"
         problem(where, f"{bad_name}; {fix}")
-    tasks = _tasks(name, list_key, raw_tasks, problem)
+    tasks = _tasks(name, list_key, raw_tasks, problem, memo)
     project = doc.get("project")
     track = TrackDef(
         name=name,
@@ -525,7 +531,71 @@ def _track_settings(raw: object, problem: Any) -> TrackSettings:
     )
 
 
-def _tasks(track: str, list_key: str, raw: list[object], problem: Any) -> list[TaskDef]:
+class TaskMemo:
+    """Tasks read before, by a digest of their JSON: a file saved again is validated only
+    where its tasks changed (a save that adds one task to 1,000 validates one).
+
+    Keeps what the last read found; a read looks up the previous one's tasks.
+    """
+
+    __slots__ = ("_before", "_now")
+
+    def __init__(self) -> None:
+        self._before: dict[bytes, TaskDef] = {}
+        self._now: dict[bytes, TaskDef] = {}
+
+    @staticmethod
+    def key(track: str, item: object) -> bytes | None:
+        if not isinstance(item, dict):
+            return None
+        try:
+            text = orjson.dumps(item)
+        except TypeError:
+            return None
+        return hashlib.blake2b(track.encode() + b"\0" + text, digest_size=16).digest()
+
+    def get(self, key: bytes) -> TaskDef | None:
+        return self._before.get(key)
+
+    def keep(self, key: bytes, task: TaskDef) -> None:
+        self._now[key] = task
+
+    def turn(self) -> None:
+        self._before, self._now = self._now, {}
+
+
+def _tasks(
+    track: str, list_key: str, raw: list[object], problem: Any, memo: TaskMemo | None = None
+) -> list[TaskDef]:
+    if memo is None:
+        return _read_tasks(track, list_key, raw, problem)
+    keys = [memo.key(track, item) for item in raw]
+    found: list[TaskDef | None] = [memo.get(k) if k is not None else None for k in keys]
+    misses = [i for i, task in enumerate(found) if task is None]
+    if misses:
+        spotted: list[str] = []
+
+        def spot(path: str, message: str) -> None:
+            spotted.append(message)
+
+        fresh = _read_tasks(track, list_key, [raw[i] for i in misses], spot)
+        if spotted or len(fresh) != len(misses):
+            memo.turn()
+            return _read_tasks(track, list_key, raw, problem)  # problems named at their place
+        for index, task in zip(misses, fresh, strict=True):
+            found[index] = replace(task, index=index)
+    tasks: list[TaskDef] = []
+    for index, (key, known) in enumerate(zip(keys, found, strict=True)):
+        assert known is not None
+        task = known if known.index == index else replace(known, index=index)
+        if key is not None:
+            memo.keep(key, task)
+        tasks.append(task)
+    memo.turn()
+    return tasks
+
+
+def _read_tasks(track: str, list_key: str, raw: list[object], problem: Any) -> list[TaskDef]:
     try:
         validated: list[TaskFields | None] = list(_TASKS.validate_python(raw))
     except ValidationError as exc:

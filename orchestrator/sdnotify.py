@@ -35,6 +35,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from .live import ReloadResult
 from .model import Status, TaskKey
 from .service import stop_timeout
 
@@ -205,12 +206,11 @@ class NotifyService:
     def _wrap_reload(self, control: Control, engine: Engine) -> None:
         inner = control.reload
 
-        def reload() -> None:
+        async def reload() -> ReloadResult:
             now = time.monotonic_ns() // 1000
             self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={now}", "STATUS=reloading")
             try:
-                if inner is not None:
-                    inner()
+                return await inner() if inner is not None else ReloadResult()
             finally:
                 self._send_status(engine, "READY=1")
 

@@ -8,7 +8,7 @@ SIGTERM or SIGINT stops gracefully: nothing new starts, running attempts get
 ``shutdown_grace`` seconds to finish, then their process groups get SIGTERM and, after
 ``kill_grace``, SIGKILL; their attempts are recorded as interrupted and every file is written.
 A second SIGINT skips the wait. SIGHUP reloads the config (``reconfigure``) and re-reads every
-queue file.
+queue file (``live.Reloader``, the same path the file watcher uses).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import functools
 import importlib.util
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from .config import Config
 from .daemon import Engine, Track
 from .executors.base import Executor
 from .executors.local import LocalExecutor
+from .live import Reloader, ReloadResult
 from .lock import StateLock
 from .model import TaskKey
 from .placement import Placement, Resume, reattach
@@ -60,7 +61,12 @@ class Control:
 
     stop: anyio.Event = field(default_factory=anyio.Event)
     force: anyio.Event = field(default_factory=anyio.Event)
-    reload: Callable[[], None] | None = None
+    reload: Callable[[], Awaitable[ReloadResult]] | None = None
+    """Re-read every queue file and wait until that is done (set once the daemon runs).
+
+    Awaiting it runs one reload pass (``live.Reloader.reload``); cancelling the caller
+    cancels only the wait. Wrap it to act around reloads (``control.reload = wrapped``).
+    """
 
     def request_stop(self, force: bool = False) -> None:
         self.stop.set()
@@ -70,17 +76,22 @@ class Control:
 
 async def _signals(control: Control) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading every queue file")
-                if control.reload is not None:
-                    control.reload()
-            elif control.stop.is_set() and signum == signal.SIGINT:
-                log.warning("second SIGINT: stopping now")
-                control.request_stop(force=True)
-            else:
-                log.info("stopping", signal=signal.Signals(signum).name)
-                control.request_stop()
+        async with anyio.create_task_group() as reloads:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading every queue file")
+                    if control.reload is not None:
+                        reloads.start_soon(_reload, control.reload)
+                elif control.stop.is_set() and signum == signal.SIGINT:
+                    log.warning("second SIGINT: stopping now")
+                    control.request_stop(force=True)
+                else:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    control.request_stop()
+
+
+async def _reload(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
+    await reload()
 
 
 def _load_tracks(engine: Engine, cfg: Config) -> None:
@@ -123,6 +134,8 @@ class Runtime:
     control: Control
     tg: TaskGroup
     workers: dict[str, TrackWorker] = field(default_factory=dict)
+    reloader: Reloader | None = None
+    """Puts what is on disk in force (the file watcher hands it saved files)."""
 
     async def start_worker(self, name: str) -> None:
         """Start the worker of a track (at start-up, or when a track is added)."""
@@ -178,7 +191,7 @@ async def serve(
         engine = Engine(cfg, store, executor, clock)
         _load_tracks(engine, cfg)
         engine.restore_pause()
-        writeback = Writeback(engine, cfg.settings.writeback_delay)
+        writeback = Writeback(engine, cfg.settings.writeback_delay, cfg.settings.watch_quiet)
         async with anyio.create_task_group() as tg:
             engine.placement = Placement(cfg, executor, store, tg)
             rt = Runtime(cfg, engine, writeback, control, tg)
@@ -189,13 +202,10 @@ async def serve(
             await tg.start(engine.log_warden)
             for name in list(engine.tracks):
                 await writeback.sync(name)
-
-            def reload() -> None:
-                for name in engine.tracks:
-                    writeback.mark(name)
-
+            rt.reloader = Reloader(engine, writeback, rt, cfg.tracks_dir)
+            await tg.start(rt.reloader.run)
             engine.connect(rt.launch, writeback.mark)
-            control.reload = reload
+            control.reload = rt.reloader.reload
             if handle_signals:
                 tg.start_soon(_signals, control)
             for service in services:
@@ -282,6 +292,7 @@ def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int
     """Run the daemon in this process (it never forks away) and return its exit status."""
 
     from .control.service import control_service  # noqa: PLC0415  (it imports this module)
+    from .watcher import watch_tracks  # noqa: PLC0415 (the watcher is a service of this module)
 
     async def main() -> int:
         view = Progress() if progress is not False else None
@@ -290,6 +301,7 @@ def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int
         # The control socket first; the notifier last: READY=1 once every service is ready.
         services: list[Service] = [
             control_service,
+            watch_tracks,
             ConfigReloader(),
             LogRetention(),
             agentrun.service,

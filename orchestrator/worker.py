@@ -346,6 +346,11 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                         engine.watch_log(plan.log_path, False)
                     outcome = await session.conclude(result)
                 result = outcome.result
+                fresh = engine.states[key].budget_base
+                if fresh != started.budget_base:
+                    # A retry order while the attempt ran: a fresh budget, this attempt its first.
+                    started = replace(started, budget_base=fresh)
+                    iteration = started.owned.attempts + 1 - fresh
                 details = runtime.details(plan, outcome)
                 if result.usage_limit is not None and plan.agent is not None:
                     # Not the task's doing: the attempt is interrupted, and not counted.

@@ -5,11 +5,19 @@ valid with every other track), applies the status orders a person wrote since th
 last write, merges the daemon-owned fields three ways (``merge``), recomputes ``summary``, and
 writes only what changed, atomically, and only if nobody saved the file in the meantime.
 Syncs are coalesced: many transitions within ``writeback_delay`` make one write per file.
+
+Before a changed file is applied, the plan of what it changes is logged and journaled
+(``plan``). A file that does not read or validate is reported only once it has been quiet
+(``settle``): a file caught half-written is neither applied nor reported. When applying a file
+starts tasks, their processes start first and the file is merged on the next round; what the
+read consumed (orders, new tasks) is remembered, so a deferred or refused write never makes
+the next read take it again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +27,19 @@ import structlog
 from anyio.abc import TaskStatus
 
 from . import jsonedit, merge, queuefile
+from . import plan as plans
 from .daemon import Engine, Track
-from .model import Owned, TaskDef, TaskKey, TrackDef
+from .model import Status, TaskKey, TrackDef
 from .problems import Problem
+from .queuefile import FileId
+from .schema import TaskMemo
+from .settle import Settle
+from .states import TaskState
 from .store import Written
 
 log = structlog.get_logger("orchestratord")
-_NO_OWNED = Owned()
 
-
-def definition_of(track: TrackDef) -> TrackDef:
-    """A track without its daemon-owned values: what a definition change compares."""
-    return TrackDef(
-        name=track.name,
-        path=track.path,
-        list_key=track.list_key,
-        tasks=tuple(_bare(t) for t in track.tasks),
-        settings=track.settings,
-        project=track.project,
-    )
-
-
-def _bare(task: TaskDef) -> TaskDef:
-    return replace(task, owned=_NO_OWNED)
+WRITE_RETRY_SECONDS = 5.0
 
 
 Edit = tuple[tuple[str | int, ...], Any]
@@ -52,6 +50,8 @@ class _Known:
     """What the write-back knows of one file as the daemon last left it."""
 
     digest: str
+    fid: FileId | None
+    """The file's inode, size and modification time as the daemon left it."""
     index: dict[str, int]
     """Task id -> position in the task list (first of each id)."""
     list_key: str
@@ -68,13 +68,22 @@ class Writeback:
     file is read, checked and merged.
     """
 
-    def __init__(self, engine: Engine, delay: float) -> None:
+    def __init__(self, engine: Engine, delay: float, quiet: float = 0.5) -> None:
         self.engine = engine
         self.delay = delay
+        self.settle = Settle(quiet, engine.clock.monotonic)
         self._dirty: dict[str, set[TaskKey] | None] = {}
         """Track -> tasks changed since its last sync (None: look at every task)."""
         self._known: dict[str, _Known] = {}
         self._persisted: set[str] = set()
+        self._fresh: set[str] = set()
+        """Tracks whose file came (back) while the daemon ran: the store's state wins."""
+        self._memos: dict[Path, TaskMemo] = {}
+        """Per file: its tasks as last read (a save re-validates only what changed)."""
+        self._later: dict[str, float] = {}
+        """Track -> when to sync it again (a failed read waiting to settle, a failed write)."""
+        self._settling: set[str] = set()
+        """Tracks whose file failed to read, waiting to settle."""
         self._wake = anyio.Event()
         self._lock = anyio.Lock()
 
@@ -89,9 +98,19 @@ class Writeback:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        clock = self.engine.clock
         while True:
-            await self._wake.wait()
+            wait = min(self._later.values(), default=math.inf) - clock.monotonic()
+            with anyio.move_on_after(max(wait, 0)):
+                await self._wake.wait()
             self._wake = anyio.Event()
+            now = clock.monotonic()
+            for name in [n for n, at in self._later.items() if at <= now]:
+                del self._later[name]
+                self._settling.discard(name)
+                self.mark(name)
+            if not self._dirty:
+                continue
             await anyio.sleep(self.delay)
             # Only what is dirty now; changes made during these writes wait for the next round.
             async with self._lock:
@@ -107,10 +126,41 @@ class Writeback:
                 await self._sync(name, self._dirty.pop(name))
 
     async def sync(self, name: str) -> list[Problem]:
-        """Read, merge and write one track's file in full."""
+        """Read, merge and write one track's file in full; return the problems reported."""
         async with self._lock:
             self._dirty.pop(name, None)
             return await self._sync(name, None)
+
+    def is_own(self, name: str, path: Path) -> bool:
+        """Whether ``path`` is, by its inode, size and modification time, what the daemon last
+        wrote for ``name`` (a ``stat``, no read)."""
+        known = self._known.get(name)
+        if known is None or known.fid is None:
+            return False
+        return queuefile.file_id(path) == known.fid
+
+    def waiting(self) -> dict[str, float]:
+        """Tracks whose file failed to read, -> when it is read again to settle."""
+        return {n: at for n, at in self._later.items() if n in self._settling}
+
+    def start_fresh(self, name: str) -> None:
+        """A file appeared for ``name``: merge it as a resumed track, not as orders.
+
+        The daemon's record of each task wins over the statuses in a file that is put back
+        (or renamed into place); the next edits made to it are orders as usual.
+        """
+        self._known.pop(name, None)
+        self._persisted.discard(name)
+        self._fresh.add(name)
+
+    def forget(self, name: str, path: Path) -> None:
+        """The track was removed: nothing more to write for it."""
+        self._dirty.pop(name, None)
+        self._later.pop(name, None)
+        self._settling.discard(name)
+        self._memos.pop(path, None)
+        self.settle.clear(path)
+        self.start_fresh(name)
 
     async def _sync(self, name: str, keys: set[TaskKey] | None) -> list[Problem]:
         track = self.engine.tracks.get(name)
@@ -119,9 +169,14 @@ class Writeback:
         before = queuefile.file_id(track.path)
         data = await anyio.to_thread.run_sync(_read_bytes, track.path)
         known = self._known.get(name)
-        if data is not None and known is not None and queuefile.digest(data) == known.digest:
+        if data is None:
+            return []  # gone (perhaps for a moment, mid-save): the reloader decides
+        sha = queuefile.digest(data)
+        if known is not None and sha == known.digest:
+            if known.fid != before and before == queuefile.file_id(track.path):
+                known.fid = before  # touched, or saved unchanged: the same content
             return await self._quick(track, known, data, keys, before)
-        return await self._full(track, before)
+        return await self._full(track, before, data, sha)
 
     async def _quick(
         self,
@@ -129,7 +184,7 @@ class Writeback:
         known: _Known,
         data: bytes,
         keys: set[TaskKey] | None,
-        before: tuple[int, int, int] | None,
+        before: FileId | None,
     ) -> list[Problem]:
         """The file is as the daemon left it: merge only what changed since."""
         text = data.decode("utf-8")
@@ -158,26 +213,108 @@ class Writeback:
             track, text, doc, edits, base, known.list_key, known.index, before, known.style
         )
 
-    async def _full(self, track: Track, before: tuple[int, int, int] | None) -> list[Problem]:
-        """Someone else wrote the file (or this is the first sync): read, check, merge all."""
+    async def _full(
+        self, track: Track, before: FileId | None, data: bytes, sha: str
+    ) -> list[Problem]:
+        """Someone else wrote the file (or this is the first sync): check, apply, merge all."""
         name = track.name
-        qf = await anyio.to_thread.run_sync(queuefile.read, track.path)
+        if before is None:
+            return []
+        display = queuefile.display_path(track.path)
+        qf = await anyio.to_thread.run_sync(
+            self._parse, display, track.path.stem, data, track.path, sha
+        )
         if not qf.ok or qf.track is None or qf.doc is None or qf.text is None:
-            return self._invalid(track, list(qf.problems))
+            return self._invalid(track, list(qf.problems), before)
         if qf.track.name != name:
             problem = Problem(
-                qf.display, "track.name", f"renamed to {qf.track.name!r}: add it as a new track"
+                qf.display,
+                "track.name",
+                f"the track is {name!r} and cannot be renamed while the daemon runs; put the "
+                f"name back, or move the tasks to a new file for track {qf.track.name!r}",
             )
-            return self._invalid(track, [problem])
-        if definition_of(qf.track) != definition_of(track.definition):
-            problems = self.engine.reload_track(qf.track, track.path)
-            if problems:
-                return self._invalid(track, problems)
-        track.problems = []
-        edits, base, index = self._merge(track, qf.track, qf.doc)
+            return self._invalid(track, [problem], before)
+        base = self._base(name)
+        changes = _user_changes(qf.track, qf.doc, base)
+        changed = not plans.same_definition(qf.track, track.definition)
+        spec = None
+        if changed:
+            problems, spec = self.engine.check_track(qf.track)
+            if spec is None:
+                return self._invalid(track, problems, before)
+        self.settle.clear(track.path)
+        if track.problems:
+            log.info("queue file valid again: applying it", track=name, file=qf.display)
+            track.problems = []
+        self.report_plan(self._plan(track, qf.track, changes))
+        running = sum(self.engine.running.values())
+        if changed:
+            self.engine.reload_track(qf.track, track.path, spec)
+        self._orders(track, changes)
+        seen = _consumed(qf.track, qf.doc, base, changes)
+        if sum(self.engine.running.values()) > running:
+            # Something starts: its process first. The file is merged on the next round
+            # (what this read consumed is kept: its orders are not taken twice).
+            self._seen(track, seen, qf.track.list_key, {})
+            self.mark(name)
+            return []
+        edits, base, index = self._merge(track, qf.track, qf.doc, base, changes)
         return await self._write(
-            track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before
+            track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before, seen=seen
         )
+
+    def _parse(
+        self, display: str, stem: str, data: bytes, path: Path, sha: str
+    ) -> queuefile.QueueFile:
+        memo = self._memos.setdefault(path, TaskMemo())
+        return queuefile.parse(display, stem, data, path, sha=sha, memo=memo)
+
+    def _base(self, name: str) -> dict[str, Any]:
+        known = self._known.get(name)
+        if known is not None:
+            return dict(known.base)
+        if name in self._fresh:
+            return {}
+        written = self.engine.store.written(name)
+        return dict(written.base) if written else {}
+
+    def _plan(
+        self, track: Track, definition: TrackDef, changes: dict[str, merge.UserChanges]
+    ) -> plans.Plan:
+        engine = self.engine
+        orders: list[plans.Order] = []
+        ignored: list[plans.Ignored] = []
+        for ident, change in changes.items():
+            key = TaskKey(track.name, ident)
+            if change.ordered_status is not None and key in engine.states:
+                current = engine.states[key].status
+                orders.append(plans.Order(ident, change.ordered_status, current))
+            if change.not_an_order is not None:
+                ignored.append(plans.Ignored(ident, change.not_an_order))
+        running = {
+            k.id
+            for k in engine.graph.keys(track.name)
+            if engine.states.get(k, _PENDING).status is Status.IN_PROGRESS
+        }
+        return plans.diff(
+            track.definition,
+            definition,
+            orders=orders,
+            ignored=ignored,
+            running=running,
+            paused_now=engine.graph.track_paused(track.name),
+        )
+
+    def report_plan(self, plan: plans.Plan) -> None:
+        """Log and journal what a reload will do, before it is done."""
+        if plan.empty:
+            return
+        data = plan.data()
+        self.engine.store.add_events(("reload_plan", plan.track, data))
+        self.engine.announce("reload_plan", plan.track, **data)
+        log.info("reload plan", track=plan.track, file=plan.file, summary=plan.headline())
+        for line in plan.lines():
+            log.info(line, track=plan.track)
 
     async def _write(
         self,
@@ -188,51 +325,104 @@ class Writeback:
         base: dict[str, Any],
         list_key: str,
         index: dict[str, int],
-        before: tuple[int, int, int] | None,
+        before: FileId | None,
         style: jsonedit.Style | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> list[Problem]:
+        """Write the edits unless the file changed since it was read.
+
+        ``seen`` is the base as this read consumed it (orders applied, new tasks imported):
+        kept when the write is refused, so that the next read does not take them again.
+        """
         if edits:
             style = style or jsonedit.detect_style(text)
             new_text = jsonedit.apply_edits(
                 text, edits, insert_before={(): list_key}, style=style, parsed=doc
             )
-            wrote = await anyio.to_thread.run_sync(
-                queuefile.write_if_unchanged, track.path, new_text, before
-            )
-            if not wrote:
+            try:
+                wrote = await anyio.to_thread.run_sync(
+                    queuefile.write_if_unchanged, track.path, new_text, before
+                )
+            except OSError as exc:
+                # A full disk, a read-only directory: the state is safe in the store; the file
+                # is written once it can be.
+                log.warning(
+                    "cannot write the queue file; trying again",
+                    file=queuefile.display_path(track.path),
+                    error=exc.strerror or str(exc),
+                    retry_in=WRITE_RETRY_SECONDS,
+                )
+                if seen is not None:
+                    self._seen(track, seen, list_key, index)
+                self._later[track.name] = self.engine.clock.monotonic() + WRITE_RETRY_SECONDS
+                self._wake.set()
+                return []
+            if wrote is None:
                 log.info("file changed while writing; merging again", track=track.name)
+                if seen is not None:
+                    self._seen(track, seen, list_key, index)
                 self.mark(track.name)
                 return []
             self.engine.stats["file_writes"] += 1
             text = new_text
+            before = wrote
         digest = queuefile.digest(text.encode("utf-8"))
-        self._known[track.name] = _Known(digest, index, list_key, base, style)
+        self._fresh.discard(track.name)
+        self._known[track.name] = _Known(digest, before, index, list_key, base, style)
         if edits or track.name not in self._persisted:
             self.engine.store.set_written(track.name, Written(str(track.path), digest, base))
             self._persisted.add(track.name)
         return []
 
-    def _invalid(self, track: Track, problems: list[Problem]) -> list[Problem]:
+    def _seen(
+        self, track: Track, base: dict[str, Any], list_key: str, index: dict[str, int]
+    ) -> None:
+        """Remember what a read consumed though nothing was written (store included).
+
+        The base no longer describes the daemon's last write: the file is not trusted as the
+        daemon's own any more (even with the same bytes, which a person may save again), so
+        the next sync reads it in full.
+        """
+        known = self._known[track.name] = _Known("", None, index, list_key, base)
+        self.engine.store.set_written(track.name, Written(str(track.path), known.digest, base))
+
+    def _invalid(self, track: Track, problems: list[Problem], version: FileId) -> list[Problem]:
+        """Report a file that does not read or validate, once it has settled."""
+        wait = self.settle.wait(track.path, version)
+        if wait > 0:
+            # Perhaps caught half-written: read it again once it has been quiet.
+            self._later[track.name] = self.engine.clock.monotonic() + wait
+            self._settling.add(track.name)
+            self._wake.set()
+            return []
         rendered = [p.render() for p in problems]
         if [p.render() for p in track.problems] != rendered:
             for line in rendered:
                 log.warning("queue file not applied; the last good version stays", problem=line)
-            self.engine.store.add_events(("queue_file_invalid", track.name, {"problems": rendered}))
-            self.engine.announce("queue_file_invalid", track.name, problems=rendered)
+            data = {"file": track.definition.path, "problems": rendered}
+            self.engine.store.add_events(("queue_file_invalid", track.name, data))
+            self.engine.announce("queue_file_invalid", track.name, **data)
         track.problems = problems
         return problems
 
+    def _orders(self, track: Track, changes: dict[str, merge.UserChanges]) -> None:
+        """Apply the status orders a person wrote."""
+        for ident, change in changes.items():
+            key = TaskKey(track.name, ident)
+            if change.order is not None and key in self.engine.states:
+                reason = f"status set to {change.ordered_status} in the file"
+                self.engine.order(key, change.order, reason)
+
     def _merge(
-        self, track: Track, definition: TrackDef, doc: dict[str, Any]
+        self,
+        track: Track,
+        definition: TrackDef,
+        doc: dict[str, Any],
+        base: dict[str, Any],
+        changes: dict[str, merge.UserChanges],
     ) -> tuple[list[Edit], dict[str, Any], dict[str, int]]:
-        """Every task: apply the orders a person wrote, then merge the owned fields."""
+        """Every task: merge the owned fields (the orders are applied already)."""
         engine = self.engine
-        known = self._known.get(track.name)
-        if known is not None:
-            base = dict(known.base)
-        else:
-            written = engine.store.written(track.name)
-            base = dict(written.base) if written else {}
         items = doc[definition.list_key]
         edits: list[Edit] = []
         new_base: dict[str, Any] = {}
@@ -246,21 +436,11 @@ class Writeback:
             task_base = base.get(key.id)
             if task_base is None:
                 task_base = merge.file_fields(raw)
-            changes = merge.user_changes(raw, task_base)
-            if changes.order is not None and key in engine.states:
-                engine.order(
-                    key, changes.order, f"status set to {changes.ordered_status} in the file"
-                )
-            if changes.not_an_order:
-                log.warning(
-                    "status edit ignored: only pending, skipped, complete and blocked are orders",
-                    task=str(key),
-                    written=changes.not_an_order,
-                )
+            change = changes.get(key.id, _NO_CHANGES)
             state = engine.states.get(key)
             if state is None:
                 continue
-            merged = merge.merge_task(raw, task_base, merge.store_fields(state), changes)
+            merged = merge.merge_task(raw, task_base, merge.store_fields(state), change)
             edits.extend(((definition.list_key, task.index, f), v) for f, v in merged.edits.items())
             new_base[key.id] = merged.base
         edits.extend(self._top_edits(track, doc, bool(edits), definition.settings.paused))
@@ -281,6 +461,58 @@ class Writeback:
         if paused != paused_in_file:
             out.append(_paused_edit(doc, paused))
         return out
+
+
+_NO_CHANGES = merge.UserChanges()
+_PENDING = TaskState()
+
+
+def _user_changes(
+    definition: TrackDef, doc: dict[str, Any], base: dict[str, Any]
+) -> dict[str, merge.UserChanges]:
+    """Task id -> what the user changed in its daemon-owned fields (only tasks with changes)."""
+    items = doc[definition.list_key]
+    out: dict[str, merge.UserChanges] = {}
+    for task in definition.tasks:
+        ident = task.key.id
+        if ident in out:
+            continue
+        raw = items[task.index]
+        task_base = base.get(ident)
+        if task_base is None:
+            continue  # first seen: the file's values are its base, nothing was changed
+        if orjson.dumps(merge.file_fields(raw)) == orjson.dumps(task_base):
+            continue  # exactly as the daemon left it (JSON text compares types strictly)
+        change = merge.user_changes(raw, task_base)
+        if change != _NO_CHANGES:
+            out[ident] = change
+    return out
+
+
+def _consumed(
+    definition: TrackDef,
+    doc: dict[str, Any],
+    base: dict[str, Any],
+    changes: dict[str, merge.UserChanges],
+) -> dict[str, Any]:
+    """The base once a read is acted on: statuses written by the user are spent (orders
+    applied, or reported), tasks seen for the first time are imported as the file has them.
+    Other fields the user changed stay changed (their values are kept until the daemon's
+    next change of them)."""
+    items = doc[definition.list_key]
+    out = dict(base)
+    for task in definition.tasks:
+        ident = task.key.id
+        raw = items[task.index]
+        if ident not in base:
+            out.setdefault(ident, merge.file_fields(raw))
+            continue
+        change = changes.get(ident)
+        if change is not None and (change.order is not None or change.not_an_order):
+            spent = dict(base[ident])
+            spent["status"] = raw["status"]
+            out[ident] = spent
+    return out
 
 
 def _read_bytes(path: Path) -> bytes | None:

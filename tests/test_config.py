@@ -136,3 +136,16 @@ def test_service_settings_from_file_and_environment(tmp_path: Path) -> None:
     assert cfg.settings.logs_max_total_bytes == 5_000_000
     with pytest.raises(ConfigError, match="greater than or equal to 0"):
         config.load(env={"ORCHESTRATORD_LOGS_KEEP_DAYS": "-1"}, cwd=tmp_path)
+
+
+def test_watching_is_set_from_the_environment_in_words() -> None:
+    def load(value: str) -> bool:
+        env = {"ORCHESTRATORD_WATCH": value, "ORCHESTRATORD_WATCH_QUIET": "0.2"}
+        loaded = config.load(env=env, cwd=Path("/"))
+        assert loaded.settings.watch_quiet == 0.2
+        return loaded.settings.watch
+
+    words = ("false", "0", "no", "off", "true", "1", "YES")
+    assert [load(v) for v in words] == [False, False, False, False, True, True, True]
+    with pytest.raises(ConfigError, match="ORCHESTRATORD_WATCH='maybe': expected true or false"):
+        load("maybe")

@@ -135,6 +135,37 @@ def _draw_track(
     return TrackSpec(name, tasks, trigger, paused=False if everything else data.draw(RARELY))
 
 
+def _grow(data: st.DataObject, uni: Universe, spec: TrackSpec) -> tuple[NodeSpec, ...]:
+    """A track's tasks with some added from its pool, some given new dependencies or a new
+    order, some dropped, some paused or unpaused, in a new order."""
+    present = {n.key for n in spec.tasks}
+    out: list[NodeSpec] = []
+    for node in spec.tasks:
+        if data.draw(RARELY):
+            continue
+        changed = node
+        if data.draw(RARELY):
+            deps = _some(data, uni.below(uni.rank[node.key]), 3, unknown=True)
+            changed = replace(changed, deps=deps)
+        if data.draw(RARELY):
+            changed = replace(changed, order=(data.draw(st.integers(0, 2)), node.order[1]))
+        if data.draw(RARELY):
+            changed = replace(changed, paused=not node.paused)
+        out.append(changed)
+    for key in uni.pools[spec.name]:
+        if key not in present and data.draw(SOMETIMES):
+            out.append(
+                NodeSpec(
+                    key=key,
+                    order=(data.draw(st.integers(0, 2)), len(out)),
+                    deps=_some(data, uni.below(uni.rank[key]), 3, unknown=True),
+                    status=data.draw(st.sampled_from(ANY_STATUS)),
+                    paused=data.draw(RARELY),
+                )
+            )
+    return tuple(data.draw(st.permutations(out)))
+
+
 # --------------------------------------------------------------------- the reference
 
 
@@ -349,7 +380,7 @@ class GraphMachine(RuleBasedStateMachine):
             lambda: tasks.add(key) if paused else tasks.discard(key),
         )
 
-    @rule(data=st.data(), how=st.sampled_from(("reload", "edit", "new", "remove")))
+    @rule(data=st.data(), how=st.sampled_from(("reload", "edit", "grow", "new", "remove")))
     def set_or_remove_track(self, data: st.DataObject, how: str) -> None:
         name = data.draw(st.sampled_from(sorted(self.uni.pools)), label="track")
         if how == "remove":
@@ -373,6 +404,9 @@ class GraphMachine(RuleBasedStateMachine):
                 )
                 trigger = _draw_trigger(data, self.uni, name, unknown=True)
                 spec = replace(spec, tasks=tasks, trigger=trigger, paused=data.draw(RARELY))
+            elif how == "grow":
+                # ... here with the trigger kept: tasks added, reshaped, dropped, re-paused.
+                spec = replace(spec, tasks=_grow(data, self.uni, spec), paused=data.draw(RARELY))
         note(f"set_track({spec})")
         self._update(lambda: self.graph.set_track(spec), lambda: self.model.set_track(spec))
 

@@ -67,11 +67,11 @@ async def test_reload_applies_a_new_config_and_keeps_the_old_one_when_bad(
         assert sum(engine.running.values()) == 1
         path.write_text(f"max_parallel = 2\nshutdown_grace = 99\nlog_file = '{log_file}'\n")
         assert control.reload is not None
-        control.reload()
+        await control.reload()
         assert sum(engine.running.values()) == 2  # started in the same turn
         assert engine.cfg.settings.shutdown_grace == cfg.settings.shutdown_grace
         path.write_text("max_parallel = 'many'\n")
-        control.reload()
+        await control.reload()
         assert engine.cfg.settings.max_parallel == 2  # the settings in force stay
         gate.touch()
         while any(engine.running.values()):

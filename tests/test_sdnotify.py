@@ -138,7 +138,7 @@ async def test_in_process_ready_status_reload_and_stop(
             manager.until, lambda m: m.get("STATUS", "").startswith("running 1, complete 1/3")
         )
         assert control.reload is not None
-        control.reload()
+        await control.reload()
         await anyio.to_thread.run_sync(manager.until, lambda m: "READY" in m)
         gate.touch()
         await anyio.to_thread.run_sync(

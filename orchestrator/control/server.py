@@ -324,7 +324,7 @@ class Handlers:
         control = self.ctx.rt.control
         if control.reload is None:
             raise _Failure(503, "the daemon is not ready to reload yet", "refused")
-        control.reload()
+        await control.reload()
         await self.ctx.rt.writeback.flush()
         problems = [problem_info(p) for p in self.ctx.view.problems()]
         message = "every queue file was read again"

@@ -1,0 +1,215 @@
+"""What edits mean, end to end: status orders and definition changes on a running daemon."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import explain
+from orchestrator.model import Status, TaskKey
+
+from . import live_harness as lh
+from .conftest import WriteTrack
+
+pytestmark = pytest.mark.anyio
+
+
+def ledger(tmp_path: Path) -> list[str]:
+    path = tmp_path / "ledger"
+    return path.read_text().split() if path.exists() else []
+
+
+def note(ident: str, tmp_path: Path) -> str:
+    return f"echo {ident} >> {tmp_path / 'ledger'}"
+
+
+def counting(ident: str, tmp_path: Path, passes_from: int) -> str:
+    """Fails until its ``passes_from``-th run (counted in a file), then passes."""
+    count = tmp_path / f"{ident}.count"
+    return (
+        f"echo x >> {count}; n=$(wc -l < {count}); echo {ident}-$n >> {tmp_path / 'ledger'}; "
+        f'[ "$n" -ge {passes_from} ]'
+    )
+
+
+def edit(path: Path, change: dict[str, dict[str, Any] | None]) -> None:
+    """Save ``path`` with fields of some tasks changed (None deletes the task)."""
+    doc = json.loads(path.read_text())
+    items = doc["features"]
+    for ident, fields in change.items():
+        index = next(i for i, t in enumerate(items) if t["id"] == ident)
+        if fields is None:
+            del items[index]
+        else:
+            items[index].update(fields)
+    lh.write_and_rename(path, lh.dump(doc))
+
+
+async def test_pending_runs_a_finished_task_again_with_a_fresh_budget(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    path = write_track(
+        "t",
+        [
+            {"id": "F", "command": counting("F", tmp_path, 3), "max_iterations": 2},
+            {"id": "C", "command": note("C", tmp_path)},
+        ],
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:F") is Status.FAILED)
+        await live.until(lambda: live.status("t:C") is Status.COMPLETE)
+        await live.settled("t")
+        edit(path, {"F": {"status": "pending"}, "C": {"status": "pending"}})
+        await live.until(lambda: ledger(tmp_path).count("C") == 2)
+        await live.until(lambda: live.status("t:F") is Status.COMPLETE)
+        await live.until(lambda: live.status("t:C") is Status.COMPLETE)
+        doc = await live.settled("t")
+        store = live.engine.store
+        attempts = store.attempts(TaskKey("t", "F"))
+        # History kept; the new budget counts from 1 again.
+        assert [(a.number, a.iteration, a.verdict) for a in attempts] == [
+            (1, 1, "FAIL"),
+            (2, 2, "FAIL"),
+            (3, 1, "PASS"),
+        ]
+        assert doc["features"][0]["attempts"] == 3
+        assert doc["features"][1]["attempts"] == 2
+        plan = live.kinds("reload_plan")[0][2]
+        assert plan["orders"] == {"F": "pending", "C": "pending"}
+
+
+async def test_pending_on_a_running_task_gives_it_a_fresh_budget(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    marker = tmp_path / "go"
+    command = f"while [ ! -e {marker} ]; do sleep 0.02; done; rm -f {marker}; exit 1"
+    path = write_track("t", [{"id": "R", "command": command, "max_iterations": 2}])
+    async with lh.live_daemon(tracks_dir) as live:
+        key = TaskKey("t", "R")
+        await live.until(lambda: live.engine.states[key].owned.attempts == 0)
+        await live.until(lambda: live.task("t", "R").get("status") == "in_progress")
+        marker.touch()  # attempt 1 fails
+        await live.until(lambda: live.engine.states[key].owned.attempts == 1)
+        await live.until(lambda: live.task("t", "R").get("attempts") == 1)
+        edit(path, {"R": {"status": "pending"}})  # during attempt 2 of 2
+        await live.until(lambda: live.engine.states[key].budget_base == 1)
+        marker.touch()  # attempt 2 fails: the first of the fresh budget, so a third runs
+        await live.until(lambda: live.engine.states[key].owned.attempts == 2)
+        assert live.status("t:R") is Status.IN_PROGRESS
+        marker.touch()
+        await live.until(lambda: live.status("t:R") is Status.FAILED)
+        iterations = [(a.number, a.iteration) for a in live.engine.store.attempts(key)]
+        assert iterations == [(1, 1), (2, 2), (3, 2)]
+
+
+async def test_skipped_cancels_a_running_task_and_dependents_proceed(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    path = write_track(
+        "t",
+        [
+            {"id": "S", "command": "sleep 30"},
+            {"id": "D", "command": note("D", tmp_path), "dependencies": ["S"]},
+        ],
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.task("t", "S").get("status") == "in_progress")
+        edit(path, {"S": {"status": "skipped"}})
+        await live.until(lambda: ledger(tmp_path) == ["D"])
+        await live.until(lambda: live.status("t:D") is Status.COMPLETE)
+        doc = await live.settled("t")
+        assert doc["features"][0]["status"] == "skipped"
+        (attempt,) = live.engine.store.attempts(TaskKey("t", "S"))
+        assert attempt.state == "interrupted"
+        assert attempt.reason == "status set to skipped in the file"
+
+
+async def test_complete_accepts_a_running_task_without_its_verdict(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    path = write_track(
+        "t",
+        [
+            {"id": "X", "command": "sleep 30"},
+            {"id": "Y", "command": note("Y", tmp_path), "dependencies": ["X"]},
+        ],
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.task("t", "X").get("status") == "in_progress")
+        edit(path, {"X": {"status": "complete"}})
+        await live.until(lambda: live.status("t:Y") is Status.COMPLETE)
+        doc = await live.settled("t")
+        assert doc["features"][0]["status"] == "complete"
+        assert doc["features"][0]["completed_at"]
+        assert live.engine.store.attempts(TaskKey("t", "X"))[0].state == "interrupted"
+
+
+async def test_blocked_stops_a_running_task_and_dependents_wait(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    path = write_track(
+        "t",
+        [
+            {"id": "B", "command": "sleep 30"},
+            {"id": "E", "command": note("E", tmp_path), "dependencies": ["B"]},
+        ],
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.task("t", "B").get("status") == "in_progress")
+        edit(path, {"B": {"status": "blocked"}})
+        await live.until(
+            lambda: live.engine.store.attempts(TaskKey("t", "B"))[0].ended_at is not None
+        )
+        doc = await live.settled("t")
+        assert doc["features"][0]["status"] == "blocked"
+        assert doc["features"][0]["error"] == "status set to blocked in the file"
+        assert live.status("t:E") is Status.PENDING
+        assert not live.engine.busy()
+        lines = explain.describe(live.engine.graph, TaskKey("t", "E"), lambda k: None)
+        assert any("t:B (blocked)" in line for line in lines), lines
+        assert ledger(tmp_path) == []
+
+
+async def test_a_running_task_keeps_its_attempt_and_its_next_one_uses_the_new_definition(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    marker = tmp_path / "go"
+    first = (
+        f"echo v1 >> {tmp_path / 'ledger'}; while [ ! -e {marker} ]; do sleep 0.02; done; exit 1"
+    )
+    path = write_track("t", [{"id": "R", "command": first, "max_iterations": 3}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: ledger(tmp_path) == ["v1"])
+        edit(path, {"R": {"command": note("v2", tmp_path), "description": "second try"}})
+        await live.until(lambda: live.engine.defs[TaskKey("t", "R")].description == "second try")
+        assert live.status("t:R") is Status.IN_PROGRESS  # not restarted
+        marker.touch()
+        await live.until(lambda: live.status("t:R") is Status.COMPLETE)
+        assert ledger(tmp_path) == ["v1", "v2"]
+        attempts = live.engine.store.attempts(TaskKey("t", "R"))
+        assert [(a.number, a.verdict) for a in attempts] == [(1, "FAIL"), (2, "PASS")]
+        plan = live.kinds("reload_plan")[0][2]
+        assert plan["changed"] == {"R": ["description", "command"]}
+
+
+async def test_a_task_removed_from_the_file_is_cancelled_and_dropped(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    path = write_track(
+        "t",
+        [{"id": "K", "command": "sleep 30"}, {"id": "L", "command": note("L", tmp_path)}],
+        track={"concurrency": 1},
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.task("t", "K").get("status") == "in_progress")
+        edit(path, {"K": None})
+        await live.until(lambda: ledger(tmp_path) == ["L"])
+        assert TaskKey("t", "K") not in live.engine.graph
+        (attempt,) = live.engine.store.attempts(TaskKey("t", "K"))
+        assert (attempt.state, attempt.reason) == ("interrupted", "removed from its queue file")
+        doc = await live.settled("t")
+        assert [t["id"] for t in doc["features"]] == ["L"]
+        assert doc["summary"]["total"] == 1
