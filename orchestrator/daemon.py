@@ -110,6 +110,8 @@ class Engine:
         self.waiting: set[str] = set()
         """Waits that end by themselves (an agent's usage limit resetting): work will resume,
         so the daemon is not idle (``--once`` keeps running)."""
+        self.base_env = dict(os.environ)
+        """The environment attempts inherit: the daemon's own, read once when it starts."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -268,14 +270,20 @@ class Engine:
     def after_commit(
         self, key: TaskKey, state: TaskState, events: Iterable[EventSpec] = ()
     ) -> None:
-        """Act on a state already committed to the store."""
+        """Act on a state already committed to the store.
+
+        Only a change of status can let a task start (a slot frees in ``finished``), so the
+        many commits inside an attempt (its start, its process) dispatch nothing.
+        """
+        before = self.states.get(key)
         self.states[key] = state
         for kind, subject, data in events:
             self.announce(kind, subject, **data)
         if key in self.graph:
             self._handle(self.graph.set_status(key, state.status))
         self._dirty(key.track, key)
-        self.dispatch()
+        if before is None or before.status is not state.status:
+            self.dispatch()
 
     def _handle(self, delta: Delta) -> None:
         events: list[EventSpec] = []
@@ -510,7 +518,7 @@ class Engine:
                         trim_log(Path(path), limit)
 
     def child_env(self, key: TaskKey, number: int, extra: Mapping[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(self.base_env)
         env.update(extra)
         env.update(
             ORCHESTRATORD_TASK_ID=key.id,
