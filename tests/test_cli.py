@@ -114,6 +114,22 @@ def test_explain_in_plain_sentences() -> None:
     )
 
 
+def test_explain_names_the_errors_that_keep_a_file_from_running(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("a", [{"id": "A1", "dependencies": ["b:NOPE"]}, {"id": "A2"}])
+    code, out, _ = run("explain", "--tracks", str(tracks_dir), "A2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].endswith(
+        "has 1 error(s): the daemon does not load it, so none of its tasks runs until it is fixed:"
+    )
+    assert lines[2].startswith("    features[0].dependencies[0]: unknown track 'b'")
+    write_track("a", [{"id": "A1"}, {"id": "A2"}])
+    code, out, _ = run("explain", "--tracks", str(tracks_dir), "A2")
+    assert "error" not in out
+
+
 def test_explain_unknown_and_ambiguous_refs(tracks_dir: Path, write_track: WriteTrack) -> None:
     write_track("a", [{"id": "X"}])
     write_track("b", [{"id": "X"}])

@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator import explain, workspace
 from orchestrator.clock import SystemClock
+from orchestrator.control.views import DaemonMeta, EngineView, explain_lines
 from orchestrator.model import Status, TaskKey
 from orchestrator.store import Store
 
@@ -70,6 +71,13 @@ async def test_a_broken_save_is_reported_once_quiet_and_the_last_good_version_st
         assert cycle == validate_lines(path)
         assert "dependency cycle: a:A1 -> a:A2 -> a:A1" in cycle[0]
         assert live.engine.defs[TaskKey("a", "A1")].deps == ()
+        view = EngineView(live.engine, DaemonMeta(started_at="now"))
+        said = explain_lines(view, TaskKey("a", "A2"))
+        assert said[-2].endswith(
+            "has 1 error(s): its last save was refused; the daemon runs the version before it"
+            " until it is fixed:"
+        )
+        assert "dependency cycle: a:A1 -> a:A2 -> a:A1" in said[-1]
 
         # The next good save is picked up.
         doc["features"][0]["dependencies"] = []

@@ -27,6 +27,9 @@ from ..refs import RefIndex, key_of
 from ..states import TaskState
 from ..store import AttemptRow, HoldRow, Spend, Store
 
+MAX_ERRORS_SHOWN = 5
+"""``explain`` lists at most this many errors of the task's queue file."""
+
 
 class View(Protocol):
     """The picture of every track that documents are built from."""
@@ -48,6 +51,10 @@ class View(Protocol):
     def files(self) -> Mapping[str, str]: ...
 
     def problems(self) -> tuple[Problem, ...]: ...
+
+    def track_file(self, name: str) -> str | None:
+        """The track's queue file as its problems name it."""
+        ...
 
     def daemon(self) -> dict[str, Any]: ...
 
@@ -126,6 +133,10 @@ class EngineView:
         for track in self.engine.tracks.values():
             found.extend(track.problems)
         return tuple(dict.fromkeys(found))
+
+    def track_file(self, name: str) -> str | None:
+        track = self.engine.tracks.get(name)
+        return None if track is None else track.definition.path
 
     def daemon(self) -> dict[str, Any]:
         engine = self.engine
@@ -254,6 +265,10 @@ class OfflineView:
     def problems(self) -> tuple[Problem, ...]:
         return self.ws.problems
 
+    def track_file(self, name: str) -> str | None:
+        track = self._tracks.get(name)
+        return None if track is None else track.path
+
     def daemon(self) -> dict[str, Any]:
         return {
             "running": False,
@@ -307,7 +322,21 @@ def status_document(
 
 
 def explain_lines(view: View, key: TaskKey) -> list[str]:
-    return explain.describe(view.graph, key, lambda k: _owned(view, k), daemon_paused=view.paused)
+    lines = explain.describe(view.graph, key, lambda k: _owned(view, k), daemon_paused=view.paused)
+    file = view.track_file(key.track)
+    errors = [p for p in view.problems() if p.is_error and p.file == file]
+    if errors:
+        if view.daemon()["running"]:
+            effect = "its last save was refused; the daemon runs the version before it"
+        else:
+            effect = "the daemon does not load it, so none of its tasks runs"
+        lines.append(f"{file} has {len(errors)} error(s): {effect} until it is fixed:")
+        lines.extend(f"    {p.path}: {p.message}" for p in errors[:MAX_ERRORS_SHOWN])
+        if len(errors) > MAX_ERRORS_SHOWN:
+            lines.append(
+                f"    ... and {len(errors) - MAX_ERRORS_SHOWN} more (`orchestratord validate`)"
+            )
+    return lines
 
 
 def _attempt(row: AttemptRow) -> dict[str, Any]:
