@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +118,7 @@ def parse(
     return QueueFile(where, display, text, parsed, track, tuple(problems), sha)
 
 
-def read(path: Path, base: Path | None = None) -> QueueFile:
+def read(path: Path, base: Path | None = None, memo: TaskMemo | None = None) -> QueueFile:
     """Read and parse one queue file; an unreadable file becomes a problem, not an exception."""
     display = display_path(path, base)
     try:
@@ -126,11 +126,16 @@ def read(path: Path, base: Path | None = None) -> QueueFile:
     except OSError as exc:
         problem = Problem(display, ROOT, f"cannot read the file: {exc.strerror or exc}")
         return QueueFile(path, display, None, None, None, (problem,), "")
-    return parse(display, path.stem, data, path)
+    return parse(display, path.stem, data, path, memo=memo)
 
 
-def read_all(paths: Sequence[Path], base: Path | None = None) -> list[QueueFile]:
-    return [read(p, base) for p in paths]
+def read_all(
+    paths: Sequence[Path],
+    base: Path | None = None,
+    memos: Callable[[Path], TaskMemo] | None = None,
+) -> list[QueueFile]:
+    """Read every file; ``memos`` gives the task memo of a file (see ``schema.TaskMemo``)."""
+    return [read(p, base, memos(p) if memos is not None else None) for p in paths]
 
 
 def write_atomic(path: Path, text: str) -> None:

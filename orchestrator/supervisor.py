@@ -94,8 +94,8 @@ async def _reload(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
     await reload()
 
 
-def _load_tracks(engine: Engine, cfg: Config) -> None:
-    ws = workspace.load([cfg.tracks_dir])
+def _load_tracks(engine: Engine, cfg: Config, writeback: Writeback) -> None:
+    ws = workspace.load([cfg.tracks_dir], memos=writeback.memo)
     invalid = ws.report.invalid_files()
     paths = {qf.display: qf.path for qf in ws.files}
     tracks = [
@@ -189,9 +189,9 @@ async def serve(
     try:
         await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
         engine = Engine(cfg, store, executor, clock)
-        _load_tracks(engine, cfg)
-        engine.restore_pause()
         writeback = Writeback(engine, cfg.settings.writeback_delay, cfg.settings.watch_quiet)
+        _load_tracks(engine, cfg, writeback)
+        engine.restore_pause()
         async with anyio.create_task_group() as tg:
             engine.placement = Placement(cfg, executor, store, tg)
             rt = Runtime(cfg, engine, writeback, control, tg)

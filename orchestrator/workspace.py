@@ -7,7 +7,7 @@ daemon's start-up all begin here.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from .model import TaskDef, TaskKey, TrackDef
 from .problems import Problem
 from .queuefile import QueueFile, expand, read_all
 from .refs import RefIndex
+from .schema import TaskMemo
 from .validate import Report, check
 
 
@@ -69,14 +70,23 @@ def bulk() -> Iterator[None]:
             gc.enable()
 
 
-def load(paths: Sequence[Path], base: Path | None = None) -> Workspace:
-    """Read the queue files at ``paths`` (files or directories) and check them together."""
+def load(
+    paths: Sequence[Path],
+    base: Path | None = None,
+    memos: Callable[[Path], TaskMemo] | None = None,
+) -> Workspace:
+    """Read the queue files at ``paths`` (files or directories) and check them together.
+
+    ``memos``: the task memo of each file, for a reader that reads the files again later.
+    """
     with bulk():
-        return _load(paths, base)
+        return _load(paths, base, memos)
 
 
-def _load(paths: Sequence[Path], base: Path | None) -> Workspace:
-    files = read_all(expand(paths), base)
+def _load(
+    paths: Sequence[Path], base: Path | None, memos: Callable[[Path], TaskMemo] | None
+) -> Workspace:
+    files = read_all(expand(paths), base, memos)
     if not files and paths:
         shown = ", ".join(str(p) for p in paths)
         raise UsageError(f"no queue files (*.json) found in {shown}")

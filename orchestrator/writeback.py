@@ -263,6 +263,11 @@ class Writeback:
             track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before, seen=seen
         )
 
+    def memo(self, path: Path) -> TaskMemo:
+        """The tasks of ``path`` as last read: a start-up read that fills it shares its tasks
+        with every later read (one copy of each task in memory, not two)."""
+        return self._memos.setdefault(path.resolve(), TaskMemo())
+
     def _parse(
         self, display: str, stem: str, data: bytes, path: Path, sha: str
     ) -> queuefile.QueueFile:

@@ -38,8 +38,8 @@ async def daemon_parts(tracks: Path) -> AsyncIterator[tuple[Engine, Writeback]]:
     )
     store = Store.open(cfg.state_dir, SystemClock())
     engine = Engine(cfg, store, FakeExecutor(), SystemClock())
-    _load_tracks(engine, cfg)
     writeback = Writeback(engine, 0.0, quiet=0.0)
+    _load_tracks(engine, cfg, writeback)
     engine.connect(lambda key: None, writeback.mark)
     try:
         yield engine, writeback
