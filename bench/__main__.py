@@ -6,9 +6,12 @@ these machines are shared and noisy.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 
 from . import dispatch, gitattempt, live, load, ray, resident, status, writeback
+from .common import scratch_root
 
 ALL = {
     "load": load.run,
@@ -26,9 +29,18 @@ def main(names: list[str]) -> None:
     unknown = [n for n in names if n not in ALL]
     if unknown:
         raise SystemExit(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(ALL)}")
-    for name in names or list(ALL):
-        ALL[name]()
-        print()
+    # A daemon works where it is started unless a track says otherwise: in a scratch
+    # directory, never in this checkout (a git repository, where every attempt would be a git
+    # attempt, with worktrees and branches made in it).
+    with tempfile.TemporaryDirectory(prefix="bench-cwd-", dir=scratch_root()) as cwd:
+        here = os.getcwd()
+        os.chdir(cwd)
+        try:
+            for name in names or list(ALL):
+                ALL[name]()
+                print()
+        finally:
+            os.chdir(here)
 
 
 main(sys.argv[1:])
