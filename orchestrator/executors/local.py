@@ -48,7 +48,6 @@ from dataclasses import dataclass, replace
 from typing import Self
 
 import anyio
-import anyio.abc
 import anyio.to_thread
 
 from .. import procs
