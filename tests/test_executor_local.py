@@ -412,6 +412,19 @@ async def test_finished_runs_are_forgotten_beyond_the_limit(
         assert (await executor.status("r0")).state is RunState.LOST  # forgotten
 
 
+@pytest.mark.anyio
+async def test_runs_that_failed_to_start_are_forgotten_beyond_the_limit_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
+    async with local.LocalExecutor(1.0) as executor:
+        for i in range(5):
+            spec = RunSpec(f"r{i}", (), str(tmp_path), dict(os.environ), str(tmp_path / "log"))
+            assert (await executor.submit(spec)).state is RunState.FAILED_TO_START
+        assert (await executor.status("r4")).state is RunState.FAILED_TO_START
+        assert (await executor.status("r0")).state is RunState.LOST  # forgotten
+
+
 @pytest.mark.skipif(not LINUX, reason="needs /proc")
 def test_start_ticks_taken_after_spawning_match_the_kernels() -> None:
     for _ in range(20):

@@ -155,10 +155,6 @@ class LocalExecutor(RunBook[_Run]):
         tg.start_soon(self._timekeeper)
         return self
 
-    async def _release(self) -> None:
-        os.close(self._devnull)
-        self._devnull = -1
-
     async def aclose(self) -> None:
         """End every running run (SIGTERM, ``kill_grace``, SIGKILL), reap them; refuse new ones.
 
@@ -169,6 +165,10 @@ class LocalExecutor(RunBook[_Run]):
         await self._stop_all(
             lambda run: self._request_stop(run, RunState.CANCELLED, reason, self._kill_grace)
         )
+
+    async def _release(self) -> None:
+        os.close(self._devnull)
+        self._devnull = -1
 
     # -- the Executor protocol ------------------------------------------------------------
 
@@ -195,7 +195,8 @@ class LocalExecutor(RunBook[_Run]):
                 del self._starting[spec.run_id]
                 started.set()
         self._runs[spec.run_id] = run
-        if run.done.is_set():
+        if run.done.is_set():  # could not start
+            self._remember(spec.run_id)
             return run.info
         if run.pidfd is not None and self._epoll is not None:
             try:

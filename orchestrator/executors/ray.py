@@ -189,11 +189,6 @@ class RayExecutor(RunBook[_Run]):
         self._tg = tg
         return self
 
-    async def _release(self) -> None:
-        assert self._client is not None
-        with anyio.CancelScope(shield=True):
-            await self._client.aclose()
-
     def detach(self) -> None:
         """Leave every run going on the cluster: from now on nothing is stopped."""
         self._detached = True
@@ -203,6 +198,11 @@ class RayExecutor(RunBook[_Run]):
         await self._close_starts()
         if not self._detached:
             await self._stop_all(self._request_stop)
+
+    async def _release(self) -> None:
+        assert self._client is not None
+        with anyio.CancelScope(shield=True):
+            await self._client.aclose()
 
     # -- the Executor protocol ------------------------------------------------------------
 
