@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator import procs
 from orchestrator.errors import ExecutorError
-from orchestrator.executors import local
+from orchestrator.executors import local, runbook
 from orchestrator.executors.base import Executor, RunSpec, RunState
 from orchestrator.executors.local import LocalExecutor
 
@@ -197,13 +197,13 @@ class TestLocalOnly:
     ) -> None:
         log = tmp_path / "big.log"
         log.write_bytes(b"before\n")
-        size = local.READ_CAP + 4096
+        size = runbook.READ_CAP + 4096
         argv = python(f"import sys; sys.stdout.buffer.write(b'x' * {size})")
         async with LocalExecutor(use_pidfd=use_pidfd) as executor:
             info = await executor.submit(spec(tmp_path, argv, log_path=str(log)))
             assert (await executor.wait(info.run_id)).succeeded
             first, offset = await executor.read_log(info.run_id, 0)
-            assert len(first) == local.READ_CAP
+            assert len(first) == runbook.READ_CAP
             assert first.startswith(b"before\nxxx")
             rest, end = await executor.read_log(info.run_id, offset)
             assert end == len(b"before\n") + size == offset + len(rest)
@@ -400,7 +400,7 @@ def test_end_leftovers_after_the_leader_is_gone(tmp_path: Path) -> None:
 async def test_finished_runs_are_forgotten_beyond_the_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "KEEP_FINISHED", 3)
+    monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
     async with local.LocalExecutor(1.0) as executor:
         for i in range(5):
             spec = RunSpec(
@@ -409,6 +409,19 @@ async def test_finished_runs_are_forgotten_beyond_the_limit(
             await executor.submit(spec)
             await executor.wait(spec.run_id)
         assert (await executor.status("r4")).state is RunState.EXITED
+        assert (await executor.status("r0")).state is RunState.LOST  # forgotten
+
+
+@pytest.mark.anyio
+async def test_runs_that_failed_to_start_are_forgotten_beyond_the_limit_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
+    async with local.LocalExecutor(1.0) as executor:
+        for i in range(5):
+            spec = RunSpec(f"r{i}", (), str(tmp_path), dict(os.environ), str(tmp_path / "log"))
+            assert (await executor.submit(spec)).state is RunState.FAILED_TO_START
+        assert (await executor.status("r4")).state is RunState.FAILED_TO_START
         assert (await executor.status("r0")).state is RunState.LOST  # forgotten
 
 

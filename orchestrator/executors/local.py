@@ -33,7 +33,6 @@ Rules for callers:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import heapq
 import itertools
@@ -46,23 +45,18 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Self
 
 import anyio
-import anyio.abc
 import anyio.to_thread
 
 from .. import procs
 from ..errors import ExecutorError
 from .base import Capacity, RunInfo, RunSpec, RunState
+from .runbook import RunBook
 
 SPAWN_THREADS = 2
 """Children spawned at once, each from a worker thread."""
-KEEP_FINISHED = 10_000
-"""Finished runs the executor still answers about (``status``, ``wait``, ``read_log``)."""
-READ_CAP = 1 << 20
-"""Most bytes one :meth:`LocalExecutor.read_log` call returns."""
 THREADS = 1024
 """Worker threads for exit waits without pidfds (one per running run) and /proc scans."""
 _CLOSE_MARGIN = 5.0
@@ -110,10 +104,11 @@ class _Run:
     """The stop's grace period, which a later, shorter request shortens."""
 
 
-class LocalExecutor:
+class LocalExecutor(RunBook[_Run]):
     """Runs commands as child processes of the daemon (see the module docstring)."""
 
     name = "local"
+    _unknown_reason = "no such run in this executor (the daemon that started it may have died)"
 
     def __init__(
         self,
@@ -126,18 +121,13 @@ class LocalExecutor:
 
         ``spawn_threads``: worker threads that spawn children (0: spawn on the event loop).
         """
-        self._kill_grace = max(kill_grace, 0.0)
+        super().__init__(kill_grace, _CLOSE_MARGIN)
         has_pidfd = hasattr(os, "pidfd_open") and hasattr(select, "epoll")
         if use_pidfd and not has_pidfd:
             raise ExecutorError("use_pidfd=True, but this platform has no pidfds and epoll")
         self._use_pidfd = has_pidfd if use_pidfd is None else use_pidfd
-        self._runs: dict[str, _Run] = {}
-        self._starting: dict[str, anyio.Event] = {}
         self._spawn_threads = spawn_threads
         self._spawners: anyio.CapacityLimiter | None = None
-        self._finished: collections.deque[str] = collections.deque()
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._closing = False
         self._limiter: anyio.CapacityLimiter | None = None
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, _Run] = {}
@@ -165,41 +155,20 @@ class LocalExecutor:
         tg.start_soon(self._timekeeper)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        tg = self._tg
-        if tg is None:
-            return None
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self._kill_grace + _CLOSE_MARGIN
-            await self.aclose()
-        # Ends the pump, and whatever is still running, by force, if the deadline passed.
-        tg.cancel_scope.cancel()
-        try:
-            return await tg.__aexit__(exc_type, exc, tb)
-        finally:
-            os.close(self._devnull)
-            self._devnull = -1
-
     async def aclose(self) -> None:
         """End every running run (SIGTERM, ``kill_grace``, SIGKILL), reap them; refuse new ones.
 
         Shield it (``anyio.CancelScope(shield=True)``) when calling it from cleanup code.
         """
-        self._closing = True
-        while self._starting:  # spawns under way finish first, so that none escapes
-            await next(iter(self._starting.values())).wait()
-        running = [run for run in self._runs.values() if not run.done.is_set()]
-        for run in running:
-            self._request_stop(
-                run, RunState.CANCELLED, "ended because the executor closed", self._kill_grace
-            )
-        for run in running:
-            await run.done.wait()
+        await self._close_starts()
+        reason = "ended because the executor closed"
+        await self._stop_all(
+            lambda run: self._request_stop(run, RunState.CANCELLED, reason, self._kill_grace)
+        )
+
+    async def _release(self) -> None:
+        os.close(self._devnull)
+        self._devnull = -1
 
     # -- the Executor protocol ------------------------------------------------------------
 
@@ -209,16 +178,10 @@ class LocalExecutor:
         Raises :class:`~orchestrator.errors.ExecutorError` only when the executor is not
         open (not entered, or closing).
         """
-        starting = self._starting.get(spec.run_id)
-        if starting is not None:
-            await starting.wait()
-        existing = self._runs.get(spec.run_id)
+        existing = await self._started(spec.run_id)
         if existing is not None:
             return existing.info
-        tg = self._tg
-        if tg is None or self._closing:
-            state = "closing" if self._closing else "not open (use 'async with LocalExecutor()')"
-            raise ExecutorError(f"cannot start run {spec.run_id!r}: the executor is {state}")
+        tg = self._open_group(spec.run_id)
         if self._spawners is None:
             run = self._start(spec)
         else:
@@ -232,7 +195,8 @@ class LocalExecutor:
                 del self._starting[spec.run_id]
                 started.set()
         self._runs[spec.run_id] = run
-        if run.done.is_set():
+        if run.done.is_set():  # could not start
+            self._remember(spec.run_id)
             return run.info
         if run.pidfd is not None and self._epoll is not None:
             try:
@@ -253,18 +217,6 @@ class LocalExecutor:
                 timer.deadline = deadline
         return run.info
 
-    async def wait(self, run_id: str) -> RunInfo:
-        """Wait for the end of the run. Cancelling this wait leaves the run alone."""
-        run = self._runs.get(run_id)
-        if run is None:
-            return self._unknown(run_id)
-        await run.done.wait()
-        return run.info
-
-    async def status(self, run_id: str) -> RunInfo:
-        run = self._runs.get(run_id)
-        return self._unknown(run_id) if run is None else run.info
-
     async def cancel(self, run_id: str, grace: float) -> RunInfo:
         """End the run's group: SIGTERM, up to ``grace`` seconds, SIGKILL; wait until reaped.
 
@@ -280,19 +232,6 @@ class LocalExecutor:
             await run.done.wait()
         return run.info
 
-    async def read_log(self, run_id: str, offset: int) -> tuple[bytes, int]:
-        """Up to :data:`READ_CAP` bytes of the run's log from ``offset``, and the next offset."""
-        run = self._runs.get(run_id)
-        if run is None:
-            raise ExecutorError(f"cannot read the log of run {run_id!r}: no such run here")
-        if offset < 0:
-            raise ExecutorError(f"cannot read the log of run {run_id!r} from offset {offset}")
-        data = await anyio.to_thread.run_sync(_read_chunk, run.log_path, offset)
-        return data, offset + len(data)
-
-    async def active(self) -> list[RunInfo]:
-        return [run.info for run in self._runs.values() if not run.done.is_set()]
-
     async def attach(self, spec: RunSpec) -> RunInfo:
         """A run of this executor, or ``LOST``: local runs never outlive their daemon."""
         return await self.status(spec.run_id)
@@ -302,14 +241,6 @@ class LocalExecutor:
         return local_capacity()
 
     # -- starting -------------------------------------------------------------------------
-
-    @staticmethod
-    def _unknown(run_id: str) -> RunInfo:
-        return RunInfo(
-            run_id,
-            RunState.LOST,
-            reason="no such run in this executor (the daemon that started it may have died)",
-        )
 
     def _start(self, spec: RunSpec) -> _Run:
         """Spawn the child (synchronously: vfork + exec); a failure becomes the run's info.
@@ -558,21 +489,12 @@ class LocalExecutor:
         run.done.set()
         self._remember(run.info.run_id)
 
-    def _remember(self, run_id: str) -> None:
-        """Keep the last ``KEEP_FINISHED`` finished runs: a daemon runs for days."""
-        self._finished.append(run_id)
-        while len(self._finished) > KEEP_FINISHED:
-            old = self._finished.popleft()
-            done = self._runs.get(old)
-            if done is not None and done.done.is_set():
-                del self._runs[old]
-
     async def _force_end_all(self) -> None:
         """SIGKILL every unfinished run's group and reap it, bounded (callers shield this)."""
         unfinished = [run for run in self._runs.values() if not run.done.is_set()]
         for run in unfinished:
             self._signal(run, signal.SIGKILL)
-        deadline = anyio.current_time() + self._kill_grace + _CLOSE_MARGIN
+        deadline = anyio.current_time() + self._kill_grace + self._close_margin
         reason = "killed because the executor was shut down"
         for run in unfinished:
             popen = run.popen
@@ -642,12 +564,3 @@ def _block_until_exit(popen: subprocess.Popen[bytes]) -> bool:
     except ChildProcessError:  # reaped already, by a forced end
         return True
     return False
-
-
-def _read_chunk(path: str, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as log:
-            log.seek(offset)
-            return log.read(READ_CAP)
-    except FileNotFoundError:
-        return b""

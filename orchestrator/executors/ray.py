@@ -30,20 +30,17 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 import anyio
-import anyio.abc
 import anyio.to_thread
 import httpx
 
 from ..errors import ExecutorError
 from . import rayjob
 from .base import Capacity, RunInfo, RunSpec, RunState, unfit
+from .runbook import RunBook
 
-READ_CAP = 1 << 20
-KEEP_FINISHED = 10_000
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 CAPACITY_TTL = 15.0
 """Seconds the cluster's node list is reused for capacity checks."""
@@ -132,6 +129,10 @@ class _Run:
     failing_since: float | None = None
     interval: float = 0.0
 
+    @property
+    def log_path(self) -> str:
+        return self.spec.log_path
+
 
 def _mono(wall: object) -> float | None:
     """A wall-clock time (seconds) as this process's monotonic time."""
@@ -149,10 +150,11 @@ def _signal_reason(code: int) -> str:
         return f"killed by signal {-code}"
 
 
-class RayExecutor:
+class RayExecutor(RunBook[_Run]):
     """Runs commands as Ray jobs (see the module docstring)."""
 
     name = "ray"
+    _unknown_reason = "no such run in this executor (attach it after a daemon restart)"
 
     def __init__(
         self,
@@ -162,16 +164,11 @@ class RayExecutor:
         journal: RunJournal | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        super().__init__(kill_grace, BACKSTOP)
         self.cluster = cluster
-        self._kill_grace = max(kill_grace, 0.0)
         self._journal: RunJournal = journal or MemoryJournal()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._runs: dict[str, _Run] = {}
-        self._starting: dict[str, anyio.Event] = {}
-        self._finished: list[str] = []
-        self._closing = False
         self._detached = False
         self._capacity: tuple[float, Capacity] | None = None
 
@@ -192,42 +189,20 @@ class RayExecutor:
         self._tg = tg
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        tg = self._tg
-        if tg is None:
-            return None
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self._kill_grace + BACKSTOP
-            await self.aclose()
-        tg.cancel_scope.cancel()
-        try:
-            return await tg.__aexit__(exc_type, exc, tb)
-        finally:
-            assert self._client is not None
-            with anyio.CancelScope(shield=True):
-                await self._client.aclose()
-
     def detach(self) -> None:
         """Leave every run going on the cluster: from now on nothing is stopped."""
         self._detached = True
 
     async def aclose(self) -> None:
         """Stop every unfinished run (unless detached); refuse new runs."""
-        self._closing = True
-        while self._starting:
-            await next(iter(self._starting.values())).wait()
-        if self._detached:
-            return
-        running = [run for run in self._runs.values() if not run.done.is_set()]
-        for run in running:
-            self._request_stop(run)
-        for run in running:
-            await run.done.wait()
+        await self._close_starts()
+        if not self._detached:
+            await self._stop_all(self._request_stop)
+
+    async def _release(self) -> None:
+        assert self._client is not None
+        with anyio.CancelScope(shield=True):
+            await self._client.aclose()
 
     # -- the Executor protocol ------------------------------------------------------------
 
@@ -238,17 +213,6 @@ class RayExecutor:
     async def attach(self, spec: RunSpec) -> RunInfo:
         """The run's job, found on the cluster again (``LOST`` when it is not there)."""
         return await self._once(spec, attach=True)
-
-    async def wait(self, run_id: str) -> RunInfo:
-        run = self._runs.get(run_id)
-        if run is None:
-            return self._unknown(run_id)
-        await run.done.wait()
-        return run.info
-
-    async def status(self, run_id: str) -> RunInfo:
-        run = self._runs.get(run_id)
-        return self._unknown(run_id) if run is None else run.info
 
     async def cancel(self, run_id: str, grace: float) -> RunInfo:
         """Stop the job: the wrapper ends the command's group (SIGTERM, grace, SIGKILL).
@@ -265,18 +229,6 @@ class RayExecutor:
         self._request_stop(run)
         await run.done.wait()
         return run.info
-
-    async def read_log(self, run_id: str, offset: int) -> tuple[bytes, int]:
-        run = self._runs.get(run_id)
-        if run is None:
-            raise ExecutorError(f"cannot read the log of run {run_id!r}: no such run here")
-        if offset < 0:
-            raise ExecutorError(f"cannot read the log of run {run_id!r} from offset {offset}")
-        data = await anyio.to_thread.run_sync(_read_chunk, run.spec.log_path, offset)
-        return data, offset + len(data)
-
-    async def active(self) -> list[RunInfo]:
-        return [run.info for run in self._runs.values() if not run.done.is_set()]
 
     async def capacity(self) -> Capacity:
         """The cluster's nodes that are up, with their total resources."""
@@ -325,21 +277,16 @@ class RayExecutor:
         return self.cluster.job_prefix + run_id
 
     async def _once(self, spec: RunSpec, *, attach: bool) -> RunInfo:
-        starting = self._starting.get(spec.run_id)
-        if starting is not None:
-            await starting.wait()
-        existing = self._runs.get(spec.run_id)
+        existing = await self._started(spec.run_id)
         if existing is not None:
             return existing.info
-        if self._tg is None or self._closing:
-            state = "closing" if self._closing else "not open (use 'async with RayExecutor()')"
-            raise ExecutorError(f"cannot start run {spec.run_id!r}: the executor is {state}")
+        tg = self._open_group(spec.run_id)
         self._starting[spec.run_id] = started = anyio.Event()
         try:
             run = await (self._attach(spec) if attach else self._submit(spec))
         except BaseException:
             if not attach:  # cancelled while submitting: leave no job behind
-                self._tg.start_soon(self._stop_quietly, self.job_id(spec.run_id))
+                tg.start_soon(self._stop_quietly, self.job_id(spec.run_id))
             raise
         finally:
             del self._starting[spec.run_id]
@@ -348,7 +295,7 @@ class RayExecutor:
         if run.done.is_set():
             self._remember(spec.run_id)
         else:
-            self._tg.start_soon(self._watch, run)
+            tg.start_soon(self._watch, run)
         return run.info
 
     def _failed(
@@ -602,24 +549,6 @@ class RayExecutor:
         run.done.set()
         self._remember(run.spec.run_id)
 
-    def _remember(self, run_id: str) -> None:
-        self._finished.append(run_id)
-        if len(self._finished) > KEEP_FINISHED * 2:
-            keep = self._finished[-KEEP_FINISHED:]
-            for old in self._finished[:-KEEP_FINISHED]:
-                done = self._runs.get(old)
-                if done is not None and done.done.is_set():
-                    del self._runs[old]
-            self._finished = keep
-
-    @staticmethod
-    def _unknown(run_id: str) -> RunInfo:
-        return RunInfo(
-            run_id,
-            RunState.LOST,
-            reason="no such run in this executor (attach it after a daemon restart)",
-        )
-
 
 async def _shipped(spec: RunSpec, names: tuple[str, ...]) -> dict[str, bytes]:
     """The daemon-side files the run's environment names, to recreate on the node."""
@@ -662,12 +591,3 @@ def _append(path: str, data: bytes) -> None:
             os.write(fd, data)
         finally:
             os.close(fd)
-
-
-def _read_chunk(path: str, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as log:
-            log.seek(offset)
-            return log.read(READ_CAP)
-    except FileNotFoundError:
-        return b""
