@@ -1,10 +1,14 @@
 """The file watcher: a daemon service that hands saved queue files to the reloader.
 
 It watches the tracks *directory* (editors replace files when they save, so a watch on a file
-would be lost with its inode) with watchfiles, and keeps only ``*.json`` files that are not
-hidden, editor swap, backup or temporary files (``queuefile.is_queue_file_name``). The several
-events of one save (a temp file written, renamed over the original, the backup removed) arrive
-together: watchfiles collects changes until the directory has been quiet for ``STEP_MS``.
+would be lost with its inode), and keeps only ``*.json`` files that are not hidden, editor
+swap, backup or temporary files (``queuefile.is_queue_file_name``). The several events of one
+save (a temp file written, renamed over the original, the backup removed) arrive together: a
+batch of changes ends once the directory has been quiet for ``STEP_MS``.
+
+On Linux it reads inotify from the event loop (``inotify.py``): nothing runs while nothing
+changes. Elsewhere (macOS) it uses watchfiles, whose thread looks for changes every ``STEP_MS``
+(about 0.2-0.5% of a core while idle, measured on Linux by forcing it).
 
 The daemon's own writes are not handed on: a file whose inode, size and modification time are
 those of the daemon's last write is its own. Any other change is handed on; the write-back then
@@ -14,16 +18,16 @@ unchanged is not an edit either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from watchfiles import Change, awatch
+from watchfiles import awatch
 
-from . import queuefile
+from . import inotify, queuefile
 from .live import Reloader
 from .writeback import Writeback
 
@@ -62,9 +66,9 @@ class Watcher:
         self.writeback = writeback
         self.directory = directory.resolve()
 
-    def wanted(self, change: Change, path: str) -> bool:
+    @staticmethod
+    def wanted(name: str) -> bool:
         """Only the directory's own queue files (not swap, backup or temporary files)."""
-        name = path.rsplit("/", 1)[-1]
         return queuefile.is_queue_file_name(name)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -84,24 +88,17 @@ class Watcher:
     ) -> None:
         started = False
         while True:
-            changes = awatch(
-                self.directory,
-                watch_filter=self.wanted,
-                step=STEP_MS,
-                debounce=DEBOUNCE_MS,
-                recursive=False,
-                stop_event=stop,
-            )
-            # Look at every file once the watch is in place (it is, by the time the reloader
-            # runs: the first step of the loop below sets it up before it waits): nothing
-            # saved between start-up and now is missed.
-            self.reloader.changed(None)
-            if not started:
-                started = True
-                task_status.started()
             try:
-                async for batch in changes:
-                    await self._forward(Path(path) for _, path in batch)
+                batches = self._batches(stop)
+                # Look at every file once the watch is in place (it is, by the time the
+                # reloader runs: the watch is set up before the first batch is awaited):
+                # nothing saved between start-up and now is missed.
+                self.reloader.changed(None)
+                if not started:
+                    started = True
+                    task_status.started()
+                async for paths in batches:
+                    await self._forward(paths)
             except (OSError, RuntimeError) as exc:
                 log.warning(
                     "cannot watch the tracks directory; trying again",
@@ -112,6 +109,53 @@ class Watcher:
                 await anyio.sleep(RETRY_SECONDS)
             else:
                 return
+
+    def _batches(self, stop: anyio.Event) -> AsyncIterator[list[Path]]:
+        """The changed queue files, a batch per save (inotify where there is, else watchfiles).
+
+        Raises :class:`OSError` when the directory cannot be watched (now, or any more).
+        """
+        if inotify.available():
+            return self._inotify(inotify.DirWatch(self.directory))
+        return self._watchfiles(stop)
+
+    async def _inotify(self, watch: inotify.DirWatch) -> AsyncIterator[list[Path]]:
+        """Batches from the kernel's queue: a batch ends when nothing more came for ``STEP_MS``
+        (or after ``DEBOUNCE_MS`` of changes that keep coming)."""
+        with watch:
+            while True:
+                await anyio.wait_readable(watch.fileno())
+                first = anyio.current_time()
+                names: set[str] = set()
+                rescan = False
+                while True:
+                    events = watch.read()
+                    if events.gone:
+                        raise OSError(f"{self.directory} was removed or moved")
+                    if not events.names and not events.overflow:
+                        break  # quiet for STEP_MS: the batch is complete
+                    names |= events.names
+                    rescan |= events.overflow
+                    if anyio.current_time() - first > DEBOUNCE_MS / 1000:
+                        break
+                    await anyio.sleep(STEP_MS / 1000)
+                if rescan:
+                    self.reloader.changed(None)
+                wanted = [self.directory / n for n in sorted(names) if self.wanted(n)]
+                if wanted:
+                    yield wanted
+
+    async def _watchfiles(self, stop: anyio.Event) -> AsyncIterator[list[Path]]:
+        changes = awatch(
+            self.directory,
+            watch_filter=lambda change, path: self.wanted(path.rsplit("/", 1)[-1]),
+            step=STEP_MS,
+            debounce=DEBOUNCE_MS,
+            recursive=False,
+            stop_event=stop,
+        )
+        async for batch in changes:
+            yield [Path(path) for _, path in batch]
 
     async def _forward(self, paths: Iterable[Path]) -> None:
         """Hand on every changed path that is not the daemon's own write."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator import inotify
 from orchestrator.model import Status, TaskKey
 
 from . import live_harness as lh
@@ -101,9 +102,20 @@ EDITS: dict[str, Edit] = {
 }
 
 
+@pytest.fixture(params=["inotify", "watchfiles"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The watcher reads inotify on Linux and watchfiles elsewhere: both are tested here."""
+    name: str = request.param
+    if name == "inotify" and not inotify.available():
+        pytest.skip("no inotify on this system")
+    if name == "watchfiles":
+        monkeypatch.setattr(inotify, "available", lambda: False)
+    return name
+
+
 @pytest.mark.parametrize("how", list(EDITS))
 async def test_an_edit_saved_any_way_is_applied_once(
-    how: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+    how: str, backend: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     path = write_track("a", base_doc(tmp_path))
     async with lh.live_daemon(tracks_dir) as live:

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator import explain, workspace
+from orchestrator import explain, inotify, workspace
 from orchestrator.clock import SystemClock
 from orchestrator.control.views import DaemonMeta, EngineView, explain_lines
 from orchestrator.model import Status, TaskKey
@@ -275,3 +275,33 @@ def test_sighup_reloads_a_daemon_that_does_not_watch(
     assert len(plans) == 1
     assert plans[0].data["settings"] == {"concurrency": [1, 2]}
     assert os.path.exists(tmp_path / "daemon.log")
+
+
+@pytest.mark.parametrize("backend", ["inotify", "watchfiles"])
+async def test_the_watch_comes_back_when_the_directory_does(
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tracks_dir: Path,
+    write_track: WriteTrack,
+) -> None:
+    if backend == "inotify" and not inotify.available():
+        pytest.skip("no inotify on this system")
+    if backend == "watchfiles":
+        monkeypatch.setattr(inotify, "available", lambda: False)
+    path = write_track("a", [{"id": "A1", "command": note("A1", tmp_path)}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("a:A1") is Status.COMPLETE)
+        await live.settled("a")
+        aside = tmp_path / "aside"
+        os.rename(tracks_dir, aside)  # a checkout switched, a directory restored from backup
+        await anyio.sleep(0.3)
+        os.rename(aside, tracks_dir)
+        doc = json.loads(path.read_text())
+        doc["features"].append({"id": "A2", "command": note("A2", tmp_path)})
+        save(path, doc)
+        a2 = TaskKey("a", "A2")
+        await live.until(
+            lambda: a2 in live.engine.states and live.status("a:A2") is Status.COMPLETE
+        )
+        assert ledger(tmp_path) == ["A1", "A2"]
