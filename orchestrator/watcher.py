@@ -18,6 +18,7 @@ unchanged is not an edit either.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,8 @@ default 50 ms; the events of one atomic save come within a millisecond of each o
 """
 DEBOUNCE_MS = 400
 """The longest a batch collects changes while they keep coming (a file streamed for long)."""
+_NO_INOTIFY = (errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.ENOSYS)
+"""inotify refused for want of instances or watches (or not built in): fall back to watchfiles."""
 RETRY_SECONDS = 2.0
 """How long to wait before watching again when the directory cannot be watched."""
 
@@ -89,14 +92,16 @@ class Watcher:
         started = False
         while True:
             try:
-                batches = self._batches(stop)
+                try:
+                    batches = self._batches(stop)
+                finally:
+                    if not started:  # the daemon starts even if the first watch fails
+                        started = True
+                        task_status.started()
                 # Look at every file once the watch is in place (it is, by the time the
                 # reloader runs: the watch is set up before the first batch is awaited):
                 # nothing saved between start-up and now is missed.
                 self.reloader.changed(None)
-                if not started:
-                    started = True
-                    task_status.started()
                 async for paths in batches:
                     await self._forward(paths)
             except (OSError, RuntimeError) as exc:
@@ -116,7 +121,16 @@ class Watcher:
         Raises :class:`OSError` when the directory cannot be watched (now, or any more).
         """
         if inotify.available():
-            return self._inotify(inotify.DirWatch(self.directory))
+            try:
+                return self._inotify(inotify.DirWatch(self.directory))
+            except OSError as exc:
+                if exc.errno not in _NO_INOTIFY:
+                    raise
+                log.warning(
+                    "inotify is not available; watching with watchfiles instead",
+                    error=str(exc),
+                    hint="raise fs.inotify.max_user_instances / max_user_watches",
+                )
         return self._watchfiles(stop)
 
     async def _inotify(self, watch: inotify.DirWatch) -> AsyncIterator[list[Path]]:

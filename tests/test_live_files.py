@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -277,7 +278,11 @@ def test_sighup_reloads_a_daemon_that_does_not_watch(
     assert os.path.exists(tmp_path / "daemon.log")
 
 
-@pytest.mark.parametrize("backend", ["inotify", "watchfiles"])
+def _refused(directory: Path) -> inotify.DirWatch:
+    raise OSError(errno.EMFILE, "inotify_init1: Too many open files")
+
+
+@pytest.mark.parametrize("backend", ["inotify", "watchfiles", "inotify-refused"])
 async def test_the_watch_comes_back_when_the_directory_does(
     backend: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -285,10 +290,12 @@ async def test_the_watch_comes_back_when_the_directory_does(
     tracks_dir: Path,
     write_track: WriteTrack,
 ) -> None:
-    if backend == "inotify" and not inotify.available():
+    if backend.startswith("inotify") and not inotify.available():
         pytest.skip("no inotify on this system")
     if backend == "watchfiles":
         monkeypatch.setattr(inotify, "available", lambda: False)
+    if backend == "inotify-refused":  # out of inotify instances: watchfiles takes over
+        monkeypatch.setattr(inotify, "DirWatch", _refused)
     path = write_track("a", [{"id": "A1", "command": note("A1", tmp_path)}])
     async with lh.live_daemon(tracks_dir) as live:
         await live.until(lambda: live.status("a:A1") is Status.COMPLETE)
