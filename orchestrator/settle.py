@@ -6,7 +6,9 @@ written and does not parse. A read that fails is therefore not a verdict on the 
 version of the file that stays the same for ``quiet`` seconds, and still fails when read again,
 is reported. A version is told apart by its inode, size and modification time
 (:func:`orchestrator.queuefile.file_id`); a file whose modification time is already ``quiet``
-seconds old counts as settled at once (an old broken file found by a reload).
+seconds old counts as settled after one more look, ``RECHECK`` later (an old broken file found
+by a reload). That look is for a file caught between two writes while the daemon itself was
+too busy to read it sooner: its writer gets the moment it needs to finish.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .queuefile import FileId
+
+RECHECK = 0.05
+"""Seconds before the second look at a failing file that has not changed for ``quiet``."""
 
 
 @dataclass(slots=True)
@@ -31,15 +36,17 @@ class Settle:
     def wait(self, path: Path, version: FileId | None) -> float:
         """A read of ``version`` of ``path`` failed: seconds to wait before reporting it.
 
-        0 means report now: the same version has failed for ``quiet`` seconds, or the file
-        has not been modified for that long.
+        0 means report now: the same version has failed for ``quiet`` seconds, or for
+        ``RECHECK`` seconds when it had not been modified for ``quiet`` when first seen.
         """
         now = self.monotonic()
         seen = self._seen.get(path)
         if seen is None or seen[0] != version:
-            self._seen[path] = (version, now)
             if version is not None and self.wall() - version[2] / 1e9 >= self.quiet:
-                return 0.0
+                recheck = min(RECHECK, self.quiet)
+                self._seen[path] = (version, now - self.quiet + recheck)
+                return recheck
+            self._seen[path] = (version, now)
             return self.quiet
         return max(seen[1] + self.quiet - now, 0.0)
 

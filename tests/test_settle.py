@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settle import Settle
+from orchestrator.settle import RECHECK, Settle
 
 
 class Clocks:
@@ -49,11 +49,17 @@ def test_a_new_version_starts_the_wait_again() -> None:
     assert settle.wait(path, version(clocks.wall, size=20)) == 0.0
 
 
-def test_an_old_broken_file_is_reported_at_once_and_clear_forgets() -> None:
+def test_an_old_broken_file_is_reported_after_one_more_look_and_clear_forgets() -> None:
     clocks = Clocks()
     settle = Settle(0.5, clocks.monotonic, clocks.time)
     path = Path("t.json")
+    assert settle.wait(path, version(clocks.wall - 60)) == pytest.approx(RECHECK)
+    clocks.mono += RECHECK
     assert settle.wait(path, version(clocks.wall - 60)) == 0.0
+    # Caught between two writes while the daemon was busy: the rest came in the meantime.
+    other = Path("u.json")
+    assert settle.wait(other, version(clocks.wall - 1)) == pytest.approx(RECHECK)
+    assert settle.wait(other, version(clocks.wall, size=20)) == 0.5
     assert settle.wait(Path("gone.json"), None) == 0.5  # a file gone: no age to trust
     settle.clear(path)
     assert settle.wait(path, version(clocks.wall)) == 0.5
