@@ -27,14 +27,14 @@ from anyio.abc import TaskStatus
 
 from . import agentoutput, agents, budgets
 from .attempt import AttemptPlan, AttemptResult, Gate
-from .clock import SystemClock, iso
+from .clock import iso
 from .config import Settings
 from .daemon import Engine
 from .errors import GitError
 from .gitattempt import GitAttempt, Outcome
 from .guardrails import Guardrails, NoTests
 from .model import TaskKey
-from .store import AttemptDetails, HoldRow, Spend, Store
+from .store import AttemptDetails, HoldRow, Spend
 from .worktrees import Trees
 
 if TYPE_CHECKING:
@@ -370,14 +370,3 @@ async def service(
     runtime.restore()
     task_status.started()
     await runtime.run_timers()
-
-
-def stored_usage(state_dir: Path) -> tuple[dict[str, Spend], list[HoldRow]]:
-    """Spending per track and usage-limit waits, from a state directory (if it has a store)."""
-    if not (state_dir / "state.db").is_file():
-        return {}, []
-    store = Store.open(state_dir, SystemClock())
-    try:
-        return store.spend_by_track(), store.holds()
-    finally:
-        store.close()

@@ -140,17 +140,7 @@ class Engine:
             self.graph.set_track(self._with_states(specs[track.name]))
 
     def _with_states(self, spec: TrackSpec) -> TrackSpec:
-        nodes = tuple(
-            type(node)(
-                key=node.key,
-                order=node.order,
-                deps=node.deps,
-                status=self.states[node.key].status if node.key in self.states else node.status,
-                paused=node.paused,
-            )
-            for node in spec.tasks
-        )
-        return TrackSpec(spec.name, nodes, spec.trigger, spec.paused)
+        return spec.with_statuses(lambda key: s.status if (s := self.states.get(key)) else None)
 
     def import_tasks(self, tasks: Iterable[TaskDef]) -> None:
         """Give tasks the store has never seen a state: the file's, as an imported task."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from .model import Status, Target, TaskKey, TrackAll
@@ -49,6 +49,14 @@ class TrackSpec:
     tasks: tuple[NodeSpec, ...] = ()
     trigger: tuple[Target, ...] = ()
     paused: bool = False
+
+    def with_statuses(self, status_of: Callable[[TaskKey], Status | None]) -> TrackSpec:
+        """This track with each task's status from ``status_of`` (``None``: the file's)."""
+        nodes = []
+        for node in self.tasks:
+            status = status_of(node.key)
+            nodes.append(node if status is None else replace(node, status=status))
+        return replace(self, tasks=tuple(nodes))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ Pure: definitions in, a value out.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, Literal
@@ -318,13 +318,6 @@ def same_definition(a: TrackDef, b: TrackDef) -> bool:
     if len(a.tasks) != len(b.tasks):
         return False
     return all(x is y or _DEFINED(x) == _DEFINED(y) for x, y in zip(a.tasks, b.tasks, strict=True))
-
-
-def orders_of(
-    wanted: Mapping[str, Status], current: Mapping[str, Status | None]
-) -> tuple[Order, ...]:
-    """Orders from ``{id: status written}`` and the daemon's current statuses."""
-    return tuple(Order(i, status, current.get(i)) for i, status in wanted.items())
 
 
 def _unique(tasks: Sequence[TaskDef]) -> list[TaskDef]:

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator.model import Status, TaskKey
+from orchestrator.model import OWNED_FIELDS, Status, TaskKey
 
 from . import live_harness as lh
 
@@ -70,23 +70,11 @@ def _render(
     items = []
     for task in mine:
         item = {k: v for k, v in on_disk.get(task["id"], {}).items() if k not in task}
-        item = {**task, **{k: v for k, v in item.items() if k in _OWNED}}
+        item = {**task, **{k: v for k, v in item.items() if k in OWNED_FIELDS}}
         if order is not None and order[0] == task["id"]:
             item["status"] = order[1]
         items.append(item)
     return lh.dump({**current, "features": items})
-
-
-_OWNED = (
-    "status",
-    "attempts",
-    "last_attempt",
-    "completed_at",
-    "passes",
-    "error",
-    "verification_verdict",
-    "files_actually_changed",
-)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

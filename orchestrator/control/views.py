@@ -13,14 +13,13 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from .. import __version__, explain, statusview, workspace
 from ..clock import Clock, SystemClock, iso
 from ..config import Config
 from ..daemon import Engine
-from ..graph import Graph, TrackSpec
+from ..graph import Graph
 from ..model import STATUS_ORDER, Status, TaskDef, TaskKey, TrackDef
 from ..problems import Problem
 from ..refs import RefIndex, key_of
@@ -195,7 +194,10 @@ class OfflineView:
             last = store.last_event(("daemon_paused", "daemon_resumed"))
             self._paused = last is not None and last.type == "daemon_paused"
         with workspace.bulk():
-            self._graph = Graph(self._spec(spec) for spec in ws.report.track_specs())
+            self._graph = Graph(
+                spec.with_statuses(lambda k: s.status if (s := self._states.get(k)) else None)
+                for spec in ws.report.track_specs()
+            )
 
     @classmethod
     def load(cls, cfg: Config, clock: Clock | None = None) -> OfflineView:
@@ -208,19 +210,6 @@ class OfflineView:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
-
-    def _spec(self, spec: TrackSpec) -> TrackSpec:
-        nodes = tuple(
-            type(node)(
-                key=node.key,
-                order=node.order,
-                deps=node.deps,
-                status=self._states[node.key].status if node.key in self._states else node.status,
-                paused=node.paused,
-            )
-            for node in spec.tasks
-        )
-        return TrackSpec(spec.name, nodes, spec.trigger, spec.paused)
 
     @property
     def graph(self) -> Graph:
@@ -460,11 +449,3 @@ def problem_info(problem: Problem) -> dict[str, Any]:
         "message": problem.message,
         "severity": problem.severity,
     }
-
-
-def shown_path(path: str) -> str:
-    """A path relative to the working directory when it is inside it (for people)."""
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
