@@ -466,9 +466,13 @@ class Graph:
     def ready_in_order(self, track: str, limit: int | None = None) -> list[TaskKey]:
         """Ready tasks of ``track`` in run order (for display; sorts on every call)."""
         bucket = self._ready.get(track, ())
+
+        def rank(key: TaskKey) -> tuple[Order, TaskKey]:
+            return self._nodes[key].order, key  # the heap's order: ties go by key
+
         if limit is not None:
-            return heapq.nsmallest(limit, bucket, key=lambda k: self._nodes[k].order)
-        return sorted(bucket, key=lambda k: self._nodes[k].order)
+            return heapq.nsmallest(limit, bucket, key=rank)
+        return sorted(bucket, key=rank)
 
     def dependents(self, key: TaskKey) -> list[TaskKey]:
         """Tasks that name ``key`` directly, plus those that name its whole track."""
