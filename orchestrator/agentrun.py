@@ -203,8 +203,7 @@ class AgentRuntime:
             return
         if kept is not None:
             data = {"path": str(kept.path), "files": list(kept.files[:50])}
-            engine.store.add_events(("worktree_kept", key.track, data))
-            engine.announce("worktree_kept", key.track, **data)
+            engine.journal("worktree_kept", key.track, **data)
             log.warning(
                 "worktree kept: it has uncommitted changes",
                 track=key.track,
@@ -237,8 +236,7 @@ class AgentRuntime:
 
         for crossing in budgets.crossings(key, day, applicable, spend, self.seen):
             reason = crossing.describe()
-            store.add_events(("budget_exceeded", key, crossing.as_data()))
-            engine.announce("budget_exceeded", key, **crossing.as_data())
+            engine.journal("budget_exceeded", key, **crossing.as_data())
             log.warning("budget exceeded", task=str(key), reason=reason)
             names = list(engine.tracks) if crossing.scope == "day" else [key.track]
             for name in names:

@@ -229,8 +229,7 @@ class Engine:
         self._handle(self.graph.remove_track(name))
         for task in track.definition.tasks:
             self.defs.pop(task.key, None)
-        self.store.add_events(("track_removed", name, {"file": track.definition.path}))
-        self.announce("track_removed", name, file=track.definition.path, reason=reason)
+        self.journal("track_removed", name, file=track.definition.path, reason=reason)
         log.info("track removed", track=name, reason=reason)
         self.dispatch()
 
@@ -324,8 +323,7 @@ class Engine:
         """Start nothing new in ``name``; its running attempts finish."""
         if name in self.tracks and not self.graph.track_paused(name):
             self.graph.pause_track(name, True)
-            self.store.add_events(("track_paused", name, {"reason": reason}))
-            self.announce("track_paused", name, reason=reason)
+            self.journal("track_paused", name, reason=reason)
             log.info("track paused", track=name, reason=reason)
             self._dirty(name, None)
             self._check_idle()
@@ -333,8 +331,7 @@ class Engine:
     def resume_track(self, name: str) -> None:
         if name in self.tracks and self.graph.track_paused(name):
             self.graph.pause_track(name, False)
-            self.store.add_events(("track_resumed", name, {}))
-            self.announce("track_resumed", name)
+            self.journal("track_resumed", name)
             self._dirty(name, None)
             self.dispatch()
 

@@ -290,8 +290,7 @@ class Reloader:
         self.settle.clear(path)
         self._problems.pop(path, None)
         self._publish()
-        engine.store.add_events(("track_added", name, {"file": definition.path}))
-        engine.announce("track_added", name, file=definition.path)
+        engine.journal("track_added", name, file=definition.path)
         self.writeback.start_fresh(name)
         await anyio.lowlevel.checkpoint()  # what the new track started begins first
         await self.writeback.sync(name)
@@ -306,8 +305,7 @@ class Reloader:
             for line in rendered:
                 log.warning("queue file not loaded", problem=line)
             data = {"file": queuefile.display_path(path), "problems": rendered}
-            self.engine.store.add_events(("queue_file_invalid", None, data))
-            self.engine.announce("queue_file_invalid", None, **data)
+            self.engine.journal("queue_file_invalid", None, **data)
         self._problems[path] = problems
         self._publish()
 

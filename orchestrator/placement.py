@@ -313,7 +313,7 @@ async def reattach(
             continue
         keep.update(resume.runs)
         engine.running[key.track] = engine.running.get(key.track, 0) + 1
-        engine.store.add_events(("attempt_reattached", key, {"attempt": resume.number}))
+        engine.journal("attempt_reattached", key, attempt=resume.number)
         log.info("re-attaching", task=str(key), attempt=resume.number, runs=sorted(resume.runs))
         launch(key, resume)
     if gone:  # their task is gone or was given an order: the runs are stopped below

@@ -102,8 +102,7 @@ def reload_config(rt: Runtime) -> Change | None:
     engine.cfg = rt.cfg = change.config
     if change.applied or change.at_restart:
         data = {"changed": list(change.applied), "at_restart": list(change.at_restart)}
-        engine.store.add_events(("config_reloaded", None, data))
-        engine.announce("config_reloaded", None, **data)
+        engine.journal("config_reloaded", None, **data)
     where = str(engine.cfg.config_file or "no config file")
     log.info("config reloaded", file=where, changed=list(change.applied))
     if change.at_restart:
@@ -124,8 +123,7 @@ def _configure_logs(settings: Settings) -> str | None:
 
 
 def _report_invalid(rt: Runtime, problems: list[str]) -> None:
-    rt.engine.store.add_events(("config_invalid", None, {"problems": problems}))
-    rt.engine.announce("config_invalid", None, problems=problems)
+    rt.engine.journal("config_invalid", None, problems=problems)
     log.error("config not reloaded: the settings in force stay", problems=problems)
 
 

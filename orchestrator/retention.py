@@ -162,8 +162,7 @@ class LogRetention:
             )
             if result.files:
                 data = {"files": result.files, "bytes": result.bytes}
-                engine.store.add_events(("logs_pruned", None, data))
-                engine.announce("logs_pruned", None, **data)
+                engine.journal("logs_pruned", None, **data)
                 log.info("old attempt logs removed", **data, kept_bytes=result.remaining_bytes)
             self.last = result
         self.sweeps += 1

@@ -315,8 +315,7 @@ class Writeback:
         if plan.empty:
             return
         data = plan.data()
-        self.engine.store.add_events(("reload_plan", plan.track, data))
-        self.engine.announce("reload_plan", plan.track, **data)
+        self.engine.journal("reload_plan", plan.track, **data)
         log.info("reload plan", track=plan.track, file=plan.file, summary=plan.headline())
         for line in plan.lines():
             log.info(line, track=plan.track)
@@ -405,8 +404,7 @@ class Writeback:
             for line in rendered:
                 log.warning("queue file not applied; the last good version stays", problem=line)
             data = {"file": track.definition.path, "problems": rendered}
-            self.engine.store.add_events(("queue_file_invalid", track.name, data))
-            self.engine.announce("queue_file_invalid", track.name, **data)
+            self.engine.journal("queue_file_invalid", track.name, **data)
         track.problems = problems
         return problems
 

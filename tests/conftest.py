@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,9 @@ import pytest
 import structlog
 
 from orchestrator import logs
+from orchestrator.control.api import EVENT_TYPES
+from orchestrator.daemon import Engine
+from orchestrator.store import EventSpec, Store
 
 from .ray_head import ray_head  # noqa: F401 - the session's Ray head, for the ``ray`` tests
 
@@ -61,6 +64,28 @@ def restore_logging() -> Iterator[None]:
         handler.close()
     logger.propagate = True
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _only_known_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every event journaled or announced in any test is one that hooks can name
+    (``control.api.EVENT_TYPES``, checked by the config): a new kind must be added there."""
+    journal, announce = Store._events, Engine.announce
+
+    def known(kind: str) -> None:
+        assert kind in EVENT_TYPES, f"event {kind!r} is not in control.api.EVENT_TYPES"
+
+    def checked_journal(self: Store, events: Sequence[EventSpec]) -> None:
+        for kind, _, _ in events:
+            known(kind)
+        journal(self, events)
+
+    def checked_announce(self: Engine, kind: str, subject: Any, **data: Any) -> None:
+        known(kind)
+        announce(self, kind, subject, **data)
+
+    monkeypatch.setattr(Store, "_events", checked_journal)
+    monkeypatch.setattr(Engine, "announce", checked_announce)
 
 
 @pytest.fixture(autouse=True)

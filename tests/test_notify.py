@@ -176,3 +176,9 @@ def test_notification_settings_are_checked() -> None:
     default = config.load(flags={"notify": {"command": {"argv": ["notify-send"]}}}, env={})
     assert default.settings.notify.command is not None
     assert "task_failed" in default.settings.notify.command.events
+    assert "budget_exceeded" in default.settings.notify.command.events
+    # Every kind the daemon journals can be named (tests/conftest.py checks each one emitted).
+    named = config.load(
+        flags={"notify": {"webhooks": [{"url": "http://x/", "events": ["usage_limit"]}]}}, env={}
+    )
+    assert list(named.settings.notify.webhooks[0].events) == ["usage_limit"]

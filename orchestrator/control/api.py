@@ -54,7 +54,18 @@ EVENT_TYPES: tuple[str, ...] = (
     "track_complete",
     "track_paused",
     "track_resumed",
+    "track_added",
+    "track_removed",
     "queue_file_invalid",
+    "reload_plan",
+    "attempt_reattached",
+    "worktree_kept",
+    "budget_exceeded",
+    "usage_limit",
+    "usage_limit_reset",
+    "config_reloaded",
+    "config_invalid",
+    "logs_pruned",
 )
 """Every kind of event the daemon journals (``events.jsonl``, the SSE stream, webhooks)."""
 
@@ -63,6 +74,8 @@ ATTENTION_EVENTS: tuple[str, ...] = (
     "task_blocked",
     "track_complete",
     "queue_file_invalid",
+    "budget_exceeded",
+    "config_invalid",
     "daemon_stopping",
 )
 """What notifications are sent for unless a hook lists its own events: what needs a person."""
