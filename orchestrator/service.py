@@ -42,6 +42,8 @@ START_LIMIT_BURST = 5
 RESTART_SEC = 5
 THROTTLE_INTERVAL = 30
 PASSED_AS_FLAGS = ("CONFIG", "TRACKS", "STATE_DIR")
+SECRETS = ("RAY_TOKEN",)
+"""``ORCHESTRATORD_*`` variables never written into a (world-readable) service file."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$")
 
 
@@ -130,7 +132,8 @@ def spec_for(
         sorted(
             (key, value)
             for key, value in env.items()
-            if key.startswith(ENV_PREFIX) and key.removeprefix(ENV_PREFIX) not in PASSED_AS_FLAGS
+            if key.startswith(ENV_PREFIX)
+            and key.removeprefix(ENV_PREFIX) not in (*PASSED_AS_FLAGS, *SECRETS)
         )
     )
     settings = cfg.settings

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +25,11 @@ import click
 
 from . import lock
 from .cli import _common_options, _reports_errors, _settings, _split_common
+from .config import ENV_PREFIX
 from .errors import OrchestratorError
 from .service import (
+    DEFAULT_WATCHDOG,
+    SECRETS,
     Instructions,
     Manager,
     Scope,
@@ -82,7 +87,7 @@ def _spec(
     manager: str | None,
     name: str,
     run_as: str | None,
-    watchdog: int = 60,
+    watchdog: int = DEFAULT_WATCHDOG,
 ) -> tuple[ServiceSpec, Path]:
     cfg = _settings(ctx, _split_common(kwargs))
     root = os.geteuid() == 0
@@ -166,7 +171,7 @@ def _write(path: Path, content: bytes) -> None:
 @click.option(
     "--watchdog-sec",
     type=click.IntRange(min=0),
-    default=60,
+    default=DEFAULT_WATCHDOG,
     show_default=True,
     help="systemd restarts the daemon when its event loop stalls this long (0: off).",
 )
@@ -208,6 +213,12 @@ def install(
         click.echo(f"{'replaced' if current is not None else 'wrote'} {path}:")
     click.echo("")
     click.echo(content.decode(), nl=False)
+    for secret in SECRETS:
+        if ENV_PREFIX + secret in os.environ:
+            click.echo(
+                f"\nnote: {ENV_PREFIX + secret} is not written into the service file (others can"
+                " read it): use ray.token_file, or a drop-in with EnvironmentFile="
+            )
     if spec.scope == "system" and spec.user == "root":
         click.echo("\nwarning: it runs as root, and so do the agents; pass --run-as USER")
     if spec.scope == "system" and os.environ.get("SUDO_USER"):
@@ -282,6 +293,8 @@ def status_cmd(
     spec, state_dir = _spec(ctx, kwargs, scope=scope, manager=manager, name=name, run_as=run_as)
     path = Path(spec.file)
     installed = path.is_file()
+    if installed:  # compared with what install would write with the watchdog it was given
+        spec = replace(spec, watchdog=_installed_watchdog(path.read_text(errors="replace")))
     if not installed:
         click.echo(f"service file: {path}: not installed (`orchestratord service install`)")
     elif path.read_bytes() == render(spec):
@@ -302,3 +315,9 @@ def status_cmd(
         return
     click.echo(f"daemon: not running (state directory {state_dir})")
     sys.exit(EXIT_NOT_RUNNING if installed else EXIT_NOT_INSTALLED)
+
+
+def _installed_watchdog(text: str) -> int:
+    """The ``--watchdog-sec`` a unit was installed with (0: none; a plist has none)."""
+    found = re.search(r"^WatchdogSec=(\d+)$", text, re.MULTILINE)
+    return int(found[1]) if found else 0

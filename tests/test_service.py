@@ -108,7 +108,13 @@ def test_odd_paths_are_escaped_for_systemd(tmp_path: Path) -> None:
 
 
 def test_the_unit_says_what_a_long_running_service_needs(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, env={"ORCHESTRATORD_MAX_PARALLEL": "3", "ORCHESTRATORD_TRACKS": "x"})
+    env = {
+        "ORCHESTRATORD_MAX_PARALLEL": "3",
+        "ORCHESTRATORD_TRACKS": "x",
+        "ORCHESTRATORD_RAY_TOKEN": "s3cret",  # a secret: never in a world-readable file
+    }
+    spec = _spec(tmp_path, env=env)
+    assert "s3cret" not in render(spec).decode()
     unit = parse_unit(render(spec).decode())
     assert unit["Service.Type"] == ["notify"]
     assert unit["Service.NotifyAccess"] == ["main"]
@@ -243,8 +249,14 @@ def test_install_status_and_uninstall_a_user_unit(project: Path, tmp_path: Path)
         lock.release()
     assert running.exit_code == 0, running.output
     assert f"daemon: running (pid {os.getpid()})" in running.output
-    unit.write_text(text.replace("WatchdogSec=60", "WatchdogSec=5"))
+    unit.write_text(text.replace(f"WorkingDirectory={project}", "WorkingDirectory=/elsewhere"))
     assert "install it again" in _invoke(tmp_path, "service", "status", *target).output
+    # A watchdog chosen at install is what install would write again, not a difference.
+    for seconds in ("5", "0"):
+        again = _invoke(tmp_path, "service", "install", *target, "--watchdog-sec", seconds)
+        assert again.exit_code == 0, again.output
+        assert ("WatchdogSec=" in unit.read_text()) is (seconds != "0")
+        assert "up to date" in _invoke(tmp_path, "service", "status", *target).output
     gone = _invoke(tmp_path, "service", "uninstall", *target)
     assert gone.exit_code == 0, gone.output
     assert f"systemctl --user disable --now {name}.service" in gone.output
