@@ -260,7 +260,9 @@ class Reloader:
         version = queuefile.file_id(path)
         if version is None:
             return
-        qf = await anyio.to_thread.run_sync(queuefile.read, path)
+        # Through the write-back's task memo: its first sync of the new track reuses these tasks.
+        memo = self.writeback.memo(path)
+        qf = await anyio.to_thread.run_sync(queuefile.read, path, None, memo)
         definition = qf.track
         if not qf.ok or definition is None:
             self._invalid(path, list(qf.problems), version)

@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -26,9 +27,10 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from . import gitwork
 from .attempt import AttemptPlan, RemoteRun
 from .config import Config, Settings
-from .errors import ConfigError
+from .errors import ConfigError, GitError
 from .executors.base import Checkout, Executor
 from .executors.ray import RayCluster, RayExecutor
 from .model import ExecutorChoice, Status, TaskKey
@@ -270,24 +272,24 @@ class WorkspaceError(Exception):
 
 
 async def _git(cwd: Path, *args: str) -> str:
-    result = await anyio.run_process(["git", "-C", str(cwd), *args], check=False)
-    if result.returncode != 0:
-        detail = " ".join(result.stderr.decode("utf-8", "replace").split())
-        raise WorkspaceError(f"git {' '.join(args)} in {cwd}: {detail}")
-    return result.stdout.decode().strip()
+    try:
+        return await anyio.to_thread.run_sync(partial(gitwork.out, cwd, *args))
+    except GitError as error:
+        raise WorkspaceError(" ".join(str(error).split())) from None
 
 
 async def _git_workspace(workdir: Path, ray: RayPlan, remote: RemoteRun) -> tuple[RemoteRun, str]:
     """The checkout a git-workspace run gets, and the run's directory inside it."""
     try:
-        top = Path(await _git(workdir, "rev-parse", "--show-toplevel"))
+        found = await _git(workdir, "rev-parse", "--show-toplevel", "--show-prefix")
     except WorkspaceError as error:
         raise WorkspaceError(
             f'workspace "git" needs the track\'s workdir in a git repository: {error}'
         ) from None
-    repo = ray.repo or await _git(top, "remote", "get-url", "origin")
-    ref = ray.ref or await _git(top, "rev-parse", "HEAD")
-    cwd = (await _git(workdir, "rev-parse", "--show-prefix")).rstrip("/") or "."
+    top, _, prefix = found.partition("\n")  # the prefix is empty at the top level
+    repo = ray.repo or await _git(Path(top), "remote", "get-url", "origin")
+    ref = ray.ref or await _git(Path(top), "rev-parse", "HEAD")
+    cwd = prefix.strip().rstrip("/") or "."
     checkout = Checkout(repo=repo, ref=ref, push=True)
     return replace(remote, checkout=checkout, fetch_into=str(top)), cwd
 

@@ -8,7 +8,13 @@ commit step finds the attempt's changes there: ``git diff HEAD...orchestratord/J
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import anyio
+
+from . import gitwork
+from .errors import GitError
 
 
 class RunBranchError(Exception):
@@ -18,12 +24,16 @@ class RunBranchError(Exception):
 async def fetch(repository: str, remote: str, branch: str, commit: str) -> str:
     """Fetch ``branch`` from ``remote`` into ``repository``; return the local ref."""
     ref = f"refs/heads/{branch}"
-    argv = ["git", "-C", repository, "fetch", "--quiet", "--no-tags", remote, f"+{ref}:{ref}"]
-    result = await anyio.run_process(argv, check=False)
-    if result.returncode != 0:
-        detail = " ".join(result.stderr.decode("utf-8", "replace").split())[-400:]
-        raise RunBranchError(f"cannot fetch the run's branch {branch} from {remote}: {detail}")
-    head = await anyio.run_process(["git", "-C", repository, "rev-parse", ref], check=False)
+    root = Path(repository)
+    try:
+        args = ("fetch", "--quiet", "--no-tags", remote, f"+{ref}:{ref}")
+        await anyio.to_thread.run_sync(partial(gitwork.run, root, *args))
+    except GitError as error:
+        detail = " ".join(str(error).split())[-400:]
+        raise RunBranchError(
+            f"cannot fetch the run's branch {branch} from {remote}: {detail}"
+        ) from None
+    head = await anyio.to_thread.run_sync(partial(gitwork.run, root, "rev-parse", ref, check=False))
     got = head.stdout.decode().strip()
     if head.returncode != 0 or got != commit:
         raise RunBranchError(
