@@ -21,6 +21,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from . import statusview
 from .attempt import trim_log
 from .clock import Clock, iso
 from .config import Config
@@ -246,8 +247,9 @@ class Engine:
         return self.defs[key], self.tracks[key.track]
 
     def all_problems(self) -> list[Problem]:
-        """Every problem of the queue files on disk now (what ``status`` shows)."""
-        return [*self.problems, *(p for t in self.tracks.values() for p in t.problems)]
+        """Every problem of the queue files on disk now (what ``status`` shows), each once."""
+        found = [*self.problems, *(p for t in self.tracks.values() for p in t.problems)]
+        return list(dict.fromkeys(found))
 
     # ------------------------------------------------------------------ state changes
 
@@ -454,11 +456,7 @@ class Engine:
         return all(self.graph.status(k).done for k in self.graph.keys(None))
 
     def counts(self, track: str) -> dict[str, int]:
-        keys = list(self.graph.keys(track))
-        out = {"total": len(keys)} | {s.value: 0 for s in Status}
-        for key in keys:
-            out[self.graph.status(key).value] += 1
-        return out
+        return statusview.counts(self.graph, list(self.graph.keys(track)))
 
     def task_file(self, key: TaskKey, suffix: str) -> str:
         """``logs/TRACK/ID.SUFFIX`` in the state directory.

@@ -253,9 +253,21 @@ EventSpec = tuple[str, TaskKey | str | None, Mapping[str, Any]]
 """An event to journal with a change: (type, task key or track name or None, data)."""
 
 
+_PUT_TASK = (
+    "INSERT OR REPLACE INTO tasks (track, id, status, attempts, budget_base, last_attempt,"
+    " completed_at, passes, error, verdict, files_changed, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+"""A task's row, with the values of :func:`_owned_row` in this order."""
+
+
 def _owned_row(key: TaskKey, state: TaskState, now: str) -> tuple[Any, ...]:
     o = state.owned
-    files = None if o.files_actually_changed is None else orjson.dumps(o.files_actually_changed)
+    files = (
+        None
+        if o.files_actually_changed is None
+        else orjson.dumps(o.files_actually_changed).decode()
+    )
     return (
         key.track,
         key.id,
@@ -453,7 +465,7 @@ class Store:
         now = self._now()
         with self._tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _PUT_TASK,
                 [_owned_row(key, state, now) for key, state in states.items()],
             )
             self._events(events)
@@ -476,7 +488,7 @@ class Store:
         now = self._now()
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _PUT_TASK,
                 _owned_row(key, state, now),
             )
             cur = db.execute(
@@ -514,7 +526,7 @@ class Store:
                     (*details.columns(), attempt_id),
                 )
             db.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _PUT_TASK,
                 _owned_row(key, state, now),
             )
             self._events(events)
@@ -531,7 +543,7 @@ class Store:
                 [(now, reason, attempt_id) for attempt_id in attempt_ids],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _PUT_TASK,
                 [_owned_row(key, state, now) for key, state in states.items()],
             )
             self._events([("attempt_interrupted", key, {"reason": reason}) for key in states])

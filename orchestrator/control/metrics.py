@@ -76,13 +76,9 @@ class _State(Collector):
             labels=["file"],
         )
         found: Tally[str] = Tally()
-        for problem in engine.problems:
+        for problem in engine.all_problems():
             if problem.is_error:
                 found[problem.file] += 1
-        for track in engine.tracks.values():
-            for problem in track.problems:
-                if problem.is_error:
-                    found[problem.file] += 1
         for file, count in sorted(found.items()):
             errors.add_metric([file], count)
         yield errors

@@ -13,7 +13,6 @@ When the daemon stops, queued notifications get a few seconds to go out.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ import orjson
 import structlog
 from anyio.abc import ByteReceiveStream, TaskStatus
 
-from .. import __version__
+from .. import __version__, procs
 from ..config import Notify, NotifyCommand, Webhook
 from ..store import EventRow
 from .events import message, summary
@@ -255,7 +254,7 @@ class Notifier:
                     tg.cancel_scope.cancel()
             if code is None:
                 with anyio.CancelScope(shield=True):
-                    _kill_group(process.pid)
+                    procs.terminate_group(process.pid, signal.SIGKILL)
                     await process.wait()
         if code is None:
             log.warning(
@@ -281,8 +280,3 @@ async def _collect(stream: ByteReceiveStream | None, into: bytearray) -> None:
     async for chunk in stream:
         if len(into) < 8192:
             into.extend(chunk)
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

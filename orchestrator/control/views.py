@@ -128,10 +128,7 @@ class EngineView:
         return {name: str(track.path) for name, track in self.engine.tracks.items()}
 
     def problems(self) -> tuple[Problem, ...]:
-        found = list(self.engine.problems)
-        for track in self.engine.tracks.values():
-            found.extend(track.problems)
-        return tuple(dict.fromkeys(found))
+        return tuple(self.engine.all_problems())
 
     def track_file(self, name: str) -> str | None:
         track = self.engine.tracks.get(name)
