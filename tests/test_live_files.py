@@ -172,7 +172,7 @@ async def test_a_new_file_with_a_taken_track_name_is_refused(
 async def test_a_removed_file_stops_its_track_and_putting_it_back_resumes_it(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    original = [
+    original: list[dict[str, Any]] = [
         {"id": "A1", "command": note("A1", tmp_path)},
         {"id": "A2", "command": f"{note('A2', tmp_path)}; sleep 30", "dependencies": ["A1"]},
     ]
@@ -193,8 +193,10 @@ async def test_a_removed_file_stops_its_track_and_putting_it_back_resumes_it(
         plan = live.kinds("reload_plan")[-1][2]
         assert (plan["action"], plan["removed_running"]) == ("remove", ["A2"])
 
-        # Back from version control, all pending: the track resumes where it stopped.
-        lh.write_and_rename(a, lh.dump({"features": original}))
+        # Back from version control, every status written as pending (an old commit of the
+        # file): the store wins, this is not an order, and the track resumes where it stopped.
+        restored = [{**task, "status": "pending"} for task in original]
+        lh.write_and_rename(a, lh.dump({"features": restored}))
         await live.until(lambda: ledger(tmp_path).count("A2") == 2)
         assert ledger(tmp_path) == ["A1", "A2", "A2"]  # A1 is not run again
         doc = await live.settled("a")
@@ -312,3 +314,21 @@ async def test_the_watch_comes_back_when_the_directory_does(
             lambda: a2 in live.engine.states and live.status("a:A2") is Status.COMPLETE
         )
         assert ledger(tmp_path) == ["A1", "A2"]
+
+
+async def test_a_file_gone_for_a_moment_does_not_stop_its_track(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    gate = tmp_path / "gate"
+    a = write_track("a", [{"id": "A1", "command": f"while [ ! -f {gate} ]; do sleep 0.01; done"}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("a:A1") is Status.IN_PROGRESS)
+        aside = tmp_path / "a.json.moved"
+        os.rename(a, aside)  # a tool that moves the file out and back (a checkout, a sync)
+        await anyio.sleep(lh.QUIET / 3)  # seen missing by the watcher, not for watch_quiet
+        os.rename(aside, a)
+        await anyio.sleep(lh.QUIET * 2)
+        assert live.kinds("track_removed") == []
+        assert live.status("a:A1") is Status.IN_PROGRESS  # its attempt was never stopped
+        gate.touch()
+        await live.until(lambda: live.status("a:A1") is Status.COMPLETE)
