@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,13 +199,20 @@ def test_status_watch_redraws_when_the_daemon_says_something_changed(
     watcher = None
     try:
         wait_for((state / api.INFO_NAME).exists)
-        watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+        watcher = subprocess.Popen(  # unbuffered: select sees every line not yet read
+            argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, bufsize=0
+        )
         assert watcher.stdout is not None
         first = json.loads(watcher.stdout.readline())
         assert first["daemon"]["running"] is True
+        # Nothing happens: nothing is printed (a document per change, not per second).
+        assert select.select([watcher.stdout], [], [], 2.5)[0] == []
         (tmp_path / "gate").touch()
-        for line in watcher.stdout:
-            if json.loads(line)["totals"]["complete"] == 1:
+        deadline = time.monotonic() + 20
+        while True:  # the change is pushed by the daemon: printed without polling
+            ready = select.select([watcher.stdout], [], [], deadline - time.monotonic())[0]
+            assert ready, "no document after the task completed"
+            if json.loads(watcher.stdout.readline())["totals"]["complete"] == 1:
                 break
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(10) == 0

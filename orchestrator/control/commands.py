@@ -328,25 +328,33 @@ def _follow(cfg: Config, changed: threading.Event, done: threading.Event) -> Non
 
 
 def _watch(cfg: Config, track: str | None, as_json: bool) -> None:
-    """Redraw on every event (pushed by the daemon), and each second for elapsed times."""
+    """Redraw on every event (pushed by the daemon), and each second for elapsed times.
+
+    With ``as_json``, a document only when something happened: an event, or the daemon
+    starting or stopping (no daemon to push events: its state is looked at every two ticks).
+    """
     changed = threading.Event()
     follower: threading.Event | None = None
     console = Console()
     live = None if as_json else Live(console=console, auto_refresh=False, transient=False)
+    was_running: bool | None = None
+    happened = True
     try:
         if live is not None:
             live.start()
         while True:
             data = status_data(cfg, track)
-            if as_json:
-                click.echo(orjson.dumps(data).decode())
-            elif live is not None:
-                live.update(statusview.render(data), refresh=True)
             running = bool(data["daemon"].get("running"))
+            if live is not None:
+                live.update(statusview.render(data), refresh=True)
+            elif happened or running != was_running:
+                click.echo(orjson.dumps(data).decode())
+            was_running = running
             if running and (follower is None or follower.is_set()):
                 follower = threading.Event()
                 threading.Thread(target=_follow, args=(cfg, changed, follower), daemon=True).start()
-            changed.wait(WATCH_TICK if running else 2 * WATCH_TICK)
+            tick = WATCH_TICK if running and live is not None else 2 * WATCH_TICK
+            happened = changed.wait(tick)
             changed.clear()
     except KeyboardInterrupt:
         pass
