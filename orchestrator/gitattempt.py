@@ -101,7 +101,7 @@ class GitAttempt:
         return self.tree.root
 
     def _snapshot(self) -> str:
-        return gitwork.snapshot(self.root, self.tree.excludes, self.scratch)
+        return gitwork.snapshot(self.root, self.tree.excludes, self.scratch, self.tree.index)
 
     # ------------------------------------------------------------------ before the run
 
@@ -137,7 +137,7 @@ class GitAttempt:
 
     def _keep_index(self) -> None:
         """A shared checkout's index as it was, to undo what the agent staged or committed."""
-        real = gitwork.git_path(self.root, "index")
+        real = self.tree.index
         if real.exists():
             self._kept_index.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(real, self._kept_index)
@@ -149,7 +149,7 @@ class GitAttempt:
             return
         kept = self._kept_index
         if kept.exists():
-            os.replace(kept, gitwork.git_path(self.root, "index"))
+            os.replace(kept, self.tree.index)
 
     def _keep_leftovers(self) -> str:
         head = gitwork.head(self.root)

@@ -241,9 +241,10 @@ def git_path(root: Path, name: str) -> Path:
     return (root / out(root, "rev-parse", "--git-path", name)).resolve()
 
 
-def snapshot(root: Path, excludes: Sequence[str], scratch: Path) -> str:
-    """The tree of the working tree at ``root`` now (see the module docstring)."""
-    real = git_path(root, "index")
+def snapshot(root: Path, excludes: Sequence[str], scratch: Path, index: Path | None = None) -> str:
+    """The tree of the working tree at ``root`` now (see the module docstring); ``index``:
+    the tree's index file, when the caller knows it."""
+    real = index or git_path(root, "index")
     scratch.parent.mkdir(parents=True, exist_ok=True)
     if real.exists():
         shutil.copyfile(real, scratch)

@@ -77,6 +77,14 @@ class Tree:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     workdir: Path = field(default_factory=Path)
     """The configured ``workdir`` this tree was made for."""
+    _index: Path | None = None
+
+    @property
+    def index(self) -> Path:
+        """The tree's index file (asked of git once: it stays where it is for the tree's life)."""
+        if self._index is None:
+            self._index = gitwork.git_path(self.root, "index")
+        return self._index
 
 
 @dataclass(frozen=True, slots=True)
