@@ -372,7 +372,12 @@ async def test_in_a_shared_checkout_only_the_attempts_own_changes_are_committed(
     assert (repo / "notes.txt").read_text() == "mine, edited and not committed\n"
     assert git(repo, "status", "--porcelain") == "M notes.txt"
     assert (repo / "app.py").read_text() == "v = 2\n"
-    assert git(repo, "show", "refs/orchestratord/attempts/solo/C2/1:app.py") == "v = 3"
+    ref = "refs/orchestratord/attempts/solo/C2/1"
+    assert git(repo, "show", f"{ref}:app.py") == "v = 3"
+    # The kept attempt sits on the tree as it was before it (the user's edit included), so
+    # against its first parent it shows only what the attempt changed.
+    assert git(repo, "diff", "--name-only", f"{ref}^", ref).splitlines() == ["app.py", "tmp.txt"]
+    assert git(repo, "show", f"{ref}^:notes.txt") == "mine, edited and not committed"
 
 
 async def test_attempts_sharing_a_tree_take_turns(
