@@ -380,6 +380,32 @@ async def test_in_a_shared_checkout_only_the_attempts_own_changes_are_committed(
     assert git(repo, "show", f"{ref}^:notes.txt") == "mine, edited and not committed"
 
 
+async def test_in_a_shared_checkout_a_failed_attempts_own_commit_is_undone(
+    tmp_path: Path, write_track: WriteTrack, tracks_dir: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"notes.txt": "mine\n", "app.py": "v = 1\n"})
+    (repo / "notes.txt").write_text("mine, edited and not committed\n")
+    before = git(repo, "rev-parse", "HEAD")
+    # The agent commits everything (`git add -A && git commit`, the user's edit too), then fails.
+    plan = {"tasks": {"K1": [{"write": {"app.py": "v = 2\n"}, "commit": True, "exit": 1}]}}
+    claude_config(tmp_path, plan)
+    write_track(
+        "solo", {"track": {"workdir": "../repo"}, "features": [task("K1", max_iterations=1)]}
+    )
+    run = await run_once(tracks_dir)
+    assert run.task("solo", "K1")["status"] == "failed"
+    assert git(repo, "rev-parse", "HEAD") == before
+    assert git(repo, "log", "--format=%s").splitlines() == ["first"]
+    # The tree and the index are as they were: the user's edit stays, unstaged.
+    assert (repo / "app.py").read_text() == "v = 1\n"
+    assert (repo / "notes.txt").read_text() == "mine, edited and not committed\n"
+    assert git(repo, "diff", "--cached", "--name-only") == ""
+    assert git(repo, "diff", "--name-only") == "notes.txt"
+    ref = "refs/orchestratord/attempts/solo/K1/1"
+    assert git(repo, "show", f"{ref}:app.py") == "v = 2"
+    assert git(repo, "diff", "--name-only", f"{ref}^", ref) == "app.py"
+
+
 async def test_attempts_sharing_a_tree_take_turns(
     tmp_path: Path, write_track: WriteTrack, tracks_dir: Path
 ) -> None:
