@@ -12,9 +12,11 @@ import pytest
 from orchestrator import lock
 from orchestrator.errors import AlreadyRunningError
 from orchestrator.model import TaskKey
+from orchestrator.supervisor import Control
 
 from .conftest import WriteTrack
 from .daemon_harness import run_once
+from .process_harness import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +88,45 @@ async def test_failure_output_reaches_the_next_attempt(
         2,
         "PASS",
     )
+
+
+async def test_a_resumed_task_keeps_its_last_failure_output(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Attempt 1 fails; the daemon stops during attempt 2; after a restart, attempt 2 runs
+    again and is still given attempt 1's failure output in ``$ORCHESTRATORD_FAILURE_FILE``."""
+    started, seen = tmp_path / "started", tmp_path / "seen"
+    script = (
+        'if [ "$ORCHESTRATORD_ATTEMPT" = 1 ]; then echo first-try-output-7f3; exit 7; fi; '
+        f"if [ ! -f {started} ]; then touch {started}; exec sleep 60; fi; "
+        f'if [ -f "$ORCHESTRATORD_FAILURE_FILE" ]; then cp "$ORCHESTRATORD_FAILURE_FILE" {seen}; '
+        f"else echo no-failure-file > {seen}; fi"
+    )
+    write_track("t", [{"id": "R", "command": script, "max_iterations": 3}])
+    control = Control()
+
+    async def stop_during_the_second_attempt() -> None:
+        await anyio.to_thread.run_sync(wait_for, started.exists)  # the child's own file
+        control.request_stop(force=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_during_the_second_attempt)
+        first = await run_once(tracks_dir, control=control)
+    assert not seen.exists()
+    cut = first.store().attempts(TaskKey("t", "R"))
+    assert [(a.number, a.state) for a in cut] == [(1, "finished"), (2, "interrupted")]
+    again = await run_once(tracks_dir)
+    assert again.code == 0
+    text = seen.read_text()
+    assert "first-try-output-7f3" in text
+    assert "the command exited with status 7" in text
+    assert again.task("t", "R")["status"] == "complete"
+    attempts = again.store().attempts(TaskKey("t", "R"))
+    assert [(a.number, a.iteration, a.state, a.verdict) for a in attempts] == [
+        (1, 1, "finished", "FAIL"),
+        (2, 2, "interrupted", None),
+        (2, 2, "finished", "PASS"),
+    ]
 
 
 async def test_budget_spent_is_failed_and_dependents_wait(
