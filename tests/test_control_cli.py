@@ -15,7 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.clock import SystemClock
 from orchestrator.control import api
+from orchestrator.model import Owned, Status, TaskKey
+from orchestrator.states import TaskState
+from orchestrator.store import Store
 
 from .conftest import WriteTrack
 from .daemon_harness import run_once
@@ -185,6 +189,51 @@ async def test_reading_commands_without_a_daemon_use_the_state_database(
     code, out, _ = run("board", *where)
     assert "- **t:BAD** failed after 2 attempts (FAIL): the command exited with status 4" in out
     assert "| **t**<br>1/3 done | WAIT |  | OK |  | BAD (FAIL, 2 attempts) |  |" in out
+
+
+def test_without_a_daemon_the_state_database_wins_over_the_queue_files(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The file says both tasks are pending (its write-back lagging); the database of the
+    stopped daemon says one failed, one was in progress when it stopped, and it was paused."""
+    write_track("t", [{"id": "F", "command": "false"}, {"id": "P", "command": "true"}])
+    state = tmp_path / "state"
+    store = Store.open(state, SystemClock())
+    try:
+        store.put_tasks(
+            {
+                TaskKey("t", "F"): TaskState(
+                    Owned(Status.FAILED, attempts=2, error="the tests failed", passes=False)
+                ),
+                TaskKey("t", "P"): TaskState(Owned(Status.IN_PROGRESS, attempts=1)),
+            }
+        )
+        store.add_events(("daemon_paused", None, {"reason": "x"}))
+    finally:
+        store.close()
+    assert "status" not in file_task(tracks_dir, "t", "F")
+
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+    code, out, _ = run("status", "--json", *where)
+    assert code == 0
+    data = json.loads(out)
+    api.StatusDocument.model_validate(data)
+    assert data["daemon"] == {"running": False, "source": "state", "paused": True}
+    [track] = data["tracks"]
+    assert [(f["ref"], f["attempts"], f["reason"]) for f in track["failed"]] == [
+        ("t:F", 2, "the tests failed")
+    ]
+    counts = track["counts"]
+    assert (counts["failed"], counts["in_progress"], counts["pending"]) == (1, 0, 1)
+    assert ([t["ref"] for t in track["next"]], track["running"]) == (["t:P"], [])
+
+    store = Store.open(state, SystemClock())
+    try:
+        store.add_events(("daemon_resumed", None, {}))
+    finally:
+        store.close()
+    data = json.loads(run("status", "--json", *where)[1])
+    assert data["daemon"]["paused"] is False  # the last of the pauses and resumes counts
 
 
 def test_status_watch_redraws_when_the_daemon_says_something_changed(
