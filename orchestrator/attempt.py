@@ -440,12 +440,12 @@ async def _fetch_result(plan: AttemptPlan, info: RunInfo) -> str:
     return info.branch
 
 
-def write_failure_file(path: Path, text: str) -> None:
+def write_failure_file(path: str, text: str) -> None:
     """The previous failure output, for ``ORCHESTRATORD_FAILURE_FILE``; no failure, no file."""
     if not text:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path)
         return
-    tmp = path.with_suffix(".tmp")
+    tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

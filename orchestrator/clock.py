@@ -31,4 +31,6 @@ class SystemClock:
 
 def iso(moment: datetime) -> str:
     """ISO 8601 with offset, to the second: ``2026-11-25T08:35:00+00:00``."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="seconds")

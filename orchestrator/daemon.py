@@ -60,6 +60,8 @@ class Track:
     path: Path
     problems: list[Problem] = field(default_factory=list)
     """Problems of the file on disk now (the last good definition stays in force)."""
+    _workdir: tuple[str | None, Path, Path] | None = None
+    """The workdir as last resolved, with the setting and file path it was resolved for."""
 
     @property
     def name(self) -> str:
@@ -67,10 +69,15 @@ class Track:
 
     @property
     def workdir(self) -> Path:
+        """Where the track's commands run: its ``workdir`` (relative to its file), else the
+        daemon's working directory. Resolved once per setting, not once per attempt."""
         configured = self.definition.settings.workdir
-        if configured:
-            return (self.path.parent / configured).resolve()
-        return Path.cwd()
+        cached = self._workdir
+        if cached is not None and cached[0] == configured and cached[1] == self.path:
+            return cached[2]
+        resolved = (self.path.parent / configured).resolve() if configured else Path.cwd()
+        self._workdir = (configured, self.path, resolved)
+        return resolved
 
 
 class Engine:
@@ -97,7 +104,7 @@ class Engine:
         self._launch: Callable[[TaskKey], None] | None = None
         self._dirty: Callable[[str, TaskKey | None], None] = lambda track, key: None
         self._idle = anyio.Event()
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None
         self._scopes: dict[TaskKey, anyio.CancelScope] = {}
         self._log_dirs: set[str] = set()
         self._prefixes: dict[TaskKey, str] = {}
@@ -389,12 +396,12 @@ class Engine:
         Nothing starts from a task that is being cancelled from outside (the daemon or its
         worker is going down): a task that ends that way would otherwise be started again.
         """
-        if self._launch is None or anyio.current_effective_deadline() == -math.inf:
+        if self._launch is None:
             return
         limits = self.limits()
         while True:
             key = next_task(self.graph, self.running, limits, self.tracks)
-            if key is None:
+            if key is None or anyio.current_effective_deadline() == -math.inf:
                 break
             self.graph.set_status(key, Status.IN_PROGRESS)
             self.states[key] = self.states[key].with_owned(status=Status.IN_PROGRESS)
@@ -410,12 +417,15 @@ class Engine:
         self._scopes.pop(key, None)
         self.cancel_reasons.pop(key, None)
         self.running[key.track] -= 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
         self.dispatch()
 
     async def wait_changed(self) -> None:
         """Wait until some running task's Ralph loop ends."""
+        if self._changed is None:
+            self._changed = anyio.Event()
         await self._changed.wait()
 
     def running_keys(self) -> list[TaskKey]:

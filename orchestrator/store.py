@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -253,6 +253,39 @@ EventSpec = tuple[str, TaskKey | str | None, Mapping[str, Any]]
 """An event to journal with a change: (type, task key or track name or None, data)."""
 
 
+class _Transaction:
+    """A store transaction as a context manager (a class: cheaper than a generator, and it
+    runs several times per task)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        db = store._db
+        db.execute("BEGIN IMMEDIATE")
+        if store._ends:
+            try:
+                db.executemany(
+                    "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?", store._ends
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            store._ends.clear()
+        return db
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._store._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
 _PUT_TASK = (
     "INSERT OR REPLACE INTO tasks (track, id, status, attempts, budget_base, last_attempt,"
     " completed_at, passes, error, verdict, files_changed, updated_at)"
@@ -410,28 +443,19 @@ class Store:
             if version < step:
                 self._db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={step};\nCOMMIT;")
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if self._ends:
-                self._db.executemany(
-                    "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?", self._ends
-                )
-                self._ends.clear()
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> _Transaction:
+        """``with self._tx() as db:``: one transaction, committed on leaving, rolled back on
+        an exception. Process ends recorded since the last one go into it."""
+        return _Transaction(self)
 
     def _now(self) -> str:
         return iso(self._clock.now())
 
-    def _events(self, events: Sequence[EventSpec]) -> None:
+    def _events(self, events: Sequence[EventSpec], now: str | None = None) -> None:
+        """Journal events; ``now``: the transaction's timestamp, when it has one already."""
         if not events:
             return
-        now, mono = self._now(), self._clock.monotonic()
+        now, mono = now or self._now(), self._clock.monotonic()
         rows = []
         for kind, subject, data in events:
             track: str | None
@@ -468,7 +492,7 @@ class Store:
                 _PUT_TASK,
                 [_owned_row(key, state, now) for key, state in states.items()],
             )
-            self._events(events)
+            self._events(events, now)
 
     def put_task(self, key: TaskKey, state: TaskState, *events: EventSpec) -> None:
         self.put_tasks({key: state}, events)
@@ -496,7 +520,7 @@ class Store:
                 " log_path, daemon_pid) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
                 (key.track, key.id, number, iteration, now, log_path, os.getpid()),
             )
-            self._events(events)
+            self._events(events, now)
         attempt_id = cur.lastrowid
         assert attempt_id is not None
         return attempt_id
@@ -529,7 +553,7 @@ class Store:
                 _PUT_TASK,
                 _owned_row(key, state, now),
             )
-            self._events(events)
+            self._events(events, now)
 
     def interrupt_attempts(
         self, attempt_ids: Sequence[int], states: Mapping[TaskKey, TaskState], reason: str
@@ -546,7 +570,7 @@ class Store:
                 _PUT_TASK,
                 [_owned_row(key, state, now) for key, state in states.items()],
             )
-            self._events([("attempt_interrupted", key, {"reason": reason}) for key in states])
+            self._events([("attempt_interrupted", key, {"reason": reason}) for key in states], now)
 
     def set_attempt_details(self, attempt_id: int, details: AttemptDetails) -> None:
         with self._tx() as db:

@@ -322,7 +322,7 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                         key, started, number, iteration, log_path, event
                     )
                     engine.after_commit(key, started, [event])
-                    write_failure_file(Path(engine.failure_path(key)), failure)
+                    write_failure_file(engine.failure_path(key), failure)
                 async with runtime.attempt(key, number) as session:
                     plan = plan_attempt(
                         engine,

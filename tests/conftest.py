@@ -75,10 +75,10 @@ def _only_known_events(monkeypatch: pytest.MonkeyPatch) -> None:
     def known(kind: str) -> None:
         assert kind in EVENT_TYPES, f"event {kind!r} is not in control.api.EVENT_TYPES"
 
-    def checked_journal(self: Store, events: Sequence[EventSpec]) -> None:
+    def checked_journal(self: Store, events: Sequence[EventSpec], now: str | None = None) -> None:
         for kind, _, _ in events:
             known(kind)
-        journal(self, events)
+        journal(self, events, now)
 
     def checked_announce(self: Engine, kind: str, subject: Any, **data: Any) -> None:
         known(kind)
