@@ -149,13 +149,13 @@ class _Log:
     only between children, unbuffered, so the file reads in order.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         try:
             self.fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(path, flags, 0o644)
 
     def write(self, text: str) -> None:
@@ -289,7 +289,7 @@ async def run_attempt(
     submitted (attached to, never started again). ``gate``: checks a successful run's changes
     before verification.
     """
-    log = _Log(Path(plan.log_path))
+    log = _Log(plan.log_path)
     resuming = bool(reattach)
     try:
         log.header(f"=== {plan.key} attempt {plan.number} ===\n", resuming)
@@ -300,7 +300,7 @@ async def run_attempt(
         oversized = log.size() > plan.log_max_bytes
         log.close()
         if oversized:
-            trim_log(log.path, plan.log_max_bytes)
+            trim_log(Path(log.path), plan.log_max_bytes)
 
 
 async def _decide(

@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +106,7 @@ class Engine:
         self._idle = anyio.Event()
         self._changed: anyio.Event | None = None
         self._scopes: dict[TaskKey, anyio.CancelScope] = {}
-        self._log_dirs: set[str] = set()
+        self._log_dirs: dict[str, str] = {}
         self._prefixes: dict[TaskKey, str] = {}
         self.running_logs: set[str] = set()
         self._logs_added = anyio.Event()
@@ -115,6 +115,9 @@ class Engine:
         """Where each track's attempts run (set by the daemon; ``None``: ``executor``)."""
         self.boot_seq = store.last_seq()
         """Events journaled by this daemon have a greater sequence number."""
+        self._tracks_version = 0
+        """Bumped whenever a track is installed, changed or removed (``limits`` caches)."""
+        self._limits: tuple[Config, int, Limits] | None = None
         self.waiting: set[str] = set()
         """Waits that end by themselves (an agent's usage limit resetting): work will resume,
         so the daemon is not idle (``--once`` keeps running)."""
@@ -139,6 +142,7 @@ class Engine:
     def install(self, report: Report, tracks: Iterable[Track]) -> None:
         """Install the tracks of a valid report, with the states already reconciled."""
         specs = {spec.name: spec for spec in report.track_specs()}
+        self._tracks_version += 1
         for track in tracks:
             self.tracks[track.name] = track
             self.running.setdefault(track.name, 0)
@@ -204,6 +208,7 @@ class Engine:
         old_keys = set(self.graph.keys(name)) if current else set()
         new_keys = {t.key for t in definition.tasks}
         self.import_tasks(definition.tasks)
+        self._tracks_version += 1
         if current is None:
             self.tracks[name] = Track(definition, path)
             self.running.setdefault(name, 0)
@@ -231,6 +236,7 @@ class Engine:
         track = self.tracks.pop(name, None)
         if track is None:
             return
+        self._tracks_version += 1
         self.removed[name] = track
         for key in self.graph.keys(name):
             self._stop(key, reason)
@@ -384,11 +390,20 @@ class Engine:
     # ------------------------------------------------------------------ dispatch
 
     def limits(self) -> Limits:
-        return Limits(
+        """The limits in force now (rebuilt only when the config or a track changed)."""
+        paused = self.paused or self.draining
+        tracks = self._tracks_version
+        cached = self._limits
+        if cached is not None and cached[0] is self.cfg and cached[1] == tracks:
+            limits = cached[2]
+            return limits if limits.paused == paused else replace(limits, paused=paused)
+        limits = Limits(
             max_parallel=self.cfg.settings.max_parallel,
             concurrency={n: t.definition.settings.concurrency for n, t in self.tracks.items()},
-            paused=self.paused or self.draining,
+            paused=paused,
         )
+        self._limits = (self.cfg, tracks, limits)
+        return limits
 
     def dispatch(self) -> None:
         """Start every task that can start now (synchronous: called in the same turn).
@@ -397,6 +412,9 @@ class Engine:
         worker is going down): a task that ends that way would otherwise be started again.
         """
         if self._launch is None:
+            return
+        if self._running_total() >= self.cfg.settings.max_parallel:
+            self._check_idle()
             return
         limits = self.limits()
         while True:
@@ -408,6 +426,9 @@ class Engine:
             self.running[key.track] += 1
             self._launch(key)
         self._check_idle()
+
+    def _running_total(self) -> int:
+        return sum(self.running.values())
 
     def track_scope(self, key: TaskKey, scope: anyio.CancelScope) -> None:
         self._scopes[key] = scope
@@ -476,11 +497,12 @@ class Engine:
         """
         prefix = self._prefixes.get(key)
         if prefix is None:
-            directory = self.cfg.state_dir / "logs" / key.track
-            if key.track not in self._log_dirs:
-                directory.mkdir(parents=True, exist_ok=True)
-                self._log_dirs.add(key.track)
-            prefix = self._prefixes[key] = f"{directory}{os.sep}{safe_name(key.id)}."
+            directory = self._log_dirs.get(key.track)
+            if directory is None:
+                path = self.cfg.state_dir / "logs" / key.track
+                path.mkdir(parents=True, exist_ok=True)
+                directory = self._log_dirs[key.track] = f"{path}{os.sep}"
+            prefix = self._prefixes[key] = f"{directory}{safe_name(key.id)}."
         return prefix + suffix
 
     def log_path(self, key: TaskKey, number: int) -> str:

@@ -89,6 +89,27 @@ def configure(
         logger_factory=_factory,
         cache_logger_on_first_use=False,
     )
+    BoundOnce.generation += 1
+
+
+class BoundOnce:
+    """``structlog.get_logger(name)`` for code that logs on every attempt: bound once per
+    :func:`configure` instead of at every call (a lazy proxy binds each time)."""
+
+    generation = 0
+    """Bumped by every :func:`configure`: loggers bound before it are stale."""
+
+    def __init__(self, name: str = LOGGER) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: structlog.typing.FilteringBoundLogger | None = None
+
+    def get(self) -> structlog.typing.FilteringBoundLogger:
+        bound = self._bound
+        if bound is None or self._generation != BoundOnce.generation:
+            bound = self._bound = structlog.get_logger(self._name).bind()
+            self._generation = BoundOnce.generation
+        return bound
 
 
 def configure_from(settings: Settings, stream: TextIO | None = None) -> None:

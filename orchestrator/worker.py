@@ -28,7 +28,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentoutput, agentrun, agents, procs
+from . import agentoutput, agentrun, agents, logs, procs
 from .attempt import AttemptPlan, AttemptResult, command_argv, run_attempt, write_failure_file
 from .clock import iso
 from .daemon import Engine, Track
@@ -39,6 +39,7 @@ from .states import TaskState
 from .store import EventSpec
 
 log = structlog.get_logger("orchestratord")
+_attempt_log = logs.BoundOnce()
 
 
 class TrackWorker:
@@ -376,7 +377,7 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                 )
                 attempt_id = None
                 usage = result.usage
-                log.info(
+                _attempt_log.get().info(
                     "attempt",
                     task=str(key),
                     track=key.track,

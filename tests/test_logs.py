@@ -35,6 +35,17 @@ def test_json_when_not_a_terminal_and_levels_filtered() -> None:
     assert "ValueError: invalid literal" in lines[1]["exception"]
 
 
+def test_a_logger_bound_once_follows_each_new_configuration() -> None:
+    bound = logs.BoundOnce()
+    quiet, loud = io.StringIO(), io.StringIO()
+    logs.configure("warning", "json", quiet)
+    bound.get().info("attempt", task="t:A")
+    logs.configure("info", "json", loud)
+    bound.get().info("attempt", task="t:B")
+    assert quiet.getvalue() == ""
+    assert [json.loads(line)["task"] for line in loud.getvalue().splitlines()] == ["t:B"]
+
+
 def test_console_format_is_for_people() -> None:
     out = io.StringIO()
     logs.configure("debug", "console", out)
