@@ -27,7 +27,7 @@ from .errors import StateError
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -127,7 +127,21 @@ CREATE TABLE IF NOT EXISTS holds (
 """Agents and git (schema 3, additive): what each attempt used and produced (agent, tokens,
 cost, commit, files, the ref keeping a failed attempt's changes), and usage-limit waits."""
 
-_STEPS: tuple[tuple[int, str], ...] = ((2, _REMOTE_RUNS), (3, _AGENT_RUNS))
+_SMALLER_INDEXES = """
+DROP INDEX IF EXISTS attempts_state;
+CREATE INDEX IF NOT EXISTS attempts_running ON attempts (state) WHERE state = 'running';
+DROP INDEX IF EXISTS processes_open;
+CREATE INDEX IF NOT EXISTS processes_unended ON processes (ended_at) WHERE ended_at IS NULL;
+"""
+"""Smaller indexes (schema 4): only running attempts and open processes are looked up, so only
+they are indexed; a finished attempt or an ended process leaves its index instead of moving
+within it."""
+
+_STEPS: tuple[tuple[int, str], ...] = (
+    (2, _REMOTE_RUNS),
+    (3, _AGENT_RUNS),
+    (4, _SMALLER_INDEXES),
+)
 """Migrations after the base schema (version 1), each ``(version it brings, script)``, applied
 in order, each in its own transaction. Never edit one: add the next."""
 
@@ -287,9 +301,14 @@ class _Transaction:
 
 
 _PUT_TASK = (
-    "INSERT OR REPLACE INTO tasks (track, id, status, attempts, budget_base, last_attempt,"
+    "INSERT INTO tasks (track, id, status, attempts, budget_base, last_attempt,"
     " completed_at, passes, error, verdict, files_changed, updated_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (track, id) DO UPDATE SET status = excluded.status,"
+    " attempts = excluded.attempts, budget_base = excluded.budget_base,"
+    " last_attempt = excluded.last_attempt, completed_at = excluded.completed_at,"
+    " passes = excluded.passes, error = excluded.error, verdict = excluded.verdict,"
+    " files_changed = excluded.files_changed, updated_at = excluded.updated_at"
 )
 """A task's row, with the values of :func:`_owned_row` in this order."""
 

@@ -124,3 +124,33 @@ def test_a_schema_1_database_is_migrated_without_losing_anything(tmp_path: Path)
     assert again.holds() == [HoldRow("claude", "a", "b", "limit", ("backend",))]
     again.drop_hold("claude")
     assert again.holds() == []
+
+
+def test_only_running_attempts_and_open_processes_are_indexed(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, FixedClock())
+    running = TaskState(Owned(status=Status.IN_PROGRESS))
+    first = store.begin_attempt(K, running, 1, 1, "/logs/1.log")
+    process = store.record_process(first, "run", ["true"], "/", 10, 1, "boot")
+    store.end_process(process, 0)
+    store.finish_attempt(first, K, TaskState(Owned(Status.COMPLETE, 1)), "PASS", None, 0)
+    second = store.begin_attempt(K, running, 2, 2, "/logs/2.log")
+    store.record_process(second, "run", ["true"], "/", 11, 1, "boot")
+    db = store._db
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM attempts INDEXED BY attempts_running WHERE state = 'running'"
+        ).fetchone()[0]
+        == 1
+    )
+    assert [r.pid for r in store.open_processes()] == [11]
+    plan = " ".join(
+        str(tuple(row))
+        for query in (
+            "SELECT * FROM attempts WHERE state = 'running' ORDER BY id",
+            "SELECT * FROM processes WHERE ended_at IS NULL ORDER BY id",
+        )
+        for row in db.execute(f"EXPLAIN QUERY PLAN {query}")
+    )
+    assert "attempts_running" in plan
+    assert "processes_unended" in plan
+    assert [a.id for a in store.running_attempts()] == [second]
