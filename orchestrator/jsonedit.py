@@ -11,12 +11,16 @@ final newline, a BOM and raw or escaped non-ASCII all stay as they were.
   the containers on the edit paths and skips every other value with the C scanner of ``json``.
   A safety net parses the spliced text and compares it with the expected document; on any
   difference it returns a full :func:`dumps` of the expected document instead.
+* :func:`splice` is :func:`apply_edits` without that fallback (None instead), for one value of a
+  larger text; :func:`outline` finds the members of the top-level object and the elements of
+  one of its arrays, so that a caller can edit those values one by one.
 
 Everything here is pure: strings in, strings out, no file I/O.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -26,7 +30,18 @@ from typing import Any, NamedTuple, TypeAlias, cast
 
 import orjson
 
-__all__ = ["JSONValue", "Path", "Style", "apply_edits", "detect_style", "dumps"]
+__all__ = [
+    "JSONValue",
+    "Outline",
+    "Path",
+    "Style",
+    "apply_edits",
+    "detect_style",
+    "dumps",
+    "outline",
+    "splice",
+    "splice_members",
+]
 
 JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None
 Path: TypeAlias = tuple[str | int, ...]
@@ -68,10 +83,19 @@ _MEMBER_INDENT = re.compile(r"^([ \t]+)[^ \t\r\n\]}]", re.MULTILINE)
 _U_ESCAPE = re.compile(r"(\\+)u([0-9a-fA-F]{4})")
 _STRING = r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
 _SCALAR = rf"(?:{_STRING}|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null)"
-# Strings are matched whole so that brackets inside them are never taken for arrays; group 1 is
-# a non-empty array of scalars.
-_SCALAR_ARRAY = re.compile(
-    rf"{_STRING}|(\[[ \t\n\r]*(?:{_SCALAR}[ \t\n\r]*,[ \t\n\r]*)*{_SCALAR}[ \t\n\r]*\])"
+_STRING_PATTERN = re.compile(_STRING)
+# A non-empty array of scalars (in a text whose strings are matched apart first, so that
+# brackets inside them are never taken for arrays).
+_SCALAR_ARRAY = re.compile(rf"\[[ \t\n\r]*(?:{_SCALAR}[ \t\n\r]*,[ \t\n\r]*)*{_SCALAR}[ \t\n\r]*\]")
+# A member whose value holds no object or array with members (most members of a task): its key
+# (group 1, without escapes), its value (group 2), and the comma (group 3) or the closing brace
+# (group 4) after it, in one match. Other members take the slow path through the scanner.
+_FLAT_VALUE = (
+    rf"{_SCALAR}|\[[ \t\n\r]*(?:{_SCALAR}[ \t\n\r]*(?:,[ \t\n\r]*{_SCALAR}[ \t\n\r]*)*)?\]"
+    r"|\{[ \t\n\r]*\}"
+)
+_FLAT_MEMBER = re.compile(
+    rf'"([^"\\]*)"[ \t\n\r]*:[ \t\n\r]*({_FLAT_VALUE})[ \t\n\r]*(?:(,)[ \t\n\r]*|(\}}))'
 )
 # Numbers orjson formats differently from json.dumps (``1e-7`` against ``1e-07``, ``0.00001``
 # against ``1e-05``). A hit inside a string only costs the slower json.dumps path.
@@ -106,11 +130,10 @@ def detect_style(text: str) -> Style:
       line outnumber those spread over several lines.
     """
     body = text.removeprefix(_BOM)
-    indents = set(_MEMBER_INDENT.findall(body))
     first_break = body.find("\n")
     crlf = first_break > 0 and body[first_break - 1] == "\r"
     return Style(
-        indent=min(indents, key=len) if indents else "",
+        indent=_indent_unit(body),
         newline="\r\n" if crlf else "\n",
         final_newline=body.endswith("\n"),
         ensure_ascii=_escapes_non_ascii(body),
@@ -127,8 +150,29 @@ def _escapes_non_ascii(body: str) -> bool:
     )
 
 
+def _indent_unit(body: str) -> str:
+    """The shortest indentation of a line that starts a member or an element, found by trying
+    the widths below that of the first such line (a scan per width, no list of every line)."""
+    first = _MEMBER_INDENT.search(body)
+    if first is None:
+        return ""
+    lines = "\n" + body
+    for width in range(1, len(first.group(1))):
+        shorter = _indent_of_width(width).search(lines)
+        if shorter is not None:
+            return shorter.group(1)
+    return first.group(1)
+
+
+@functools.cache
+def _indent_of_width(width: int) -> re.Pattern[str]:
+    return re.compile(rf"\n([ \t]{{{width}}})[^ \t\r\n\]}}]")
+
+
 def _mostly_inline_arrays(body: str) -> bool:
-    arrays = [found for found in _SCALAR_ARRAY.findall(body) if found]
+    # Strings become "": what is left of an array of scalars shows whether it is on one line
+    # (strings in JSON hold no line break), and brackets in strings are gone.
+    arrays = _SCALAR_ARRAY.findall(_STRING_PATTERN.sub('""', body))
     one_line = sum(1 for found in arrays if "\n" not in found)
     return one_line > len(arrays) - one_line
 
@@ -162,6 +206,9 @@ def _dumps_indented(doc: JSONValue, style: Style) -> str:
 
 def _compact(value: JSONValue, style: Style) -> str:
     """One line, with ``", "`` and ``": "`` separators."""
+    plain = _plain(value)
+    if plain is not None:
+        return plain
     return json.dumps(value, ensure_ascii=style.ensure_ascii, allow_nan=False)
 
 
@@ -204,6 +251,11 @@ def _parse(body: str) -> JSONValue:
 
 def _clean(value: JSONValue, path: Path) -> JSONValue:
     """A private copy of an edit's value, checked to be JSON that survives a round trip."""
+    kind = type(value)
+    if value is None or kind is bool or (kind is str and value.isascii()):  # type: ignore[union-attr]
+        return value  # immutable, and written as it is
+    if kind is int and -(2**63) <= value < 2**64:  # type: ignore[operator]
+        return value
     _check_value(value, path)
     try:
         copy: JSONValue = orjson.loads(orjson.dumps(value))
@@ -341,11 +393,12 @@ class _Walk:
     objects: dict[Path, _Object] = field(default_factory=dict)
     values: dict[Path, _Value] = field(default_factory=dict)
 
-    def container(self, start: int, tree: _Tree, path: Path) -> int:
-        """Walk the object or array at ``start``; return the index just after it."""
+    def container(self, start: int, tree: _Tree, path: Path, *, need_end: bool = True) -> int:
+        """Walk the object or array at ``start``; return the index just after it (-1 when the
+        caller said it does not need it and the walk stopped early)."""
         opener = self.text[start]
         if opener == "{":
-            return self.object(start, tree, path)
+            return self.object(start, tree, path, need_end)
         if opener == "[":
             return self.array(start, tree, path)
         raise _LayoutError(f"expected an object or array at {path!r}")
@@ -358,34 +411,74 @@ class _Walk:
         self.values[sub] = _Value(line_at, start, end, old)
         return end
 
-    def object(self, open_at: int, tree: _Tree, path: Path) -> int:
+    def object(self, open_at: int, tree: _Tree, path: Path, need_end: bool = True) -> int:
         text = self.text
         obj = _Object(open_at)
         self.objects[path] = obj
         grows = path in self.growing
         wanted = len(tree)
-        end = -1 if grows else _scan_value(text, open_at)[1]
-        separator = _after_open(text, open_at + 1)
+        end = _scan_value(text, open_at)[1] if need_end and not grows else -1
+        if not grows and self.flat_members(open_at, len(text) if end < 0 else end, tree, path):
+            obj.close = end - 1
+            return end
+        gap = open_at + 1
+        at = _skip_ws(text, gap).end()
         while wanted or grows:
-            at = separator.end()
             if text[at] == "}":
                 obj.close = at
                 return at + 1
-            key, key_end, value_start = self.key(at)
-            if key in tree:
-                wanted -= 1
-                value_end = self.member(at, value_start, tree[key], (*path, key))
+            flat = _FLAT_MEMBER.match(text, at)
+            if flat is not None:
+                # The common case, in one match: key, value, and what follows.
+                key, key_end, value_start = flat.group(1), flat.end(1) + 1, flat.start(2)
+                value_end = flat.end(2)
+                if key in tree:
+                    wanted -= 1
+                    self.member(at, value_start, tree[key], (*path, key))
+                comma, next_gap, next_at = flat.group(3), flat.end(3), flat.end()
+                closer, after = flat.start(4), flat.end(4)
             else:
-                value_end = _scan_value(text, value_start)[1]
+                key, key_end, value_start = self.key(at)
+                if key in tree:
+                    wanted -= 1
+                    value_end = self.member(at, value_start, tree[key], (*path, key))
+                else:
+                    value_end = _scan_value(text, value_start)[1]
+                separator = _after_member(text, value_end)
+                comma, next_gap, next_at = separator.group(1), separator.end(1), separator.end()
+                closer, after = separator.start(2), separator.end(2)
             if grows:
-                gap = separator.end(1)
                 obj.members.append(_Member(key, gap, at, key_end, value_start, value_end))
-            separator = _after_member(text, value_end)
-            if separator.group(1) != ",":
-                obj.close = separator.start(2)
-                return separator.end(2)
+            if comma is None:
+                obj.close = closer
+                return after
+            gap, at = next_gap, next_at
         obj.close = end - 1
         return end
+
+    def flat_members(self, open_at: int, stop: int, tree: _Tree, path: Path) -> bool:
+        """Find the edited members ``tree`` of the object at ``open_at`` (which ends before
+        ``stop``) by their keys alone (:func:`_find_key`), without walking the members before
+        them, when the object holds no other object (its text has no other ``{``, not even in a
+        string); False when it cannot be done that way."""
+        text = self.text
+        if text.find("{", open_at + 1, stop) != -1:
+            return False
+        found: list[Path] = []
+        for key, subtree in tree.items():
+            spot = _find_key(text, open_at, stop, key) if isinstance(key, str) else None
+            if subtree is not None or spot is None:
+                break  # not there (or spelled with escapes): the walk finds out
+            at, value_start = spot
+            old, end = _scan_value(text, value_start)
+            sub = (*path, key)
+            self.values[sub] = _Value(at, value_start, end, old)
+            found.append(sub)
+        else:
+            return True
+        for sub in found:
+            del self.values[sub]
+        return False
 
     def key(self, at: int) -> tuple[str, int, int]:
         """The key starting at ``at``, the index after its closing quote, and the value start."""
@@ -471,6 +564,17 @@ def _replacement(new: JSONValue, old_text: str, base: str, style: Style) -> str:
 def _plain(value: JSONValue) -> str | None:
     """The text of a scalar that is written the same in every style: not a string with
     characters that ``ensure_ascii`` escapes (non-ASCII and DEL)."""
+    kind = type(value)
+    if kind is str:
+        text = cast(str, value)
+        if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+            return f'"{text}"'  # nothing to escape: what json.dumps writes
+    elif value is None:
+        return "null"
+    elif kind is bool:
+        return "true" if value else "false"
+    elif kind is int:
+        return int.__repr__(cast(int, value))
     if _is_container(value) or (
         isinstance(value, str) and (not value.isascii() or "\x7f" in value)
     ):
@@ -564,7 +668,7 @@ def _splice(text: str, start: int, plan: _Plan, style: Style | None = None) -> s
         old, end = _scan_value(text, root)
         walk.values[()] = _Value(root, root, end, old)
     else:
-        walk.container(root, _tree(targets), ())
+        walk.container(root, _tree(targets), (), need_end=False)
     splices: list[_Splice] = []
     grown: set[Path] = set()
     for path in targets:
@@ -643,16 +747,212 @@ def apply_edits(
     if not edits:
         return text
     start = 1 if text.startswith(_BOM) else 0
+    plan = _plan(text, start, edits, insert_before, parsed)
+    spliced = _checked_splice(text, start, plan, style)
+    if spliced is not None:
+        return spliced
+    return text[:start] + dumps(plan.doc, style or detect_style(text))
+
+
+def splice(
+    text: str,
+    edits: Sequence[tuple[Path, JSONValue]],
+    *,
+    start: int,
+    style: Style,
+    parsed: JSONValue | None = None,
+    insert_before: Mapping[Path, str] | None = None,
+) -> str | None:
+    """:func:`apply_edits` on the JSON value that starts at ``start``, without its fallback.
+
+    ``text[:start]`` is not part of the value: it is kept as it is, and it gives the splicer the
+    line that the value starts on (a value cut out of a larger text is passed with the
+    indentation of its first line in front of it, and gets the same splices as in place).
+    Returns the spliced text, or None when only a full rewrite would do (the safety net found a
+    difference, or the layout surprised the splicer). Raises as :func:`apply_edits`.
+    """
+    if not edits:
+        return text
+    if isinstance(parsed, dict) and all(len(path) == 1 for path, _ in edits):
+        members = {path[0]: value for path, value in edits}
+        quick = _flat_splice(text, start, parsed, members, style)
+        if quick is not None:
+            return quick
+    plan = _plan(text, start, edits, insert_before, parsed)
+    return _checked_splice(text, start, plan, style)
+
+
+def splice_members(
+    text: str,
+    members: Mapping[str, JSONValue],
+    *,
+    start: int,
+    style: Style,
+    parsed: dict[str, JSONValue],
+) -> str | None:
+    """:func:`splice` that sets the members ``members`` (key -> value) of the object that
+    starts at ``start``; ``parsed`` is its parse (changed in place)."""
+    quick = _flat_splice(text, start, parsed, members, style)
+    if quick is not None:
+        return quick
+    edits: list[tuple[Path, JSONValue]] = [((key,), value) for key, value in members.items()]
+    return _checked_splice(text, start, _plan(text, start, edits, None, parsed), style)
+
+
+def _flat_splice(
+    text: str,
+    start: int,
+    parsed: dict[str, JSONValue],
+    members: Mapping[Any, JSONValue],
+    style: Style,
+) -> str | None:
+    """The common case of :func:`splice`, without a walk: values of members of an object that
+    holds no other object. None when it does not apply, or when its result does not pass the
+    safety net (the general path then has its say).
+
+    It finds the same members as the walk (by :func:`_find_key`) and writes the same text for
+    them. ``parsed`` is left as it was when it returns None.
+    """
+    values: dict[str, JSONValue] = {}
+    for key, value in members.items():
+        if not isinstance(key, str) or key not in parsed:
+            return None
+        values[key] = _clean(value, (key,))
+    root = _skip_ws(text, start).end()
+    if text[root] != "{" or text.find("{", root + 1) != -1:
+        return None
+    splices: list[_Splice] = []
+    for key, new in values.items():
+        found = _find_key(text, root, len(text), key)
+        if found is None:
+            return None
+        at, value_start = found
+        old, end = _scan_value(text, value_start)
+        if type(old) in _SCALAR_TYPES and type(new) in _SCALAR_TYPES:
+            if type(old) is type(new) and old == new:
+                continue  # equal, and written alike (for these types, the same as below)
+        elif orjson.dumps(old) == orjson.dumps(new):
+            continue
+        rendered = _plain(new)
+        if rendered is None:
+            rendered = _replacement(new, text[value_start:end], _line_indent(text, at), style)
+        splices.append((value_start, end, rendered))
+    spliced = _join(text, splices)
+    want = orjson.dumps({**parsed, **values})
+    if not _parses_to(spliced, start, want):
+        return None
+    parsed.update(values)
+    return spliced
+
+
+_SCALAR_TYPES = (str, int, bool, type(None))
+
+
+def _plan(
+    text: str,
+    start: int,
+    edits: Sequence[tuple[Path, JSONValue]],
+    insert_before: Mapping[Path, str] | None,
+    parsed: JSONValue | None,
+) -> _Plan:
     plan = _Plan(parsed if parsed is not None else _parse(text[start:]))
     anchors = insert_before or {}
     for raw_path, value in edits:
         path = tuple(raw_path)
         plan.set(path, _clean(value, path), anchors.get(path[:-1]))
+    return plan
+
+
+def _checked_splice(text: str, start: int, plan: _Plan, style: Style | None) -> str | None:
     want = orjson.dumps(plan.doc)
     try:
         spliced = _splice(text, start, plan, style)
     except Exception:  # the safety net: whatever went wrong, a full rewrite is still correct
-        spliced = None
-    if spliced is not None and _parses_to(spliced, start, want):
-        return spliced
-    return text[:start] + dumps(plan.doc, style or detect_style(text))
+        return None
+    return spliced if _parses_to(spliced, start, want) else None
+
+
+def _find_key(text: str, open_at: int, stop: int, key: str) -> tuple[int, int] | None:
+    """The first member ``key`` of the object at ``open_at`` (ending before ``stop``), found by
+    its key alone, when the object holds no other object: where its key and value start. None
+    when not found that way (spelled with escapes, or not there).
+
+    Every key in such an object is one of its own members. A key is a string followed by a
+    colon; the quote found before the key's letters is its opening quote when no backslash is
+    before it (in valid JSON a quote after a backslash is escaped, and one that ends a string
+    cannot be followed by a key's letters). The first such key is the member a walk finds,
+    unless the same key is also spelled with escapes before it: the object then has the key
+    twice, and this finds the later one, which parsers keep.
+    """
+    if '"' in key or "\\" in key:
+        return None
+    needle = f'"{key}"'
+    at = text.find(needle, open_at + 1, stop)
+    while at != -1:
+        colon = _skip_ws(text, at + len(needle)).end()
+        if text[colon] == ":" and text[at - 1] != "\\":
+            return at, _skip_ws(text, colon + 1).end()
+        at = text.find(needle, at + 1, stop)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The outline of a queue file
+
+
+class Outline(NamedTuple):
+    """Where the members of a top-level object and the elements of one of its arrays are:
+    ``members`` maps each key to the start of the key, the start and the end of its value;
+    ``elements`` lists the start and end of each element of the array. Indexes in the text."""
+
+    members: dict[str, tuple[int, int, int]]
+    elements: list[tuple[int, int]]
+
+
+def outline(text: str, array_key: str) -> Outline | None:
+    """The outline of ``text`` (a JSON object, maybe after a BOM) and of its array
+    ``array_key``; None when the text is not an object, has no such array, or has a key twice
+    at the top (whichever occurrence a parser keeps, an edit could miss it)."""
+    try:
+        return _outline(text, array_key)
+    except (_LayoutError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _outline(text: str, array_key: str) -> Outline | None:
+    walk = _Walk(text, set())
+    at = _skip_ws(text, 1 if text.startswith(_BOM) else 0).end()
+    if text[at] != "{":
+        return None
+    members: dict[str, tuple[int, int, int]] = {}
+    elements: list[tuple[int, int]] | None = None
+    separator = _after_open(text, at + 1)
+    while text[separator.end()] != "}":
+        at = separator.end()
+        key, _, value_start = walk.key(at)
+        if key in members:
+            return None
+        if key == array_key and text[value_start] == "[":
+            elements, value_end = _elements(text, value_start)
+        else:
+            value_end = _scan_value(text, value_start)[1]
+        members[key] = (at, value_start, value_end)
+        separator = _after_member(text, value_end)
+        if separator.group(1) != ",":
+            break
+    return None if elements is None else Outline(members, elements)
+
+
+def _elements(text: str, open_at: int) -> tuple[list[tuple[int, int]], int]:
+    """The spans of the elements of the array at ``open_at``, and the index after it."""
+    spans: list[tuple[int, int]] = []
+    at = _skip_ws(text, open_at + 1).end()
+    if text[at] == "]":
+        return spans, at + 1
+    while True:
+        end = _scan_value(text, at)[1]
+        spans.append((at, end))
+        separator = _after_element(text, end)
+        if separator.group(1) != ",":
+            return spans, separator.end(2)
+        at = separator.end()

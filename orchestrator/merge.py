@@ -82,6 +82,8 @@ def same(name: str, a: JSON, b: JSON) -> bool:
 
 def _strict_equal(a: JSON, b: JSON) -> bool:
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if not a or not b:
+            return not a and not b
         return len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and bool(a == b)
 
@@ -146,13 +148,18 @@ def merge_task(
     """
     edits: dict[str, JSON] = {}
     new_base: dict[str, JSON] = {}
+    user = changes.fields
     for name in OWNED_FIELDS:
         on_disk = task.get(name, ABSENT)
         wanted = store[name]
-        if name in changes.fields and _equivalent(name, base.get(name, ABSENT), wanted):
+        if user and name in user and _equivalent(name, base.get(name, ABSENT), wanted):
             # The user changed it and the daemon did not: the user's value stays.
             if on_disk is not ABSENT:
                 new_base[name] = on_disk
+            continue
+        kind = type(on_disk)
+        if kind is type(wanted) and kind is not list and on_disk == wanted:
+            new_base[name] = on_disk  # the same scalar (the common case, decided quickly)
             continue
         if on_disk is ABSENT and not says_something(name, wanted):
             continue

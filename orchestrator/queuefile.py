@@ -148,7 +148,7 @@ def write_atomic(path: Path, text: str) -> None:
     _commit(tmp_name, path)
 
 
-def _prepare(path: Path, text: str) -> tuple[str, FileId]:
+def _prepare(path: Path, text: str | bytes) -> tuple[str, FileId]:
     """The new version in a temporary file next to ``path``, on disk; and its id."""
     directory = path.parent
     try:
@@ -158,7 +158,7 @@ def _prepare(path: Path, text: str) -> tuple[str, FileId]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
             st = os.fstat(handle.fileno())
@@ -211,8 +211,8 @@ def file_id(path: Path) -> FileId | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def write_if_unchanged(path: Path, text: str, expected: FileId | None) -> FileId | None:
-    """Write atomically unless the file changed since ``expected`` was taken.
+def write_if_unchanged(path: Path, text: str | bytes, expected: FileId | None) -> FileId | None:
+    """Write ``text`` (or bytes) atomically unless the file changed since ``expected`` was taken.
 
     The caller read the file after taking ``expected``; if someone saved it since, the write
     is skipped (None) so that it can be merged again: an edit is never overwritten by a write

@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import orjson
 import structlog
 from anyio.abc import TaskStatus
 
-from . import jsonedit, merge, queuefile
+from . import filelayout, jsonedit, merge, queuefile
 from . import plan as plans
 from .daemon import Engine, Track
 from .model import Status, TaskKey, TrackDef
@@ -58,14 +58,29 @@ class _Known:
     base: dict[str, Any]
     style: jsonedit.Style | None = None
     """The file's formatting: the daemon's writes keep it, so it is detected once."""
+    layout: filelayout.Layout | None = None
+    """Where the tasks lie in the file (made at the first quick sync that needs it)."""
+    outlined: bool = False
+    """Whether ``layout`` was made (None then: the file has none, every write is a full one)."""
+
+
+class _Read(NamedTuple):
+    """A file as read: its id before the read (and after it, when that differs from the id
+    the daemon knows), its bytes and their digest."""
+
+    before: FileId | None
+    data: bytes
+    digest: str
+    after: FileId | None
 
 
 class Writeback:
     """Coalesced, merged, atomic write-back of every track's queue file.
 
     When a file is byte for byte what the daemon last wrote, only the tasks whose state changed
-    since are merged (a write costs what changed, not the file's size); otherwise the whole
-    file is read, checked and merged.
+    since are merged, each read from its own bytes and re-rendered alone (``filelayout``: a
+    write costs what changed, not the file's size); otherwise the whole file is read, checked
+    and merged.
     """
 
     def __init__(self, engine: Engine, delay: float, quiet: float = 0.5) -> None:
@@ -166,52 +181,93 @@ class Writeback:
         track = self.engine.tracks.get(name)
         if track is None:
             return []
-        before = queuefile.file_id(track.path)
-        data = await anyio.to_thread.run_sync(_read_bytes, track.path)
         known = self._known.get(name)
-        if data is None:
+        read = await anyio.to_thread.run_sync(_read, track.path, known.fid if known else None)
+        if read is None:
             return []  # gone (perhaps for a moment, mid-save): the reloader decides
-        sha = queuefile.digest(data)
-        if known is not None and sha == known.digest:
-            if known.fid != before and before == queuefile.file_id(track.path):
-                known.fid = before  # touched, or saved unchanged: the same content
-            return await self._quick(track, known, data, keys, before)
-        return await self._full(track, before, data, sha)
+        if known is not None and read.digest == known.digest:
+            if known.fid != read.before and read.before == read.after:
+                known.fid = read.before  # touched, or saved unchanged: the same content
+            return await self._quick(track, known, read, keys)
+        return await self._full(track, read.before, read.data, read.digest)
 
     async def _quick(
-        self,
-        track: Track,
-        known: _Known,
-        data: bytes,
-        keys: set[TaskKey] | None,
-        before: FileId | None,
+        self, track: Track, known: _Known, read: _Read, keys: set[TaskKey] | None
     ) -> list[Problem]:
-        """The file is as the daemon left it: merge only what changed since."""
-        text = data.decode("utf-8")
+        """The file is as the daemon left it: merge only what changed since, and re-render
+        only the task objects that change (and ``summary``)."""
+        if not known.outlined:
+            known.layout = filelayout.Layout.of(read.data, known.list_key)
+            known.outlined = True
+        layout = known.layout
+        if layout is None or layout.summary is None:
+            return await self._quick_in_full(track, known, read, keys)
+        engine = self.engine
+        tasks: dict[int, filelayout.TaskEdits] = {}
+        bases: dict[str, Any] = {}
+        for ident, index in self._wanted(known, keys).items():
+            state = engine.states.get(TaskKey(track.name, ident))
+            if state is None:
+                continue
+            raw = layout.task(read.data, index)
+            task_base = known.base.get(ident) or merge.file_fields(raw)
+            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+            if merged.edits:
+                tasks[index] = (raw, merged.edits)
+            bases[ident] = merged.base
+        if engine.graph.track_paused(track.name) != layout.paused:
+            return await self._quick_in_full(track, known, read, keys)
+        summary = merge.summary(engine.counts(track.name), layout.summary_value)
+        new: bytes | None = None
+        if tasks or summary != layout.summary_value:
+            style = known.style or jsonedit.detect_style(read.data.decode("utf-8"))
+            rendered = layout.render(read.data, tasks, summary, style)
+            if rendered is None:
+                return await self._quick_in_full(track, known, read, keys)
+            new, layout = rendered
+            known.style = style
+        return await self._put(
+            track,
+            new,
+            read,
+            known.base,
+            known.list_key,
+            known.index,
+            known.style,
+            updates=bases,
+            layout=layout,
+        )
+
+    async def _quick_in_full(
+        self, track: Track, known: _Known, read: _Read, keys: set[TaskKey] | None
+    ) -> list[Problem]:
+        """As :meth:`_quick`, on the whole document (a file without a layout, a write that
+        adds ``summary`` or changes ``track.paused``, a splice that needs a full rewrite)."""
+        text = read.data.decode("utf-8")
         doc = orjson.loads(text.removeprefix(queuefile.BOM))
         items = doc[known.list_key]
-        wanted = (
-            known.index
-            if keys is None
-            else {k.id: known.index[k.id] for k in keys if k.id in known.index}
-        )
         edits: list[Edit] = []
         base = dict(known.base)
-        for ident, index in wanted.items():
+        for ident, index in self._wanted(known, keys).items():
             state = self.engine.states.get(TaskKey(track.name, ident))
             if state is None:
                 continue
             raw = items[index]
             task_base = base.get(ident) or merge.file_fields(raw)
-            merged = merge.merge_task(
-                raw, task_base, merge.store_fields(state), merge.UserChanges()
-            )
+            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
             edits.extend(((known.list_key, index, f), v) for f, v in merged.edits.items())
             base[ident] = merged.base
         edits.extend(self._top_edits(track, doc, bool(edits)))
         return await self._write(
-            track, text, doc, edits, base, known.list_key, known.index, before, known.style
+            track, text, read, doc, edits, base, known.list_key, known.index, known.style
         )
+
+    @staticmethod
+    def _wanted(known: _Known, keys: set[TaskKey] | None) -> dict[str, int]:
+        """Task id -> index of the tasks to merge: those marked, or all."""
+        if keys is None:
+            return known.index
+        return {k.id: known.index[k.id] for k in keys if k.id in known.index}
 
     async def _full(
         self, track: Track, before: FileId | None, data: bytes, sha: str
@@ -259,8 +315,9 @@ class Writeback:
             self.mark(name)
             return []
         edits, base, index = self._merge(track, qf.track, qf.doc, base, changes)
+        read = _Read(before, data, sha, before)
         return await self._write(
-            track, qf.text, qf.doc, edits, base, qf.track.list_key, index, before, seen=seen
+            track, qf.text, read, qf.doc, edits, base, qf.track.list_key, index, seen=seen
         )
 
     def memo(self, path: Path) -> TaskMemo:
@@ -324,29 +381,50 @@ class Writeback:
         self,
         track: Track,
         text: str,
+        read: _Read,
         doc: dict[str, Any],
         edits: list[Edit],
         base: dict[str, Any],
         list_key: str,
         index: dict[str, int],
-        before: FileId | None,
         style: jsonedit.Style | None = None,
         seen: dict[str, Any] | None = None,
     ) -> list[Problem]:
-        """Write the edits unless the file changed since it was read.
-
-        ``seen`` is the base as this read consumed it (orders applied, new tasks imported):
-        kept when the write is refused, so that the next read does not take them again.
-        """
+        """Apply the edits to the whole text (``read``'s) and write it (see :meth:`_put`)."""
+        new: bytes | None = None
         if edits:
             style = style or jsonedit.detect_style(text)
             new_text = jsonedit.apply_edits(
                 text, edits, insert_before={(): list_key}, style=style, parsed=doc
             )
+            new = new_text.encode("utf-8")
+        return await self._put(track, new, read, base, list_key, index, style, seen=seen)
+
+    async def _put(
+        self,
+        track: Track,
+        new: bytes | None,
+        read: _Read,
+        base: dict[str, Any],
+        list_key: str,
+        index: dict[str, int],
+        style: jsonedit.Style | None,
+        *,
+        seen: dict[str, Any] | None = None,
+        updates: dict[str, Any] | None = None,
+        layout: filelayout.Layout | None = None,
+    ) -> list[Problem]:
+        """Write ``new`` unless the file changed since it was ``read`` (None: nothing to write),
+        then remember the file as the daemon leaves it: ``base`` with ``updates``, and
+        ``layout``, the layout of ``new`` (or of the file read), when there is one.
+
+        ``seen`` is the base as this read consumed it (orders applied, new tasks imported):
+        kept when the write is refused, so that the next read does not take them again.
+        """
+        before, digest = read.before, read.digest
+        if new is not None:
             try:
-                wrote = await anyio.to_thread.run_sync(
-                    queuefile.write_if_unchanged, track.path, new_text, before
-                )
+                wrote = await anyio.to_thread.run_sync(_write, track.path, new, before)
             except OSError as exc:
                 # A full disk, a read-only directory: the state is safe in the store; the file
                 # is written once it can be.
@@ -368,12 +446,13 @@ class Writeback:
                 self.mark(track.name)
                 return []
             self.engine.stats["file_writes"] += 1
-            text = new_text
-            before = wrote
-        digest = queuefile.digest(text.encode("utf-8"))
+            before, digest = wrote
+        if updates:
+            base.update(updates)
         self._fresh.discard(track.name)
-        self._known[track.name] = _Known(digest, before, index, list_key, base, style)
-        if edits or track.name not in self._persisted:
+        known = _Known(digest, before, index, list_key, base, style, layout, layout is not None)
+        self._known[track.name] = known
+        if new is not None or track.name not in self._persisted:
             self.engine.store.set_written(track.name, Written(str(track.path), digest, base))
             self._persisted.add(track.name)
         return []
@@ -518,11 +597,23 @@ def _consumed(
     return out
 
 
-def _read_bytes(path: Path) -> bytes | None:
+def _read(path: Path, fid: FileId | None) -> _Read | None:
+    """Read a file (in a worker thread: hashing lets other threads run). ``fid`` is the id the
+    daemon knows: when the file has another, its id after the read is taken too."""
+    before = queuefile.file_id(path)
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError:
         return None
+    after = before if before == fid else queuefile.file_id(path)
+    return _Read(before, data, queuefile.digest(data), after)
+
+
+def _write(path: Path, data: bytes, before: FileId | None) -> tuple[FileId, str] | None:
+    """Write unless the file changed since ``before``; the new id and digest (in a worker
+    thread, as :func:`_read`)."""
+    wrote = queuefile.write_if_unchanged(path, data, before)
+    return None if wrote is None else (wrote, queuefile.digest(data))
 
 
 def _paused_edit(doc: dict[str, Any], paused: bool) -> tuple[tuple[str | int, ...], Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from orchestrator import writeback as writeback_module
 from orchestrator.clock import SystemClock
 from orchestrator.daemon import Engine
 from orchestrator.model import Status, TaskKey
+from orchestrator.problems import Problem
 from orchestrator.states import Event
 from orchestrator.store import Store
 from orchestrator.supervisor import _load_tracks
@@ -29,7 +30,9 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def daemon_parts(tracks: Path) -> AsyncIterator[tuple[Engine, Writeback]]:
+async def daemon_parts(
+    tracks: Path, kind: type[Writeback] = Writeback
+) -> AsyncIterator[tuple[Engine, Writeback]]:
     """The engine and the write-back over ``tracks``, no workers (nothing runs)."""
     cfg = config.load(
         flags={"tracks": str(tracks), "state_dir": str(tracks.parent / "state")},
@@ -38,7 +41,7 @@ async def daemon_parts(tracks: Path) -> AsyncIterator[tuple[Engine, Writeback]]:
     )
     store = Store.open(cfg.state_dir, SystemClock())
     engine = Engine(cfg, store, FakeExecutor(), SystemClock())
-    writeback = Writeback(engine, 0.0, quiet=0.0)
+    writeback = kind(engine, 0.0, quiet=0.0)
     _load_tracks(engine, cfg, writeback)
     engine.connect(lambda key: None, writeback.mark)
     try:
@@ -98,3 +101,78 @@ async def test_a_failed_write_is_tried_again_by_itself(
             while "summary" not in json.loads(path.read_text()):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
+
+
+class WholeFile(Writeback):
+    """The write-back with every quick write made on the whole file (parsed, spliced)."""
+
+    async def _quick(self, track: Any, known: Any, read: Any, keys: Any) -> list[Problem]:
+        return await self._quick_in_full(track, known, read, keys)
+
+
+LAYOUTS: dict[str, Callable[[Any], str]] = {
+    "two spaces": lambda doc: json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
+    "tabs, CRLF and a BOM": lambda doc: (
+        "\ufeff" + json.dumps(doc, indent="\t").replace("\n", "\r\n")
+    ),
+    "one line": json.dumps,
+    "compact": lambda doc: json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n",
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+async def test_quick_writes_are_the_writes_of_the_whole_file(tmp_path: Path, layout: str) -> None:
+    tasks: list[dict[str, Any]] = [
+        {"id": f"T{i}", "description": "naïve {x} [y]", "status": "pending", "mine": {"k": i}}
+        for i in range(8)
+    ]
+    tasks.append({"id": "T8", "status": "pending", "description": '{"status": "x"}'})
+    tasks[5]["files_actually_changed"] = []
+    doc = {"track": {"name": "t"}, "features": tasks, "notes": ["kept"]}
+    paths = []
+    for side in ("quick", "whole"):
+        (tmp_path / side / "tracks").mkdir(parents=True)
+        paths.append(tmp_path / side / "tracks" / "t.json")
+        paths[-1].write_text(LAYOUTS[layout](doc), encoding="utf-8")
+    async with (
+        daemon_parts(paths[0].parent, Writeback) as (quick, quick_wb),
+        daemon_parts(paths[1].parent, WholeFile) as (whole, whole_wb),
+    ):
+        quick.paused = whole.paused = True  # nothing starts by itself
+        for round_ in range(6):
+            for engine in (quick, whole):
+                change(engine, round_)
+            await quick_wb.flush()
+            await whole_wb.flush()
+            assert paths[0].read_bytes() == paths[1].read_bytes(), round_
+        written = json.loads(paths[0].read_bytes().decode("utf-8").removeprefix("\ufeff"))
+        assert written["features"][4]["status"] == "complete"
+        assert written["summary"]["complete"] == 2
+        mine, reference = quick.store.written("t"), whole.store.written("t")
+        assert mine is not None
+        assert reference is not None
+        assert (mine.digest, mine.base) == (reference.digest, reference.base)
+
+
+def change(engine: Engine, round_: int) -> None:
+    """The same changes in every engine: attempts start and end, orders, a pause."""
+    key = TaskKey("t", f"T{round_}")
+    state = engine.states[key]
+    stamp = f"2025-01-01T00:00:0{round_}Z"
+    engine.apply(key, state.with_owned(status=Status.IN_PROGRESS, attempts=1, last_attempt=stamp))
+    if round_:
+        before = TaskKey("t", f"T{round_ - 1}")
+        files = ("src/a.py", "é.py") if round_ % 2 else ()
+        finished = engine.states[before].with_owned(
+            status=Status.COMPLETE if round_ > 3 else Status.FAILED,
+            passes=round_ > 3,
+            error=None if round_ > 3 else "exit 1: naïve",
+            files_actually_changed=files,
+        )
+        engine.apply(before, finished)
+    if round_ == 2:
+        engine.order(TaskKey("t", "T7"), Event.ORDER_SKIP, "not needed")
+    if round_ == 3:
+        engine.pause_track("t", "for a while")
+    if round_ == 4:
+        engine.resume_track("t")
