@@ -56,6 +56,14 @@ class TestLocalPidfdPopen(ExecutorContract):
         return LocalExecutor(kill_grace=GRACE, use_pidfd=True, fast_spawn=False)
 
 
+@pytest.mark.skipif(not spawn.AVAILABLE, reason=f"no posix_spawn: {spawn.UNAVAILABLE}")
+class TestLocalPosixSpawnThreads(ExecutorContract):
+    """posix_spawn from spawner threads (the default spawns on the event loop)."""
+
+    def open_executor(self) -> AbstractAsyncContextManager[Executor]:
+        return LocalExecutor(kill_grace=GRACE, fast_spawn=True, spawn_threads=2)
+
+
 class TestLocalThreadWaitPopen(ExecutorContract):
     def open_executor(self) -> AbstractAsyncContextManager[Executor]:
         return LocalExecutor(kill_grace=GRACE, use_pidfd=False, fast_spawn=False)
