@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 
-from . import dispatch, gitattempt, live, load, ray, resident, status, writeback
+from . import dispatch, gitattempt, live, load, ray, resident, spawn, status, writeback
 from .common import scratch_root
 
 ALL = {
@@ -22,6 +22,7 @@ ALL = {
     "status": status.run,
     "gitattempt": gitattempt.run,
     "live": live.run,
+    "spawn": spawn.run,
 }
 
 

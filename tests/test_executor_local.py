@@ -1,4 +1,4 @@
-"""LocalExecutor: the executor contract (pidfd and thread paths), and what only it does."""
+"""LocalExecutor: the executor contract (pidfd and thread waits, both spawners), and the rest."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator import procs
 from orchestrator.errors import ExecutorError
-from orchestrator.executors import local, runbook
+from orchestrator.executors import local, runbook, spawn
 from orchestrator.executors.base import Executor, RunSpec, RunState
 from orchestrator.executors.local import LocalExecutor
 
@@ -48,10 +48,48 @@ class TestLocalThreadWait(ExecutorContract):
         return LocalExecutor(kill_grace=GRACE, use_pidfd=False)
 
 
+@pytest.mark.skipif(not HAS_PIDFD, reason="no pidfds on this platform")
+class TestLocalPidfdPopen(ExecutorContract):
+    """The fallback spawner (Popen), where posix_spawn cannot be used."""
+
+    def open_executor(self) -> AbstractAsyncContextManager[Executor]:
+        return LocalExecutor(kill_grace=GRACE, use_pidfd=True, fast_spawn=False)
+
+
+@pytest.mark.skipif(not spawn.AVAILABLE, reason=f"no posix_spawn: {spawn.UNAVAILABLE}")
+class TestLocalPosixSpawnThreads(ExecutorContract):
+    """posix_spawn from spawner threads (the default spawns on the event loop)."""
+
+    def open_executor(self) -> AbstractAsyncContextManager[Executor]:
+        return LocalExecutor(kill_grace=GRACE, fast_spawn=True, spawn_threads=2)
+
+
+class TestLocalThreadWaitPopen(ExecutorContract):
+    def open_executor(self) -> AbstractAsyncContextManager[Executor]:
+        return LocalExecutor(kill_grace=GRACE, use_pidfd=False, fast_spawn=False)
+
+
 MODES = [
     pytest.param(True, id="pidfd", marks=pytest.mark.skipif(not HAS_PIDFD, reason="no pidfd")),
     pytest.param(False, id="thread"),
 ]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            True,
+            id="posix_spawn",
+            marks=pytest.mark.skipif(not spawn.AVAILABLE, reason=str(spawn.UNAVAILABLE)),
+        ),
+        pytest.param(False, id="popen"),
+    ]
+)
+def spawner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Each spawner in turn: executors made in the test use posix_spawn, or Popen."""
+    if not request.param:
+        monkeypatch.setattr(spawn, "AVAILABLE", False)
+    return bool(request.param)
 
 
 def spec(tmp_path: Path, argv: tuple[str, ...], **fields: object) -> RunSpec:
@@ -60,6 +98,7 @@ def spec(tmp_path: Path, argv: tuple[str, ...], **fields: object) -> RunSpec:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("use_pidfd", MODES)
+@pytest.mark.usefixtures("spawner")
 class TestLocalOnly:
     async def test_leftovers_of_a_finished_command_get_sigterm(
         self, tmp_path: Path, use_pidfd: bool
@@ -219,6 +258,7 @@ def _umask() -> int:
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("spawner")
 async def test_thread_path_without_waitid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where ``waitid`` is missing the thread reaps the child: runs still end and report."""
     monkeypatch.setattr(local, "_WAITID", False)
@@ -235,6 +275,7 @@ async def test_thread_path_without_waitid(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.anyio
 @pytest.mark.skipif(not LINUX, reason="counts /proc/self/fd")
+@pytest.mark.usefixtures("spawner")
 async def test_pidfd_path_does_not_leak_fds(tmp_path: Path) -> None:
     def count() -> int:
         return len(os.listdir("/proc/self/fd"))
