@@ -120,6 +120,8 @@ class Graph:
         self._tracks: dict[str, TrackSpec] = {}
         self._track_keys: dict[str, list[TaskKey]] = {}
         self._undone: dict[str, int] = {}
+        self._counts: dict[str, dict[Status, int]] = {}
+        """Track -> how many of its tasks have each status (kept, not counted on demand)."""
         self._trigger_unmet: dict[str, int] = {}
         # Reverse edges as insertion-ordered sets (dict keys): O(1) removal on reload.
         self._dependents: defaultdict[Target, dict[TaskKey, None]] = defaultdict(dict)
@@ -173,13 +175,7 @@ class Graph:
             dropped = {n.key for n in gone}
             self._track_keys[name] = [k for k in self._track_keys[name] if k not in dropped]
             for node in gone:
-                for target in dict.fromkeys(node.deps):
-                    del self._dependents[target][node.key]
-                del self._nodes[node.key]
-                del self._status[node.key]
-                del self._unmet[node.key]
-                self._task_paused.discard(node.key)
-                self._in_heap.discard(node.key)
+                self._forget(node)
             self._undone[name] -= len(gone)
             self._track_done_changed(name, was_all_done=False)
         self._tracks[name] = new
@@ -232,6 +228,7 @@ class Graph:
         self._track_keys[name] = [n.key for n in spec.tasks]
         self._ready[name] = set()
         self._heaps[name] = []
+        self._counts[name] = dict.fromkeys(Status, 0)
         if spec.paused:
             self._track_paused.add(name)
         else:
@@ -256,6 +253,7 @@ class Graph:
         for node in nodes:
             self._nodes[node.key] = node
             self._status[node.key] = Status.PENDING
+            self._counts[node.key.track][Status.PENDING] += 1
             self._unmet[node.key] = 1  # not ready until its dependencies are counted
             if node.paused:
                 self._task_paused.add(node.key)
@@ -288,14 +286,9 @@ class Graph:
         for target in dict.fromkeys(spec.trigger):
             del self._watchers[target][name]
         for node in spec.tasks:
-            for target in dict.fromkeys(node.deps):
-                del self._dependents[target][node.key]
-            del self._nodes[node.key]
-            del self._status[node.key]
-            del self._unmet[node.key]
-            self._task_paused.discard(node.key)
-            self._in_heap.discard(node.key)
+            self._forget(node)
         del self._tracks[name]
+        del self._counts[name]
         del self._track_keys[name]
         del self._undone[name]
         del self._trigger_unmet[name]
@@ -304,6 +297,17 @@ class Graph:
         self._track_paused.discard(name)
         if empty_track_was_done:
             self._propagate(TrackAll(name), now_done=False)
+
+    def _forget(self, node: NodeSpec) -> None:
+        """Take a node (marked not done already) out of every index."""
+        key = node.key
+        for target in dict.fromkeys(node.deps):
+            del self._dependents[target][key]
+        del self._nodes[key]
+        self._counts[key.track][self._status.pop(key)] -= 1
+        del self._unmet[key]
+        self._task_paused.discard(key)
+        self._in_heap.discard(key)
 
     # ----------------------------------------------------------------- state
 
@@ -343,6 +347,9 @@ class Graph:
         if old is status:
             return
         self._status[key] = status
+        counts = self._counts[key.track]
+        counts[old] -= 1
+        counts[status] += 1
         if old.done != status.done:
             self._propagate(key, now_done=status.done)
             track = key.track
@@ -436,6 +443,10 @@ class Graph:
 
     def track_paused(self, track: str) -> bool:
         return track in self._track_paused
+
+    def status_counts(self, track: str) -> Mapping[Status, int]:
+        """How many of the track's tasks have each status (every status, zeros included)."""
+        return dict(self._counts[track])
 
     def remaining(self, track: str) -> int:
         """Tasks of ``track`` not done yet."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import graphlib
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -279,6 +280,8 @@ def check_graph(graph: Graph, model: _Model, uni: Universe) -> None:
             continue
         assert graph.track_paused(name) == (name in model.track_paused)
         assert graph.remaining(name) == sum(not model.status[n.key].done for n in spec.tasks)
+        recounted = Counter(model.status[n.key] for n in spec.tasks)
+        assert graph.status_counts(name) == {s: recounted[s] for s in Status}, name
         in_order = [
             k for _, k in sorted((n.order, n.key) for n in spec.tasks if ref_ready(model, n))
         ]
