@@ -192,15 +192,15 @@ class _Log:
         os.close(self.fd)
 
 
-def trim_log(path: Path, limit: int) -> bool:
+def trim_log(path: str, limit: int) -> bool:
     """Keep only the last ``limit`` bytes of a log, marking what was dropped."""
     try:
-        size = path.stat().st_size
+        size = os.stat(path).st_size
     except FileNotFoundError:
         return False
     if size <= limit:
         return False
-    with path.open("r+b") as handle:
+    with open(path, "r+b") as handle:
         handle.seek(size - limit)
         tail = handle.read(limit)
         handle.seek(0)
@@ -300,7 +300,7 @@ async def run_attempt(
         oversized = log.size() > plan.log_max_bytes
         log.close()
         if oversized:
-            trim_log(Path(log.path), plan.log_max_bytes)
+            trim_log(log.path, plan.log_max_bytes)
 
 
 async def _decide(

@@ -412,9 +412,6 @@ class Engine:
         """
         if self._launch is None:
             return
-        if self._running_total() >= self.cfg.settings.max_parallel:
-            self._check_idle()
-            return
         limits = self.limits()
         while True:
             key = next_task(self.graph, self.running, limits, self.tracks)
@@ -425,9 +422,6 @@ class Engine:
             self.running[key.track] += 1
             self._launch(key)
         self._check_idle()
-
-    def _running_total(self) -> int:
-        return sum(self.running.values())
 
     def track_scope(self, key: TaskKey, scope: anyio.CancelScope) -> None:
         self._scopes[key] = scope
@@ -533,7 +527,7 @@ class Engine:
             for path in list(self.running_logs):
                 with contextlib.suppress(OSError):
                     if os.stat(path).st_size > 2 * limit:
-                        trim_log(Path(path), limit)
+                        trim_log(path, limit)
 
     def child_env(self, key: TaskKey, number: int, extra: Mapping[str, str]) -> dict[str, str]:
         env = dict(self.base_env)
