@@ -27,7 +27,7 @@ from .errors import StateError
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -137,10 +137,18 @@ CREATE INDEX IF NOT EXISTS processes_unended ON processes (ended_at) WHERE ended
 they are indexed; a finished attempt or an ended process leaves its index instead of moving
 within it."""
 
+_SPEND_INDEX = """
+CREATE INDEX IF NOT EXISTS attempts_reported ON attempts (track, started_at)
+    WHERE tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_usd IS NOT NULL;
+"""
+"""Spend by track (every ``status``) and budgets read only the attempts an agent reported on
+(schema 5): a daemon that has run 100,000 commands does not scan them for each status."""
+
 _STEPS: tuple[tuple[int, str], ...] = (
     (2, _REMOTE_RUNS),
     (3, _AGENT_RUNS),
     (4, _SMALLER_INDEXES),
+    (5, _SPEND_INDEX),
 )
 """Migrations after the base schema (version 1), each ``(version it brings, script)``, applied
 in order, each in its own transaction. Never edit one: add the next."""
@@ -176,13 +184,19 @@ _SET_DETAILS = (
     "UPDATE attempts SET agent = ?, tokens_in = ?, tokens_out = ?, cost_usd = ?, commit_id = ?,"
     " files_changed = ?, saved_ref = ? WHERE id = ?"
 )
+_REPORTED = "(tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_usd IS NOT NULL)"
+"""Attempts whose agent reported what it used (the only ones spend is summed over)."""
+_SPENT = (
+    "COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0),"
+    " COALESCE(SUM(cost_usd), 0.0), COUNT(*)"
+)
+# Built from the constants above only (no input): the same columns and filter in both queries.
 _SPEND = (
-    "SELECT COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0),"
-    " COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM attempts"
-    " WHERE (tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_usd IS NOT NULL)"
+    f"SELECT {_SPENT} FROM attempts WHERE {_REPORTED}"  # noqa: S608
     " AND (?1 IS NULL OR track = ?1) AND (?2 IS NULL OR task_id = ?2)"
     " AND (?3 IS NULL OR started_at >= ?3)"
 )
+_SPEND_BY_TRACK = f"SELECT track, {_SPENT} FROM attempts WHERE {_REPORTED} GROUP BY track"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,12 +620,7 @@ class Store:
         return Spend(int(row[0]), float(row[1]), int(row[2]))
 
     def spend_by_track(self) -> dict[str, Spend]:
-        rows = self._db.execute(
-            "SELECT track, COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0),"
-            " COALESCE(SUM(cost_usd), 0.0), COUNT(*) FROM attempts"
-            " WHERE tokens_in IS NOT NULL OR tokens_out IS NOT NULL OR cost_usd IS NOT NULL"
-            " GROUP BY track"
-        )
+        rows = self._db.execute(_SPEND_BY_TRACK)
         return {r[0]: Spend(int(r[1]), float(r[2]), int(r[3])) for r in rows}
 
     def running_attempts(self) -> list[AttemptRow]:

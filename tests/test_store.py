@@ -10,7 +10,7 @@ import pytest
 from orchestrator.errors import StateError
 from orchestrator.model import Owned, Status, TaskKey
 from orchestrator.states import TaskState
-from orchestrator.store import Store, Written
+from orchestrator.store import Spend, Store, Written
 
 
 class FixedClock:
@@ -154,3 +154,24 @@ def test_only_running_attempts_and_open_processes_are_indexed(tmp_path: Path) ->
     assert "attempts_running" in plan
     assert "processes_unended" in plan
     assert [a.id for a in store.running_attempts()] == [second]
+
+
+def test_spend_reads_only_the_attempts_an_agent_reported_on(tmp_path: Path) -> None:
+    from orchestrator import store as store_module
+    from orchestrator.store import AttemptDetails
+
+    store = Store.open(tmp_path, FixedClock())
+    running = TaskState(Owned(status=Status.IN_PROGRESS))
+    done = TaskState(Owned(Status.COMPLETE, 1))
+    silent = store.begin_attempt(K, running, 1, 1, "/logs/1.log")
+    store.finish_attempt(silent, K, done, "PASS", None, 0)
+    spoke = store.begin_attempt(K, running, 2, 2, "/logs/2.log")
+    details = AttemptDetails("claude", 10, 5, 0.5)
+    store.finish_attempt(spoke, K, done, "PASS", None, 0, details=details)
+    assert store.spend_by_track() == {K.track: Spend(15, 0.5, 1)}
+    assert store.spend(track=K.track) == Spend(15, 0.5, 1)
+    for query, args in ((store_module._SPEND_BY_TRACK, ()), (store_module._SPEND, (None,) * 3)):
+        plan = " ".join(
+            str(tuple(r)) for r in store._db.execute(f"EXPLAIN QUERY PLAN {query}", args)
+        )
+        assert "attempts_reported" in plan, plan
