@@ -253,7 +253,7 @@ class Engine:
             self.cancel_running(key, reason)
         elif state is not None and state.status is Status.IN_PROGRESS:
             # Dispatched but its Ralph loop has not begun: it finds itself pending and ends.
-            self.states[key] = state.with_owned(status=Status.PENDING)
+            self.states[key] = state.with_owned(status=transition(state.status, Event.INTERRUPT))
 
     def settings_for(self, key: TaskKey) -> tuple[TaskDef, Track]:
         return self.defs[key], self.tracks[key.track]
@@ -418,7 +418,8 @@ class Engine:
             if key is None or anyio.current_effective_deadline() == -math.inf:
                 break
             self.graph.set_status(key, Status.IN_PROGRESS)
-            self.states[key] = self.states[key].with_owned(status=Status.IN_PROGRESS)
+            state = self.states[key]
+            self.states[key] = state.with_owned(status=transition(state.status, Event.START))
             self.running[key.track] += 1
             self._launch(key)
         self._check_idle()

@@ -1,7 +1,8 @@
 """The task state machine, as a transition table.
 
-A task's runtime status changes only through :func:`transition`. Events come from the Ralph
-loop (an attempt starts, passes, fails, blocks, or is interrupted) and from users' orders
+A task's runtime status changes only through :func:`transition` (the scheduler, the Ralph loop
+and orders all ask it). Events come from the Ralph loop (an attempt starts, passes, fails,
+blocks, or is interrupted) and from users' orders
 (given on the command line, through the API, or by editing the queue file). Orders apply from
 any status: they are how a person takes over.
 

@@ -35,7 +35,7 @@ from .daemon import Engine, Track
 from .executors.base import Executor, RunInfo, RunSpec
 from .model import Command, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
-from .states import TaskState
+from .states import Event, TaskState, transition
 from .store import EventSpec
 
 log = structlog.get_logger("orchestratord")
@@ -246,24 +246,37 @@ def _conclude(
         common["files_actually_changed"] = files
     if result.verdict is Verdict.PASS:
         state = started.with_owned(
-            status=Status.COMPLETE, completed_at=now, passes=True, error=None, **common
+            status=transition(started.status, Event.PASS),
+            completed_at=now,
+            passes=True,
+            error=None,
+            **common,
         )
         return state, [finished, ("task_complete", key, {"attempts": attempts})]
     if result.verdict is Verdict.BLOCKED:
         state = started.with_owned(
-            status=Status.BLOCKED, passes=False, error=result.reason, **common
+            status=transition(started.status, Event.BLOCK),
+            passes=False,
+            error=result.reason,
+            **common,
         )
         return state, [finished, ("task_blocked", key, {"reason": result.reason})]
     if iteration >= budget:
         state = started.with_owned(
-            status=Status.FAILED, passes=False, error=result.reason, **common
+            status=transition(started.status, Event.FAIL),
+            passes=False,
+            error=result.reason,
+            **common,
         )
         return state, [
             finished,
             ("task_failed", key, {"reason": result.reason, "attempts": attempts}),
         ]
     state = started.with_owned(
-        status=Status.IN_PROGRESS, passes=False, error=result.reason, **common
+        status=transition(started.status, Event.RETRY),
+        passes=False,
+        error=result.reason,
+        **common,
     )
     return state, [finished]
 
@@ -428,7 +441,11 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
     state = engine.states.get(key)
     reason = engine.cancel_reasons.get(key, "the daemon stopped during the attempt")
     still_running = state is not None and state.status is Status.IN_PROGRESS
-    resets = {key: state.with_owned(status=Status.PENDING)} if still_running and state else {}
+    resets = (
+        {key: state.with_owned(status=transition(state.status, Event.INTERRUPT))}
+        if still_running and state
+        else {}
+    )
     if attempt_id is not None:
         engine.store.interrupt_attempts([attempt_id], resets, reason)
     elif resets:
