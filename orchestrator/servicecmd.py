@@ -27,6 +27,7 @@ from . import lock
 from .cli import _common_options, _reports_errors, _settings, _split_common
 from .config import ENV_PREFIX
 from .errors import OrchestratorError
+from .queuefile import write_atomic
 from .service import (
     DEFAULT_WATCHDOG,
     SECRETS,
@@ -161,10 +162,7 @@ def _print_instructions(spec: ServiceSpec, steps: Instructions) -> None:
 def _write(path: Path, content: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(content)
-        temporary.chmod(0o644)
-        os.replace(temporary, path)
+        write_atomic(path, content.decode())
     except PermissionError:
         raise OrchestratorError(
             f"{path}: permission denied; a --system service is installed as root "
