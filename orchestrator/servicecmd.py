@@ -27,6 +27,7 @@ from . import lock
 from .cli import _common_options, _reports_errors, _settings, _split_common
 from .config import ENV_PREFIX
 from .errors import OrchestratorError
+from .queuefile import write_atomic
 from .service import (
     DEFAULT_WATCHDOG,
     SECRETS,
@@ -80,16 +81,14 @@ service: click.Group = click.Group(
 
 
 def _spec(
-    ctx: click.Context,
-    kwargs: dict[str, Any],
-    *,
-    scope: str | None,
-    manager: str | None,
-    name: str,
-    run_as: str | None,
-    watchdog: int = DEFAULT_WATCHDOG,
+    ctx: click.Context, kwargs: dict[str, Any], watchdog: int = DEFAULT_WATCHDOG
 ) -> tuple[ServiceSpec, Path]:
+    """The service that the options (``_target_options`` but ``--dry-run``, the common ones) say."""
     cfg = _settings(ctx, _split_common(kwargs))
+    scope: str | None = kwargs.pop("scope")
+    manager: str | None = kwargs.pop("manager")
+    name: str = kwargs.pop("name")
+    run_as: str | None = kwargs.pop("run_as")
     root = os.geteuid() == 0
     chosen_scope: Scope = "system" if scope == "system" or (scope is None and root) else "user"
     chosen: Manager = (
@@ -133,6 +132,14 @@ def _run(argv: tuple[str, ...], dry_run: bool) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
+def _run_each(commands: tuple[tuple[str, ...], ...], dry_run: bool) -> None:
+    """Run each command in turn; a failure is shown (its first line) and does not stop them."""
+    for argv in commands:
+        code, output = _run(argv, dry_run)
+        if code:
+            click.echo(f"  exit status {code}: {output.splitlines()[0] if output else ''}")
+
+
 def _print_instructions(spec: ServiceSpec, steps: Instructions) -> None:
     verb = "run" if spec.scope == "user" else "run as root"
     when = "at login" if spec.scope == "user" else "at boot"
@@ -155,10 +162,7 @@ def _print_instructions(spec: ServiceSpec, steps: Instructions) -> None:
 def _write(path: Path, content: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(content)
-        temporary.chmod(0o644)
-        os.replace(temporary, path)
+        write_atomic(path, content.decode())
     except PermissionError:
         raise OrchestratorError(
             f"{path}: permission denied; a --system service is installed as root "
@@ -178,21 +182,9 @@ def _write(path: Path, content: bytes) -> None:
 @_common_options
 @click.pass_context
 @_reports_errors
-def install(
-    ctx: click.Context,
-    /,
-    scope: str | None,
-    manager: str | None,
-    name: str,
-    run_as: str | None,
-    dry_run: bool,
-    watchdog_sec: int,
-    **kwargs: Any,
-) -> None:
+def install(ctx: click.Context, /, dry_run: bool, watchdog_sec: int, **kwargs: Any) -> None:
     """Write the systemd unit or launchd plist and print how to enable and start it."""
-    spec, state_dir = _spec(
-        ctx, kwargs, scope=scope, manager=manager, name=name, run_as=run_as, watchdog=watchdog_sec
-    )
+    spec, state_dir = _spec(ctx, kwargs, watchdog=watchdog_sec)
     tracks = Path(spec.argv[spec.argv.index("--tracks") + 1])
     if not tracks.is_dir():
         raise OrchestratorError(
@@ -235,27 +227,15 @@ def install(
 @_common_options
 @click.pass_context
 @_reports_errors
-def uninstall(
-    ctx: click.Context,
-    /,
-    scope: str | None,
-    manager: str | None,
-    name: str,
-    run_as: str | None,
-    dry_run: bool,
-    **kwargs: Any,
-) -> None:
+def uninstall(ctx: click.Context, /, dry_run: bool, **kwargs: Any) -> None:
     """Stop and disable the service, then remove its file."""
-    spec, _ = _spec(ctx, kwargs, scope=scope, manager=manager, name=name, run_as=run_as)
+    spec, _ = _spec(ctx, kwargs)
     path = Path(spec.file)
     if not path.exists():
         click.echo(f"{path}: not installed; nothing to do")
         return
     steps = instructions(spec)
-    for argv in steps.disable:
-        code, output = _run(argv, dry_run)
-        if code:
-            click.echo(f"  exit status {code}: {output.splitlines()[0] if output else ''}")
+    _run_each(steps.disable, dry_run)
     if dry_run:
         click.echo(f"would remove {path}")
     else:
@@ -264,10 +244,7 @@ def uninstall(
         except PermissionError:
             raise OrchestratorError(f"{path}: permission denied; run it as root (sudo)") from None
         click.echo(f"removed {path}")
-    for argv in steps.after_removal:
-        code, output = _run(argv, dry_run)
-        if code:
-            click.echo(f"  exit status {code}: {output.splitlines()[0] if output else ''}")
+    _run_each(steps.after_removal, dry_run)
 
 
 @service.command(name="status")
@@ -275,22 +252,13 @@ def uninstall(
 @_common_options
 @click.pass_context
 @_reports_errors
-def status_cmd(
-    ctx: click.Context,
-    /,
-    scope: str | None,
-    manager: str | None,
-    name: str,
-    run_as: str | None,
-    dry_run: bool,
-    **kwargs: Any,
-) -> None:
+def status_cmd(ctx: click.Context, /, dry_run: bool, **kwargs: Any) -> None:
     """Is the service installed and current, what the service manager says, is it running.
 
     Exit status 0 when a daemon holds the state directory, 3 when the service is installed
     but no daemon runs, 4 when it is not installed (and no daemon runs).
     """
-    spec, state_dir = _spec(ctx, kwargs, scope=scope, manager=manager, name=name, run_as=run_as)
+    spec, state_dir = _spec(ctx, kwargs)
     path = Path(spec.file)
     installed = path.is_file()
     if installed:  # compared with what install would write with the watchdog it was given
