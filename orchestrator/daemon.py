@@ -21,12 +21,13 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from . import statusview
 from .attempt import trim_log
 from .clock import Clock, iso
 from .config import Config
 from .executors.base import Executor
 from .graph import Delta, Graph, TrackSpec
-from .model import STATUS_ORDER, Status, TaskDef, TaskKey, TrackDef
+from .model import Status, TaskDef, TaskKey, TrackDef
 from .problems import Problem
 from .scheduler import Limits, next_task
 from .states import Event, TaskState, transition
@@ -481,9 +482,7 @@ class Engine:
         return all(self.graph.status(k).done for k in self.graph.keys(None))
 
     def counts(self, track: str) -> dict[str, int]:
-        """Tasks by status (and in all) in ``track``: the queue file's ``summary``."""
-        by_status = self.graph.status_counts(track)
-        return {"total": sum(by_status.values())} | {s.value: by_status[s] for s in STATUS_ORDER}
+        return statusview.counts(self.graph, track)
 
     def task_file(self, key: TaskKey, suffix: str) -> str:
         """``logs/TRACK/ID.SUFFIX`` in the state directory.

@@ -118,7 +118,9 @@ class Notifier:
 def status_line(engine: Engine) -> str:
     """One line for ``systemctl status``: ``running 2, complete 40/113, 1 failed``."""
     graph = engine.graph
-    counts = Counter(graph.status(key) for key in graph.keys(None))
+    counts: Counter[Status] = Counter()
+    for name in graph.tracks:
+        counts.update(graph.status_counts(name))
     total = sum(counts.values())
     parts = [
         f"running {sum(engine.running.values())}",

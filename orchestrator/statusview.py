@@ -33,12 +33,10 @@ StateLookup = Callable[[TaskKey], TaskState | None]
 BudgetLookup = Callable[[TaskKey], int | None]
 
 
-def counts(graph: Graph, keys: Sequence[TaskKey]) -> dict[str, int]:
-    """Tasks by status (and in all) among ``keys``."""
-    counts = {"total": len(keys)} | {s.value: 0 for s in STATUS_ORDER}
-    for key in keys:
-        counts[graph.status(key).value] += 1
-    return counts
+def counts(graph: Graph, track: str) -> dict[str, int]:
+    """The tasks of ``track`` by status, and in all (the queue file's ``summary``)."""
+    by_status = graph.status_counts(track)
+    return {"total": sum(by_status.values())} | {s.value: by_status[s] for s in STATUS_ORDER}
 
 
 def _task_brief(task: TaskDef | None, key: TaskKey) -> dict[str, Any]:

@@ -406,7 +406,7 @@ def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> 
             {
                 "name": name,
                 "paused": graph.track_paused(name),
-                "counts": statusview.counts(graph, keys),
+                "counts": statusview.counts(graph, name),
                 "trigger": _trigger(graph, name),
             }
         )
