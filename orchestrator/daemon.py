@@ -118,6 +118,7 @@ class Engine:
         self._tracks_version = 0
         """Bumped whenever a track is installed, changed or removed (``limits`` caches)."""
         self._limits: tuple[Config, int, Limits] | None = None
+        self._warnings: tuple[int, tuple[Problem, ...]] | None = None
         self.waiting: set[str] = set()
         """Waits that end by themselves (an agent's usage limit resetting): work will resume,
         so the daemon is not idle (``--once`` keeps running)."""
@@ -260,9 +261,19 @@ class Engine:
         return self.defs[key], self.tracks[key.track]
 
     def all_problems(self) -> list[Problem]:
-        """Every problem of the queue files on disk now (what ``status`` shows), each once."""
+        """Every problem of the queue files on disk now (what ``status`` shows), each once:
+        the errors of files not in force, then the warnings of the tracks in force."""
         found = [*self.problems, *(p for t in self.tracks.values() for p in t.problems)]
-        return list(dict.fromkeys(found))
+        return list(dict.fromkeys([*found, *self.warnings()]))
+
+    def warnings(self) -> tuple[Problem, ...]:
+        """The warnings of the tracks in force, as ``validate`` gives them (an id copied across
+        a project, ...): checked again only after a track changed, when first asked."""
+        cached = self._warnings
+        if cached is None or cached[0] != self._tracks_version:
+            defs = [t.definition for t in self.tracks.values()]
+            cached = self._warnings = (self._tracks_version, check(defs).warnings)
+        return cached[1]
 
     # ------------------------------------------------------------------ state changes
 

@@ -417,3 +417,29 @@ async def test_a_busy_port_is_a_clear_error(
         with pytest.raises(ConfigError, match=f"cannot serve the control API on 127.0.0.1:{port}"):
             async with running_daemon(tracks_dir, http=f"127.0.0.1:{port}"):
                 pass
+
+
+async def test_a_running_daemon_reports_the_warnings_an_offline_status_reports(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    copied = {"id": "SHARED", "command": gate(tmp_path)}
+    write_track("a", {"project": "p", "features": [copied]})
+    write_track("b", {"project": "p", "features": [copied]})
+    state = tmp_path / "state"
+    where = ["--tracks", str(tracks_dir), "--state-dir", str(state)]
+    offline = CliRunner().invoke(cli, ["status", "--json", *where], catch_exceptions=False)
+    offline_warnings = json.loads(offline.stdout)["problems"]
+    assert [p["severity"] for p in offline_warnings] == ["warning"]
+    assert "also in track 'a' of project 'p'" in offline_warnings[0]["message"]
+    async with running_daemon(tracks_dir, state) as live:
+        data = await live.ask("status")
+        assert data["problems"] == offline_warnings
+        # The copy goes: so does the warning, at the next look after the reload.
+        write_track("b", {"project": "p", "features": [{"id": "OWN", "command": "true"}]})
+        await live.ask("reload")
+        data = await live.ask("status")
+        assert data["problems"] == []
