@@ -438,31 +438,21 @@ def test_end_leftovers_after_the_leader_is_gone(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("argv", "state"),
+    [(("true",), RunState.EXITED), ((), RunState.FAILED_TO_START)],
+    ids=["exited", "failed to start"],
+)
 async def test_finished_runs_are_forgotten_beyond_the_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], state: RunState
 ) -> None:
     monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
     async with local.LocalExecutor(1.0) as executor:
         for i in range(5):
-            spec = RunSpec(
-                f"r{i}", ("true",), str(tmp_path), dict(os.environ), str(tmp_path / "log")
-            )
+            spec = RunSpec(f"r{i}", argv, str(tmp_path), dict(os.environ), str(tmp_path / "log"))
             await executor.submit(spec)
-            await executor.wait(spec.run_id)
-        assert (await executor.status("r4")).state is RunState.EXITED
-        assert (await executor.status("r0")).state is RunState.LOST  # forgotten
-
-
-@pytest.mark.anyio
-async def test_runs_that_failed_to_start_are_forgotten_beyond_the_limit_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
-    async with local.LocalExecutor(1.0) as executor:
-        for i in range(5):
-            spec = RunSpec(f"r{i}", (), str(tmp_path), dict(os.environ), str(tmp_path / "log"))
-            assert (await executor.submit(spec)).state is RunState.FAILED_TO_START
-        assert (await executor.status("r4")).state is RunState.FAILED_TO_START
+            assert (await executor.wait(spec.run_id)).state is state
+        assert (await executor.status("r4")).state is state
         assert (await executor.status("r0")).state is RunState.LOST  # forgotten
 
 
