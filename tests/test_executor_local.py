@@ -211,13 +211,18 @@ class TestLocalOnly:
             assert info.reason == "command not found: 'orch-tool' (searched PATH=/usr/bin:/bin)"
 
     async def test_bad_interpreter_is_reported(self, tmp_path: Path, use_pidfd: bool) -> None:
-        script = tmp_path / "script"
+        work = tmp_path / "work"  # not the daemon's working directory
+        work.mkdir()
+        script = work / "script"
         script.write_text("#!/no/such/interpreter\n")
         script.chmod(0o755)
         async with LocalExecutor(use_pidfd=use_pidfd) as executor:
-            info = await executor.submit(spec(tmp_path, (str(script),)))
+            info = await executor.submit(spec(work, (str(script),)))
+            # Found along a relative PATH entry, taken from the run's cwd as the child does.
+            found = await executor.submit(spec(work, ("script",), env={"PATH": "."}))
         assert info.state is RunState.FAILED_TO_START
         assert info.reason == f"cannot start '{script}': No such file or directory"
+        assert found.reason == "cannot start 'script': No such file or directory"
 
     async def test_missing_stdin_file_and_log_dir(self, tmp_path: Path, use_pidfd: bool) -> None:
         argv = python("pass")

@@ -180,13 +180,14 @@ AVAILABLE = UNAVAILABLE is None
 """Whether :func:`spawn` can start anything here (else it always returns ``None``)."""
 
 
-def _program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
+def find_program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
     """The file to execute for ``command``, looked up like Popen (``None``: not found).
 
     Popen tries ``execve`` on each candidate along the child's ``PATH`` (``os.defpath``
     without one) after changing to ``cwd``, and runs the first that works. Here each
     candidate is checked with one ``stat`` (a regular file with an execute bit); a candidate
-    that passes but does not exec makes :func:`spawn` fail, and Popen then decides.
+    that passes but does not exec makes :func:`spawn` fail, and Popen then decides. A
+    ``command`` with a slash comes back as it is.
     """
     if os.sep in command:
         return command
@@ -229,12 +230,10 @@ def spawn(
         return None
     if "=" in "".join(env) or "\0" in cwd:
         return None  # Popen refuses these with a ValueError
-    program = _program(argv[0], env, cwd)
-    if program is None or "\0" in program:
-        return None
-    args = _strings(argv)
+    program = find_program(argv[0], env, cwd)
+    args = _strings(argv)  # a NUL in argv[0], or in PATH (which envp holds), ends it here too
     envp = _strings(list(map("=".join, env.items())))
-    if args is None or envp is None:
+    if program is None or args is None or envp is None:
         return None
     try:
         where, path = cwd.encode(), program.encode()
