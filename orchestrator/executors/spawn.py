@@ -132,7 +132,10 @@ def _attributes(libc: ctypes.CDLL, to_default: int) -> _Buffer | None:
 # exec. Popen leaves them as they are in this process, where nothing can set them to ignored
 # (the C library refuses), only from ignored (inherited from a parent that used posix_spawn)
 # to caught (when the C library first needs one). So while one of them is ignored here, each
-# spawn looks again (``/proc/self/status``); once none is, never again.
+# spawn looks again (``/proc/self/status``); once none is, never again. Reading it once would
+# not do: glibc 2.36 catches 33 (SIGSETXID) when the first thread starts, after this module is
+# loaded. It catches 32 (SIGCANCEL) only for pthread_cancel, so a daemon started by posix_spawn
+# (``make`` does) looks again at every spawn, for about 20 us.
 _libc, UNAVAILABLE = _load()
 _INTERNAL = 0
 _internal_ignored = 0
