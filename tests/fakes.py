@@ -2,8 +2,10 @@
 
 :class:`FakeExecutor` implements :class:`~orchestrator.executors.base.Executor` without
 processes: a test scripts, per argv, how a run ends (exit code, output, how long it takes,
-an event that releases it). It passes the executor contract (``tests/executor_contract.py``)
-except the parts that need real processes.
+an event that releases it). Its runs' output goes to their log files, as a real executor's
+does, and it keeps its runs in the same :class:`~orchestrator.executors.runbook.RunBook` as the
+real ones. It passes the executor contract (``tests/executor_contract.py``) except the parts
+that need real processes.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Self
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 
-from orchestrator.errors import ExecutorError
 from orchestrator.executors.base import Capacity, RunInfo, RunSpec, RunState, unfit
+from orchestrator.executors.runbook import RunBook
 
-READ_CAP = 1 << 20
+CLOSE_MARGIN = 5.0
+"""Seconds beyond ``kill_grace`` that leaving the executor waits before using force."""
 
 Output = bytes | Callable[[RunSpec], bytes]
 
@@ -55,14 +56,17 @@ class _FakeRun:
     outcome: Outcome
     info: RunInfo
     done: anyio.Event = field(default_factory=anyio.Event)
-    log: bytearray = field(default_factory=bytearray)
     scope: anyio.CancelScope | None = None
     stop_state: RunState | None = None
     stop_reason: str | None = None
     grace: float = 0.0
 
+    @property
+    def log_path(self) -> str:
+        return self.spec.log_path
 
-class FakeExecutor:
+
+class FakeExecutor(RunBook[_FakeRun]):
     """An executor that runs nothing: outcomes are scripted per argv.
 
     Use it like :class:`~orchestrator.executors.local.LocalExecutor`:
@@ -72,6 +76,7 @@ class FakeExecutor:
     """
 
     name = "fake"
+    _unknown_reason = "no such run in this executor (the daemon that started it may have died)"
 
     def __init__(
         self,
@@ -80,13 +85,10 @@ class FakeExecutor:
         default: Outcome | None = None,
         nodes: tuple[dict[str, float], ...] = ({"CPU": 8.0, "memory": float(16 << 30)},),
     ) -> None:
-        self._kill_grace = kill_grace
+        super().__init__(kill_grace, CLOSE_MARGIN)
         self._capacity = Capacity(nodes, "the fake cluster")
         self._default = default
         self._scripts: dict[tuple[str, ...], Outcome] = {}
-        self._runs: dict[str, _FakeRun] = {}
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._closing = False
         self._pids = itertools.count(100_000)
         self.submitted: list[RunSpec] = []
         self.cancelled: list[str] = []
@@ -114,87 +116,53 @@ class FakeExecutor:
         self._tg = tg
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tg is not None
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
-        self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
-
     async def aclose(self) -> None:
-        self._closing = True
-        running = [run for run in self._runs.values() if not run.done.is_set()]
-        for run in running:
-            self._request_stop(run, "ended because the executor closed", self._kill_grace)
-        for run in running:
-            await run.done.wait()
+        await self._close_starts()
+        reason = "ended because the executor closed"
+        await self._stop_all(lambda run: self._request_stop(run, reason, self._kill_grace))
+
+    async def _release(self) -> None:
+        pass
 
     # -- the Executor protocol ------------------------------------------------------------
 
     async def submit(self, spec: RunSpec) -> RunInfo:
-        existing = self._runs.get(spec.run_id)
+        existing = await self._started(spec.run_id)
         if existing is not None:
             return existing.info
-        if self._tg is None or self._closing:
-            raise ExecutorError(f"cannot start run {spec.run_id!r}: the executor is not open")
+        tg = self._open_group(spec.run_id)
         self.submitted.append(spec)
         outcome = self._scripts.get(tuple(spec.argv), self._default)
         run = _FakeRun(spec, outcome or Outcome(), RunInfo(spec.run_id, RunState.PENDING))
         self._runs[spec.run_id] = run
         reason = self._start_problem(spec, outcome)
+        if reason is None:  # it starts: its output is in its log at once
+            output = run.outcome.output
+            reason = _append(spec.log_path, output(spec) if callable(output) else output)
+        else:
+            _append(spec.log_path, reason.encode() + b"\n")
         if reason is not None:
-            run.log += reason.encode() + b"\n"
             run.info = replace(run.info, state=RunState.FAILED_TO_START, reason=reason)
             run.done.set()
+            self._remember(spec.run_id)
             return run.info
         pid = next(self._pids)
         run.info = RunInfo(
             spec.run_id, RunState.RUNNING, pid=pid, pgid=pid, started=time.monotonic()
         )
-        output = run.outcome.output
-        run.log += output(spec) if callable(output) else output
         deadline = math.inf if spec.timeout is None else anyio.current_time() + spec.timeout
-        self._tg.start_soon(self._run, run, deadline)
+        tg.start_soon(self._run, run, deadline)
         return run.info
-
-    async def wait(self, run_id: str) -> RunInfo:
-        run = self._runs.get(run_id)
-        if run is None:
-            return _unknown(run_id)
-        await run.done.wait()
-        return run.info
-
-    async def status(self, run_id: str) -> RunInfo:
-        run = self._runs.get(run_id)
-        return _unknown(run_id) if run is None else run.info
 
     async def cancel(self, run_id: str, grace: float) -> RunInfo:
         run = self._runs.get(run_id)
         if run is None:
-            return _unknown(run_id)
+            return self._unknown(run_id)
         self.cancelled.append(run_id)
         if not run.done.is_set():
             self._request_stop(run, "cancelled", grace)
             await run.done.wait()
         return run.info
-
-    async def read_log(self, run_id: str, offset: int) -> tuple[bytes, int]:
-        run = self._runs.get(run_id)
-        if run is None:
-            raise ExecutorError(f"cannot read the log of run {run_id!r}: no such run here")
-        if offset < 0:
-            raise ExecutorError(f"cannot read the log of run {run_id!r} from offset {offset}")
-        data = bytes(run.log[offset : offset + READ_CAP])
-        await anyio.lowlevel.checkpoint()
-        return data, offset + len(data)
-
-    async def active(self) -> list[RunInfo]:
-        return [run.info for run in self._runs.values() if not run.done.is_set()]
 
     async def attach(self, spec: RunSpec) -> RunInfo:
         await anyio.lowlevel.checkpoint()
@@ -252,19 +220,21 @@ class FakeExecutor:
             await anyio.sleep(outcome.term_delay)
         self._finish(run, run.stop_state, code, run.stop_reason)
 
-    @staticmethod
-    def _finish(run: _FakeRun, state: RunState, code: int, reason: str | None) -> None:
+    def _finish(self, run: _FakeRun, state: RunState, code: int, reason: str | None) -> None:
         if state is RunState.EXITED and code < 0:
             reason = f"killed by signal {signal.Signals(-code).name}"
         run.info = replace(
             run.info, state=state, exit_code=code, reason=reason, ended=time.monotonic()
         )
         run.done.set()
+        self._remember(run.spec.run_id)
 
 
-def _unknown(run_id: str) -> RunInfo:
-    return RunInfo(
-        run_id,
-        RunState.LOST,
-        reason="no such run in this executor (the daemon that started it may have died)",
-    )
+def _append(path: str, data: bytes) -> str | None:
+    """Append ``data`` to the log file at ``path``; why not, if it cannot be opened."""
+    try:
+        with open(path, "ab") as log:
+            log.write(data)
+    except OSError as error:
+        return f"cannot open log file {path!r}: {error.strerror or error}"
+    return None

@@ -211,13 +211,18 @@ class TestLocalOnly:
             assert info.reason == "command not found: 'orch-tool' (searched PATH=/usr/bin:/bin)"
 
     async def test_bad_interpreter_is_reported(self, tmp_path: Path, use_pidfd: bool) -> None:
-        script = tmp_path / "script"
+        work = tmp_path / "work"  # not the daemon's working directory
+        work.mkdir()
+        script = work / "script"
         script.write_text("#!/no/such/interpreter\n")
         script.chmod(0o755)
         async with LocalExecutor(use_pidfd=use_pidfd) as executor:
-            info = await executor.submit(spec(tmp_path, (str(script),)))
+            info = await executor.submit(spec(work, (str(script),)))
+            # Found along a relative PATH entry, taken from the run's cwd as the child does.
+            found = await executor.submit(spec(work, ("script",), env={"PATH": "."}))
         assert info.state is RunState.FAILED_TO_START
         assert info.reason == f"cannot start '{script}': No such file or directory"
+        assert found.reason == "cannot start 'script': No such file or directory"
 
     async def test_missing_stdin_file_and_log_dir(self, tmp_path: Path, use_pidfd: bool) -> None:
         argv = python("pass")
@@ -438,31 +443,21 @@ def test_end_leftovers_after_the_leader_is_gone(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("argv", "state"),
+    [(("true",), RunState.EXITED), ((), RunState.FAILED_TO_START)],
+    ids=["exited", "failed to start"],
+)
 async def test_finished_runs_are_forgotten_beyond_the_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], state: RunState
 ) -> None:
     monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
     async with local.LocalExecutor(1.0) as executor:
         for i in range(5):
-            spec = RunSpec(
-                f"r{i}", ("true",), str(tmp_path), dict(os.environ), str(tmp_path / "log")
-            )
+            spec = RunSpec(f"r{i}", argv, str(tmp_path), dict(os.environ), str(tmp_path / "log"))
             await executor.submit(spec)
-            await executor.wait(spec.run_id)
-        assert (await executor.status("r4")).state is RunState.EXITED
-        assert (await executor.status("r0")).state is RunState.LOST  # forgotten
-
-
-@pytest.mark.anyio
-async def test_runs_that_failed_to_start_are_forgotten_beyond_the_limit_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
-    async with local.LocalExecutor(1.0) as executor:
-        for i in range(5):
-            spec = RunSpec(f"r{i}", (), str(tmp_path), dict(os.environ), str(tmp_path / "log"))
-            assert (await executor.submit(spec)).state is RunState.FAILED_TO_START
-        assert (await executor.status("r4")).state is RunState.FAILED_TO_START
+            assert (await executor.wait(spec.run_id)).state is state
+        assert (await executor.status("r4")).state is state
         assert (await executor.status("r0")).state is RunState.LOST  # forgotten
 
 

@@ -41,7 +41,6 @@ import itertools
 import math
 import os
 import select
-import shutil
 import signal
 import stat
 import subprocess
@@ -570,8 +569,8 @@ def _diagnose(spec: RunSpec, error: OSError | ValueError) -> str:
         return f"working directory not found: {spec.cwd}"
     command = spec.argv[0]
     if os.sep not in command:
-        path = spec.env.get("PATH", os.defpath)
-        if shutil.which(command, path=path) is None:
+        if spawn.find_program(command, spec.env, spec.cwd) is None:
+            path = spec.env.get("PATH", os.defpath)
             return f"command not found: {command!r} (searched PATH={path})"
     else:
         target = os.path.join(spec.cwd, command)

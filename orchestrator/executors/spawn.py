@@ -132,7 +132,10 @@ def _attributes(libc: ctypes.CDLL, to_default: int) -> _Buffer | None:
 # exec. Popen leaves them as they are in this process, where nothing can set them to ignored
 # (the C library refuses), only from ignored (inherited from a parent that used posix_spawn)
 # to caught (when the C library first needs one). So while one of them is ignored here, each
-# spawn looks again (``/proc/self/status``); once none is, never again.
+# spawn looks again (``/proc/self/status``); once none is, never again. Reading it once would
+# not do: glibc 2.36 catches 33 (SIGSETXID) when the first thread starts, after this module is
+# loaded. It catches 32 (SIGCANCEL) only for pthread_cancel, so a daemon started by posix_spawn
+# (``make`` does) looks again at every spawn, for about 20 us.
 _libc, UNAVAILABLE = _load()
 _INTERNAL = 0
 _internal_ignored = 0
@@ -180,13 +183,14 @@ AVAILABLE = UNAVAILABLE is None
 """Whether :func:`spawn` can start anything here (else it always returns ``None``)."""
 
 
-def _program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
+def find_program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
     """The file to execute for ``command``, looked up like Popen (``None``: not found).
 
     Popen tries ``execve`` on each candidate along the child's ``PATH`` (``os.defpath``
     without one) after changing to ``cwd``, and runs the first that works. Here each
     candidate is checked with one ``stat`` (a regular file with an execute bit); a candidate
-    that passes but does not exec makes :func:`spawn` fail, and Popen then decides.
+    that passes but does not exec makes :func:`spawn` fail, and Popen then decides. A
+    ``command`` with a slash comes back as it is.
     """
     if os.sep in command:
         return command
@@ -229,12 +233,10 @@ def spawn(
         return None
     if "=" in "".join(env) or "\0" in cwd:
         return None  # Popen refuses these with a ValueError
-    program = _program(argv[0], env, cwd)
-    if program is None or "\0" in program:
-        return None
-    args = _strings(argv)
+    program = find_program(argv[0], env, cwd)
+    args = _strings(argv)  # a NUL in argv[0], or in PATH (which envp holds), ends it here too
     envp = _strings(list(map("=".join, env.items())))
-    if args is None or envp is None:
+    if program is None or args is None or envp is None:
         return None
     try:
         where, path = cwd.encode(), program.encode()
