@@ -112,8 +112,9 @@ class Layout:
             # The member alone, as an object: the splice sees its key, as in the whole file.
             text = indent + "{" + data[key_at:end].decode("utf-8") + "}"
             parsed = {"summary": summary_value}
-            edit: list[tuple[jsonedit.Path, Any]] = [(("summary",), summary)]
-            spliced = jsonedit.splice(text, edit, start=len(indent), style=style, parsed=parsed)
+            spliced = jsonedit.splice_members(
+                text, {"summary": summary}, start=len(indent), style=style, parsed=parsed
+            )
             if spliced is None:
                 return None
             if spliced != text:

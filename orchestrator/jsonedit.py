@@ -11,9 +11,10 @@ final newline, a BOM and raw or escaped non-ASCII all stay as they were.
   the containers on the edit paths and skips every other value with the C scanner of ``json``.
   A safety net parses the spliced text and compares it with the expected document; on any
   difference it returns a full :func:`dumps` of the expected document instead.
-* :func:`splice` is :func:`apply_edits` without that fallback (None instead), for one value of a
-  larger text; :func:`outline` finds the members of the top-level object and the elements of
-  one of its arrays, so that a caller can edit those values one by one.
+* :func:`splice_members` is :func:`apply_edits` without that fallback (None instead), for the
+  members of one object of a larger text; :func:`outline` finds the members of the top-level
+  object and the elements of one of its arrays, so that a caller can edit those values one by
+  one.
 
 Everything here is pure: strings in, strings out, no file I/O.
 """
@@ -39,7 +40,6 @@ __all__ = [
     "detect_style",
     "dumps",
     "outline",
-    "splice",
     "splice_members",
 ]
 
@@ -754,34 +754,6 @@ def apply_edits(
     return text[:start] + dumps(plan.doc, style or detect_style(text))
 
 
-def splice(
-    text: str,
-    edits: Sequence[tuple[Path, JSONValue]],
-    *,
-    start: int,
-    style: Style,
-    parsed: JSONValue | None = None,
-    insert_before: Mapping[Path, str] | None = None,
-) -> str | None:
-    """:func:`apply_edits` on the JSON value that starts at ``start``, without its fallback.
-
-    ``text[:start]`` is not part of the value: it is kept as it is, and it gives the splicer the
-    line that the value starts on (a value cut out of a larger text is passed with the
-    indentation of its first line in front of it, and gets the same splices as in place).
-    Returns the spliced text, or None when only a full rewrite would do (the safety net found a
-    difference, or the layout surprised the splicer). Raises as :func:`apply_edits`.
-    """
-    if not edits:
-        return text
-    if isinstance(parsed, dict) and all(len(path) == 1 for path, _ in edits):
-        members = {path[0]: value for path, value in edits}
-        quick = _flat_splice(text, start, parsed, members, style)
-        if quick is not None:
-            return quick
-    plan = _plan(text, start, edits, insert_before, parsed)
-    return _checked_splice(text, start, plan, style)
-
-
 def splice_members(
     text: str,
     members: Mapping[str, JSONValue],
@@ -790,8 +762,16 @@ def splice_members(
     style: Style,
     parsed: dict[str, JSONValue],
 ) -> str | None:
-    """:func:`splice` that sets the members ``members`` (key -> value) of the object that
-    starts at ``start``; ``parsed`` is its parse (changed in place)."""
+    """:func:`apply_edits` setting the members ``members`` (key -> value) of the object that
+    starts at ``start``, without its fallback; ``parsed`` is the object's parse (changed in
+    place).
+
+    ``text[:start]`` is not part of the object: it is kept as it is, and it gives the splicer
+    the line that the object starts on (an object cut out of a larger text is passed with the
+    indentation of its first line in front of it, and gets the same splices as in place).
+    Returns the spliced text, or None when only a full rewrite would do (the safety net found a
+    difference, or the layout surprised the splicer). Raises as :func:`apply_edits`.
+    """
     quick = _flat_splice(text, start, parsed, members, style)
     if quick is not None:
         return quick
@@ -803,19 +783,19 @@ def _flat_splice(
     text: str,
     start: int,
     parsed: dict[str, JSONValue],
-    members: Mapping[Any, JSONValue],
+    members: Mapping[str, JSONValue],
     style: Style,
 ) -> str | None:
-    """The common case of :func:`splice`, without a walk: values of members of an object that
-    holds no other object. None when it does not apply, or when its result does not pass the
-    safety net (the general path then has its say).
+    """The common case of :func:`splice_members`, without a walk: values of members of an
+    object that holds no other object. None when it does not apply, or when its result does
+    not pass the safety net (the general path then has its say).
 
     It finds the same members as the walk (by :func:`_find_key`) and writes the same text for
     them. ``parsed`` is left as it was when it returns None.
     """
     values: dict[str, JSONValue] = {}
     for key, value in members.items():
-        if not isinstance(key, str) or key not in parsed:
+        if key not in parsed:
             return None
         values[key] = _clean(value, (key,))
     root = _skip_ws(text, start).end()

@@ -22,7 +22,6 @@ by the next one.
 from __future__ import annotations
 
 import gc
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from .daemon import Engine
 from .model import TrackDef
 from .problems import ROOT, Problem, json_path
 from .queuefile import FileId
+from .settle import Later
 from .writeback import Writeback
 
 log = structlog.get_logger("orchestratord")
@@ -94,14 +94,13 @@ class Reloader:
         self._paths: set[Path] = set()
         self._scan = False
         self._requests: list[_Request] = []
-        self._later: dict[Path, float] = {}
+        self._later = Later[Path](engine.clock.monotonic)
         """Path -> when to look at it again (waiting to settle, or gone for a moment)."""
         self._missing: dict[Path, float] = {}
         """Track files found gone -> when first seen gone."""
         self._problems: dict[Path, list[Problem]] = {}
         """Problems reported for files that are not tracks."""
         self._seen: dict[str, TrackDef] = {}
-        self._wake = anyio.Event()
         for problem in engine.problems:  # files not loaded at start-up (already reported)
             path = (Path.cwd() / problem.file).resolve()
             self._problems.setdefault(path, []).append(problem)
@@ -116,7 +115,7 @@ class Reloader:
             self._scan = True
         else:
             self._paths.update(p.resolve() for p in paths)
-        self._wake.set()
+        self._later.wake()
 
     async def reload(self) -> ReloadResult:
         """Re-read every queue file now (``SIGHUP``, ``orchestratord reload``); wait for it.
@@ -125,24 +124,16 @@ class Reloader:
         """
         request = _Request()
         self._requests.append(request)
-        self._wake.set()
+        self._later.wake()
         await request.done.wait()
         return request.result
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        clock = self.engine.clock
         task_status.started()
         while True:
-            wait = min(self._later.values(), default=math.inf) - clock.monotonic()
-            with anyio.move_on_after(max(wait, 0)):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            now = clock.monotonic()
-            for path in [p for p, at in self._later.items() if at <= now]:
-                del self._later[path]
-                self._paths.add(path)
+            self._paths.update(await self._later.due())
             requests, self._requests = self._requests, []
             paths, self._paths = self._paths, set()
             scan, self._scan = self._scan, False
@@ -189,11 +180,11 @@ class Reloader:
         clock = self.engine.clock
         for _ in range(3):
             tracks = self.writeback.waiting()
-            deadlines = [*self._later.values(), *tracks.values()]
+            deadlines = [*self._later.pending.values(), *tracks.values()]
             if not deadlines:
                 return
             await anyio.sleep(max(max(deadlines) - clock.monotonic(), 0))
-            paths = set(self._later)
+            paths = set(self._later.pending)
             paths |= {self.engine.tracks[n].path for n in tracks if n in self.engine.tracks}
             self._later.clear()
             await self._handle(paths, definitive=True)
@@ -235,7 +226,7 @@ class Reloader:
         now = self.engine.clock.monotonic()
         first = self._missing.setdefault(path, now)
         if not definitive and now - first < self.settle.quiet:
-            self._later[path] = first + self.settle.quiet  # perhaps mid-save: look again
+            self._later.at(path, first + self.settle.quiet)  # perhaps mid-save: look again
             return
         del self._missing[path]
         self._remove(name, path)
@@ -300,14 +291,11 @@ class Reloader:
     def _invalid(self, path: Path, problems: list[Problem], version: FileId) -> None:
         wait = self.settle.wait(path, version)
         if wait > 0:
-            self._later[path] = self.engine.clock.monotonic() + wait
+            self._later.after(path, wait)
             return
-        rendered = [p.render() for p in problems]
-        if [p.render() for p in self._problems.get(path, ())] != rendered:
-            for line in rendered:
-                log.warning("queue file not loaded", problem=line)
-            data = {"file": queuefile.display_path(path), "problems": rendered}
-            self.engine.journal("queue_file_invalid", None, **data)
+        display = queuefile.display_path(path)
+        reported = self._problems.get(path, ())
+        self.writeback.report_invalid(None, display, problems, reported, "queue file not loaded")
         self._problems[path] = problems
         self._publish()
 

@@ -9,16 +9,25 @@ is reported. A version is told apart by its inode, size and modification time
 seconds old counts as settled after one more look, ``RECHECK`` later (an old broken file found
 by a reload). That look is for a file caught between two writes while the daemon itself was
 too busy to read it sooner: its writer gets the moment it needs to finish.
+
+:class:`Later` is the waiting itself: what is to be looked at again and when, and the wake-up
+of the loop that looks (the reloader's per path, the write-back's per track).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
+
+import anyio
 
 from .queuefile import FileId
+
+K = TypeVar("K", bound=Hashable)
 
 RECHECK = 0.05
 """Seconds before the second look at a failing file that has not changed for ``quiet``."""
@@ -53,3 +62,52 @@ class Settle:
     def clear(self, path: Path) -> None:
         """The file read well (or is gone): forget its failures."""
         self._seen.pop(path, None)
+
+
+class Later(Generic[K]):
+    """What a loop is to look at again, each at a time of ``monotonic``, and its wake-up.
+
+    The loop awaits :meth:`due`; anyone may :meth:`wake` it early (new work), and setting a
+    time wakes it to wait for the new earliest one.
+    """
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self.monotonic = monotonic
+        self._at: dict[K, float] = {}
+        self._wake = anyio.Event()
+
+    @property
+    def pending(self) -> Mapping[K, float]:
+        """Key -> when it is due (read-only view)."""
+        return self._at
+
+    def at(self, key: K, when: float) -> None:
+        """Look at ``key`` again at ``when``."""
+        self._at[key] = when
+        self._wake.set()
+
+    def after(self, key: K, seconds: float) -> None:
+        """Look at ``key`` again ``seconds`` from now."""
+        self.at(key, self.monotonic() + seconds)
+
+    def cancel(self, key: K) -> None:
+        self._at.pop(key, None)
+
+    def clear(self) -> None:
+        self._at.clear()
+
+    def wake(self) -> None:
+        """Something else is to be done: end the current :meth:`due` wait now."""
+        self._wake.set()
+
+    async def due(self) -> list[K]:
+        """Wait for a wake-up or the earliest time; the keys due then (no longer pending)."""
+        wait = min(self._at.values(), default=math.inf) - self.monotonic()
+        with anyio.move_on_after(max(wait, 0)):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+        now = self.monotonic()
+        due = [key for key, at in self._at.items() if at <= now]
+        for key in due:
+            del self._at[key]
+        return due

@@ -16,7 +16,7 @@ the next read take it again.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +33,7 @@ from .model import Status, TaskKey, TrackDef
 from .problems import Problem
 from .queuefile import FileId
 from .schema import TaskMemo
-from .settle import Settle
+from .settle import Later, Settle
 from .states import TaskState
 from .store import Written
 
@@ -95,11 +95,10 @@ class Writeback:
         """Tracks whose file came (back) while the daemon ran: the store's state wins."""
         self._memos: dict[Path, TaskMemo] = {}
         """Per file: its tasks as last read (a save re-validates only what changed)."""
-        self._later: dict[str, float] = {}
+        self._later = Later[str](engine.clock.monotonic)
         """Track -> when to sync it again (a failed read waiting to settle, a failed write)."""
         self._settling: set[str] = set()
         """Tracks whose file failed to read, waiting to settle."""
-        self._wake = anyio.Event()
         self._lock = anyio.Lock()
 
     def mark(self, track: str, key: TaskKey | None = None) -> None:
@@ -109,19 +108,12 @@ class Writeback:
         else:
             keys.add(key)
             self._dirty[track] = keys
-        self._wake.set()
+        self._later.wake()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        clock = self.engine.clock
         while True:
-            wait = min(self._later.values(), default=math.inf) - clock.monotonic()
-            with anyio.move_on_after(max(wait, 0)):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            now = clock.monotonic()
-            for name in [n for n, at in self._later.items() if at <= now]:
-                del self._later[name]
+            for name in await self._later.due():
                 self._settling.discard(name)
                 self.mark(name)
             if not self._dirty:
@@ -156,7 +148,7 @@ class Writeback:
 
     def waiting(self) -> dict[str, float]:
         """Tracks whose file failed to read, -> when it is read again to settle."""
-        return {n: at for n, at in self._later.items() if n in self._settling}
+        return {n: at for n, at in self._later.pending.items() if n in self._settling}
 
     def start_fresh(self, name: str) -> None:
         """A file appeared for ``name``: merge it as a resumed track, not as orders.
@@ -171,7 +163,7 @@ class Writeback:
     def forget(self, name: str, path: Path) -> None:
         """The track was removed: nothing more to write for it."""
         self._dirty.pop(name, None)
-        self._later.pop(name, None)
+        self._later.cancel(name)
         self._settling.discard(name)
         self._memos.pop(path, None)
         self.settle.clear(path)
@@ -436,8 +428,7 @@ class Writeback:
                 )
                 if seen is not None:
                     self._seen(track, seen, list_key, index)
-                self._later[track.name] = self.engine.clock.monotonic() + WRITE_RETRY_SECONDS
-                self._wake.set()
+                self._later.after(track.name, WRITE_RETRY_SECONDS)
                 return []
             if wrote is None:
                 log.info("file changed while writing; merging again", track=track.name)
@@ -474,18 +465,30 @@ class Writeback:
         wait = self.settle.wait(track.path, version)
         if wait > 0:
             # Perhaps caught half-written: read it again once it has been quiet.
-            self._later[track.name] = self.engine.clock.monotonic() + wait
+            self._later.after(track.name, wait)
             self._settling.add(track.name)
-            self._wake.set()
             return []
-        rendered = [p.render() for p in problems]
-        if [p.render() for p in track.problems] != rendered:
-            for line in rendered:
-                log.warning("queue file not applied; the last good version stays", problem=line)
-            data = {"file": track.definition.path, "problems": rendered}
-            self.engine.journal("queue_file_invalid", track.name, **data)
+        message = "queue file not applied; the last good version stays"
+        self.report_invalid(track.name, track.definition.path, problems, track.problems, message)
         track.problems = problems
         return problems
+
+    def report_invalid(
+        self,
+        track: str | None,
+        file: str,
+        problems: Sequence[Problem],
+        reported: Sequence[Problem],
+        message: str,
+    ) -> None:
+        """Log and journal the problems of a file that does not read or validate, unless they
+        are those ``reported`` already (``track``: None for a file that is not a track)."""
+        rendered = [p.render() for p in problems]
+        if [p.render() for p in reported] == rendered:
+            return
+        for line in rendered:
+            log.warning(message, problem=line)
+        self.engine.journal("queue_file_invalid", track, file=file, problems=rendered)
 
     def _orders(self, track: Track, changes: dict[str, merge.UserChanges]) -> None:
         """Apply the status orders a person wrote."""

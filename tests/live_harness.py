@@ -127,6 +127,17 @@ async def live_daemon(tracks: Path, state: Path | None = None, **extra: Any) -> 
 # ---------------------------------------------------------------------- how people edit
 
 
+def ledger(tmp_path: Path) -> list[str]:
+    """What the tasks made with :func:`note` wrote, in order."""
+    path = tmp_path / "ledger"
+    return path.read_text().split() if path.exists() else []
+
+
+def note(ident: str, tmp_path: Path) -> str:
+    """A task command that writes ``ident`` to the ledger (see :func:`ledger`)."""
+    return f"echo {ident} >> {tmp_path / 'ledger'}"
+
+
 def dump(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2) + "\n"
 

@@ -18,27 +18,18 @@ from .conftest import WriteTrack
 pytestmark = pytest.mark.anyio
 
 
-def ledger(tmp_path: Path) -> list[str]:
-    path = tmp_path / "ledger"
-    return path.read_text().split() if path.exists() else []
-
-
-def note(ident: str, tmp_path: Path) -> str:
-    return f"echo {ident} >> {tmp_path / 'ledger'}"
-
-
 def base_doc(tmp_path: Path) -> dict[str, Any]:
     return {
         "project": "p",
         "notes": "a key the daemon does not know",
-        "features": [{"id": "A1", "command": note("A1", tmp_path), "owner": "me"}],
+        "features": [{"id": "A1", "command": lh.note("A1", tmp_path), "owner": "me"}],
     }
 
 
 def with_new_task(doc: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     doc = json.loads(json.dumps(doc))
     doc["features"][0]["description"] = "edited"
-    doc["features"].append({"id": "NEW", "command": note("NEW", tmp_path)})
+    doc["features"].append({"id": "NEW", "command": lh.note("NEW", tmp_path)})
     return doc
 
 
@@ -70,7 +61,7 @@ async def _pieces(path: Path, tmp: Path) -> None:
 
 
 async def _sed(path: Path, tmp: Path) -> None:
-    new = json.dumps({"id": "NEW", "command": note("NEW", tmp)}).replace("/", r"\/")
+    new = json.dumps({"id": "NEW", "command": lh.note("NEW", tmp)}).replace("/", r"\/")
     lh.sed_in_place(path, rf's/"features": \[/"features": [{new},/')
     lh.sed_in_place(path, r's/"owner": "me"/"owner": "me", "description": "edited"/')
 
@@ -78,14 +69,14 @@ async def _sed(path: Path, tmp: Path) -> None:
 async def _jq(path: Path, tmp: Path) -> None:
     if lh.tool("jq") is None:
         pytest.skip("jq is not installed (.ci/run installs it)")
-    task = json.dumps({"id": "NEW", "command": note("NEW", tmp)})
+    task = json.dumps({"id": "NEW", "command": lh.note("NEW", tmp)})
     lh.jq_and_move(path, f'.features += [{task}] | .features[0].description = "edited"')
 
 
 async def _vim(path: Path, tmp: Path) -> None:
     if lh.tool("vim") is None:
         pytest.skip("vim is not installed (.ci/run installs it)")
-    new = json.dumps({"id": "NEW", "command": note("NEW", tmp)})
+    new = json.dumps({"id": "NEW", "command": lh.note("NEW", tmp)})
     lh.vim_substitute(path, r'"features": \[', f'"features": [{new},')
     lh.vim_substitute(path, '"owner": "me"', '"owner": "me", "description": "edited"')
 
@@ -126,7 +117,7 @@ async def test_an_edit_saved_any_way_is_applied_once(
         await live.until(lambda: live.status("a:NEW") is Status.COMPLETE)
         doc = await live.settled("a")
         assert live.engine.defs[TaskKey("a", "A1")].description == "edited"
-        assert ledger(tmp_path) == ["A1", "NEW"]  # A1 not run again, NEW once
+        assert lh.ledger(tmp_path) == ["A1", "NEW"]  # A1 not run again, NEW once
         assert live.kinds("queue_file_invalid") == []
         assert live.engine.all_problems() == []
         plans = live.kinds("reload_plan")

@@ -25,15 +25,6 @@ from .conftest import WriteTrack
 pytestmark = pytest.mark.anyio
 
 
-def ledger(tmp_path: Path) -> list[str]:
-    path = tmp_path / "ledger"
-    return path.read_text().split() if path.exists() else []
-
-
-def note(ident: str, tmp_path: Path) -> str:
-    return f"echo {ident} >> {tmp_path / 'ledger'}"
-
-
 def validate_lines(*paths: Path) -> list[str]:
     """What ``orchestratord validate`` prints for these files."""
     return [p.render() for p in workspace.load(list(paths)).problems]
@@ -48,7 +39,7 @@ async def test_a_broken_save_is_reported_once_quiet_and_the_last_good_version_st
 ) -> None:
     good = [
         {"id": "A1", "command": "sleep 30"},
-        {"id": "A2", "command": note("A2", tmp_path), "dependencies": ["A1"]},
+        {"id": "A2", "command": lh.note("A2", tmp_path), "dependencies": ["A1"]},
     ]
     path = write_track("a", good)
     async with lh.live_daemon(tracks_dir) as live:
@@ -82,7 +73,7 @@ async def test_a_broken_save_is_reported_once_quiet_and_the_last_good_version_st
 
         # The next good save is picked up.
         doc["features"][0]["dependencies"] = []
-        doc["features"].append({"id": "A3", "command": note("A3", tmp_path)})
+        doc["features"].append({"id": "A3", "command": lh.note("A3", tmp_path)})
         save(path, doc)
         await live.until(lambda: TaskKey("a", "A3") in live.engine.graph)
         assert live.engine.all_problems() == []
@@ -113,13 +104,17 @@ async def test_a_file_written_slowly_in_pieces_is_never_reported_nor_applied_hal
 async def test_a_file_that_refers_to_a_task_not_there_yet_is_loaded_once_it_is(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    a = write_track("a", [{"id": "A1", "command": note("A1", tmp_path)}])
+    a = write_track("a", [{"id": "A1", "command": lh.note("A1", tmp_path)}])
     async with lh.live_daemon(tracks_dir) as live:
         await live.until(lambda: live.status("a:A1") is Status.COMPLETE)
         b = tracks_dir / "b.json"
         save(
             b,
-            {"features": [{"id": "B1", "command": note("B1", tmp_path), "dependencies": ["a:A2"]}]},
+            {
+                "features": [
+                    {"id": "B1", "command": lh.note("B1", tmp_path), "dependencies": ["a:A2"]}
+                ]
+            },
         )
         await live.until(lambda: bool(live.kinds("queue_file_invalid")))
         assert "b" not in live.engine.tracks
@@ -127,10 +122,10 @@ async def test_a_file_that_refers_to_a_task_not_there_yet_is_loaded_once_it_is(
         assert problems == validate_lines(a, b)
         assert "unknown task" in problems[0]
         doc = await live.settled("a")
-        doc["features"].append({"id": "A2", "command": note("A2", tmp_path)})
+        doc["features"].append({"id": "A2", "command": lh.note("A2", tmp_path)})
         save(a, doc)
-        await live.until(lambda: ledger(tmp_path)[-1:] == ["B1"])
-        assert ledger(tmp_path) == ["A1", "A2", "B1"]
+        await live.until(lambda: lh.ledger(tmp_path)[-1:] == ["B1"])
+        assert lh.ledger(tmp_path) == ["A1", "A2", "B1"]
         assert live.engine.all_problems() == []
         assert (
             "track_added",
@@ -141,15 +136,15 @@ async def test_a_file_that_refers_to_a_task_not_there_yet_is_loaded_once_it_is(
         # The same for an edit of a track in force: refused until the task it needs exists.
         doc_b = await live.settled("b")
         doc_b["features"].append(
-            {"id": "B2", "command": note("B2", tmp_path), "dependencies": ["a:A3"]}
+            {"id": "B2", "command": lh.note("B2", tmp_path), "dependencies": ["a:A3"]}
         )
         save(b, doc_b)
         await live.until(lambda: bool(live.engine.tracks["b"].problems))
         assert TaskKey("b", "B2") not in live.engine.graph
         doc = await live.settled("a")
-        doc["features"].append({"id": "A3", "command": note("A3", tmp_path)})
+        doc["features"].append({"id": "A3", "command": lh.note("A3", tmp_path)})
         save(a, doc)
-        await live.until(lambda: ledger(tmp_path)[-1:] == ["B2"])
+        await live.until(lambda: lh.ledger(tmp_path)[-1:] == ["B2"])
         assert live.engine.all_problems() == []
 
 
@@ -173,13 +168,13 @@ async def test_a_removed_file_stops_its_track_and_putting_it_back_resumes_it(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     original: list[dict[str, Any]] = [
-        {"id": "A1", "command": note("A1", tmp_path)},
-        {"id": "A2", "command": f"{note('A2', tmp_path)}; sleep 30", "dependencies": ["A1"]},
+        {"id": "A1", "command": lh.note("A1", tmp_path)},
+        {"id": "A2", "command": f"{lh.note('A2', tmp_path)}; sleep 30", "dependencies": ["A1"]},
     ]
     a = write_track("a", original)
-    write_track("b", [{"id": "B1", "command": note("B1", tmp_path), "dependencies": ["a:A2"]}])
+    write_track("b", [{"id": "B1", "command": lh.note("B1", tmp_path), "dependencies": ["a:A2"]}])
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(lambda: ledger(tmp_path) == ["A1", "A2"])
+        await live.until(lambda: lh.ledger(tmp_path) == ["A1", "A2"])
         a.unlink()
         await live.until(lambda: "a" not in live.engine.tracks)
         a2 = TaskKey("a", "A2")
@@ -197,8 +192,8 @@ async def test_a_removed_file_stops_its_track_and_putting_it_back_resumes_it(
         # file): the store wins, this is not an order, and the track resumes where it stopped.
         restored = [{**task, "status": "pending"} for task in original]
         lh.write_and_rename(a, lh.dump({"features": restored}))
-        await live.until(lambda: ledger(tmp_path).count("A2") == 2)
-        assert ledger(tmp_path) == ["A1", "A2", "A2"]  # A1 is not run again
+        await live.until(lambda: lh.ledger(tmp_path).count("A2") == 2)
+        assert lh.ledger(tmp_path) == ["A1", "A2", "A2"]  # A1 is not run again
         doc = await live.settled("a")
         assert [t.get("status") for t in doc["features"]] == ["complete", "in_progress"]
         assert doc["features"][0]["attempts"] == 1
@@ -234,14 +229,17 @@ async def test_the_daemons_own_writes_never_trigger_a_reload(
 async def test_reload_reads_every_file_without_a_watcher(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    a = write_track("a", [{"id": "A1", "command": note("A1", tmp_path)}])
+    a = write_track("a", [{"id": "A1", "command": lh.note("A1", tmp_path)}])
     gone = write_track("gone", [{"id": "G1", "command": "true"}])
     async with lh.live_daemon(tracks_dir, watch=False) as live:
         await live.until(lambda: live.status("a:A1") is Status.COMPLETE)
         doc = await live.settled("a")
-        doc["features"].append({"id": "A2", "command": note("A2", tmp_path)})
+        doc["features"].append({"id": "A2", "command": lh.note("A2", tmp_path)})
         save(a, doc)
-        save(tracks_dir / "new.json", {"features": [{"id": "N1", "command": note("N1", tmp_path)}]})
+        save(
+            tracks_dir / "new.json",
+            {"features": [{"id": "N1", "command": lh.note("N1", tmp_path)}]},
+        )
         save(tracks_dir / "bad.json", {"features": [{"id": "X", "dependencies": ["nowhere"]}]})
         gone.unlink()
         await anyio.sleep(0.2)
@@ -252,25 +250,25 @@ async def test_reload_reads_every_file_without_a_watcher(
         assert [p.render() for p in result.problems] == [
             p for p in validate_lines(tracks_dir) if "bad.json" in p
         ]
-        await live.until(lambda: sorted(ledger(tmp_path)) == ["A1", "A2", "N1"])
+        await live.until(lambda: sorted(lh.ledger(tmp_path)) == ["A1", "A2", "N1"])
 
 
 def test_sighup_reloads_a_daemon_that_does_not_watch(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     a = write_track(
-        "a", [{"id": "A1", "command": note("A1", tmp_path)}, {"id": "W", "command": "sleep 30"}]
+        "a", [{"id": "A1", "command": lh.note("A1", tmp_path)}, {"id": "W", "command": "sleep 30"}]
     )
     proc = ph.daemon(tracks_dir, tmp_path / "state", watch="false")
     try:
-        ph.wait_for(lambda: ledger(tmp_path) == ["A1"])
+        ph.wait_for(lambda: lh.ledger(tmp_path) == ["A1"])
         ph.wait_for(lambda: json.loads(a.read_text())["features"][1].get("status") == "in_progress")
         doc = json.loads(a.read_text())
-        doc["features"].append({"id": "A2", "command": note("A2", tmp_path)})
+        doc["features"].append({"id": "A2", "command": lh.note("A2", tmp_path)})
         doc["track"] = {"concurrency": 2}
         save(a, doc)
         proc.send_signal(signal.SIGHUP)
-        ph.wait_for(lambda: ledger(tmp_path) == ["A1", "A2"])
+        ph.wait_for(lambda: lh.ledger(tmp_path) == ["A1", "A2"])
     finally:
         assert ph.stop(proc) == 0
     store = Store.open(tmp_path / "state", SystemClock())
@@ -298,7 +296,7 @@ async def test_the_watch_comes_back_when_the_directory_does(
         monkeypatch.setattr(inotify, "available", lambda: False)
     if backend == "inotify-refused":  # out of inotify instances: watchfiles takes over
         monkeypatch.setattr(inotify, "DirWatch", _refused)
-    path = write_track("a", [{"id": "A1", "command": note("A1", tmp_path)}])
+    path = write_track("a", [{"id": "A1", "command": lh.note("A1", tmp_path)}])
     async with lh.live_daemon(tracks_dir) as live:
         await live.until(lambda: live.status("a:A1") is Status.COMPLETE)
         await live.settled("a")
@@ -307,13 +305,13 @@ async def test_the_watch_comes_back_when_the_directory_does(
         await anyio.sleep(0.3)
         os.rename(aside, tracks_dir)
         doc = json.loads(path.read_text())
-        doc["features"].append({"id": "A2", "command": note("A2", tmp_path)})
+        doc["features"].append({"id": "A2", "command": lh.note("A2", tmp_path)})
         save(path, doc)
         a2 = TaskKey("a", "A2")
         await live.until(
             lambda: a2 in live.engine.states and live.status("a:A2") is Status.COMPLETE
         )
-        assert ledger(tmp_path) == ["A1", "A2"]
+        assert lh.ledger(tmp_path) == ["A1", "A2"]
 
 
 async def test_a_file_gone_for_a_moment_does_not_stop_its_track(

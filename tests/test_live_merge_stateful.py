@@ -344,5 +344,6 @@ def test_user_edits_and_daemon_transitions_never_lose_each_other() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(600)  # 1,500 examples: about a minute on a quiet machine
 def test_user_edits_and_daemon_transitions_soak() -> None:
     _run(examples=1500, steps=60)

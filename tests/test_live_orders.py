@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,6 @@ from . import live_harness as lh
 from .conftest import WriteTrack
 
 pytestmark = pytest.mark.anyio
-
-
-def ledger(tmp_path: Path) -> list[str]:
-    path = tmp_path / "ledger"
-    return path.read_text().split() if path.exists() else []
-
-
-def note(ident: str, tmp_path: Path) -> str:
-    return f"echo {ident} >> {tmp_path / 'ledger'}"
 
 
 def counting(ident: str, tmp_path: Path, passes_from: int) -> str:
@@ -55,7 +48,7 @@ async def test_pending_runs_a_finished_task_again_with_a_fresh_budget(
         "t",
         [
             {"id": "F", "command": counting("F", tmp_path, 3), "max_iterations": 2},
-            {"id": "C", "command": note("C", tmp_path)},
+            {"id": "C", "command": lh.note("C", tmp_path)},
         ],
     )
     async with lh.live_daemon(tracks_dir) as live:
@@ -63,7 +56,7 @@ async def test_pending_runs_a_finished_task_again_with_a_fresh_budget(
         await live.until(lambda: live.status("t:C") is Status.COMPLETE)
         await live.settled("t")
         edit(path, {"F": {"status": "pending"}, "C": {"status": "pending"}})
-        await live.until(lambda: ledger(tmp_path).count("C") == 2)
+        await live.until(lambda: lh.ledger(tmp_path).count("C") == 2)
         await live.until(lambda: live.status("t:F") is Status.COMPLETE)
         await live.until(lambda: live.status("t:C") is Status.COMPLETE)
         doc = await live.settled("t")
@@ -105,24 +98,34 @@ async def test_pending_on_a_running_task_gives_it_a_fresh_budget(
         assert iterations == [(1, 1), (2, 2), (3, 2)]
 
 
-async def test_skipped_cancels_a_running_task_and_dependents_proceed(
-    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
-) -> None:
+@asynccontextmanager
+async def ordered_while_running(
+    status: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> AsyncIterator[lh.Live]:
+    """Track t: R runs (``sleep 30``) and D, depending on it, notes itself in the ledger;
+    once R is running, ``status`` is written to it in the file."""
     path = write_track(
         "t",
         [
-            {"id": "S", "command": "sleep 30"},
-            {"id": "D", "command": note("D", tmp_path), "dependencies": ["S"]},
+            {"id": "R", "command": "sleep 30"},
+            {"id": "D", "command": lh.note("D", tmp_path), "dependencies": ["R"]},
         ],
     )
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(lambda: live.task("t", "S").get("status") == "in_progress")
-        edit(path, {"S": {"status": "skipped"}})
-        await live.until(lambda: ledger(tmp_path) == ["D"])
+        await live.until(lambda: live.task("t", "R").get("status") == "in_progress")
+        edit(path, {"R": {"status": status}})
+        yield live
+
+
+async def test_skipped_cancels_a_running_task_and_dependents_proceed(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    async with ordered_while_running("skipped", tmp_path, tracks_dir, write_track) as live:
+        await live.until(lambda: lh.ledger(tmp_path) == ["D"])
         await live.until(lambda: live.status("t:D") is Status.COMPLETE)
         doc = await live.settled("t")
         assert doc["features"][0]["status"] == "skipped"
-        (attempt,) = live.engine.store.attempts(TaskKey("t", "S"))
+        (attempt,) = live.engine.store.attempts(TaskKey("t", "R"))
         assert attempt.state == "interrupted"
         assert attempt.reason == "status set to skipped in the file"
 
@@ -130,47 +133,29 @@ async def test_skipped_cancels_a_running_task_and_dependents_proceed(
 async def test_complete_accepts_a_running_task_without_its_verdict(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    path = write_track(
-        "t",
-        [
-            {"id": "X", "command": "sleep 30"},
-            {"id": "Y", "command": note("Y", tmp_path), "dependencies": ["X"]},
-        ],
-    )
-    async with lh.live_daemon(tracks_dir) as live:
-        await live.until(lambda: live.task("t", "X").get("status") == "in_progress")
-        edit(path, {"X": {"status": "complete"}})
-        await live.until(lambda: live.status("t:Y") is Status.COMPLETE)
+    async with ordered_while_running("complete", tmp_path, tracks_dir, write_track) as live:
+        await live.until(lambda: live.status("t:D") is Status.COMPLETE)
         doc = await live.settled("t")
         assert doc["features"][0]["status"] == "complete"
         assert doc["features"][0]["completed_at"]
-        assert live.engine.store.attempts(TaskKey("t", "X"))[0].state == "interrupted"
+        assert live.engine.store.attempts(TaskKey("t", "R"))[0].state == "interrupted"
 
 
 async def test_blocked_stops_a_running_task_and_dependents_wait(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    path = write_track(
-        "t",
-        [
-            {"id": "B", "command": "sleep 30"},
-            {"id": "E", "command": note("E", tmp_path), "dependencies": ["B"]},
-        ],
-    )
-    async with lh.live_daemon(tracks_dir) as live:
-        await live.until(lambda: live.task("t", "B").get("status") == "in_progress")
-        edit(path, {"B": {"status": "blocked"}})
+    async with ordered_while_running("blocked", tmp_path, tracks_dir, write_track) as live:
         await live.until(
-            lambda: live.engine.store.attempts(TaskKey("t", "B"))[0].ended_at is not None
+            lambda: live.engine.store.attempts(TaskKey("t", "R"))[0].ended_at is not None
         )
         doc = await live.settled("t")
         assert doc["features"][0]["status"] == "blocked"
         assert doc["features"][0]["error"] == "status set to blocked in the file"
-        assert live.status("t:E") is Status.PENDING
+        assert live.status("t:D") is Status.PENDING
         assert not live.engine.busy()
-        lines = explain.describe(live.engine.graph, TaskKey("t", "E"), lambda k: None)
-        assert any("t:B (blocked)" in line for line in lines), lines
-        assert ledger(tmp_path) == []
+        lines = explain.describe(live.engine.graph, TaskKey("t", "D"), lambda k: None)
+        assert any("t:R (blocked)" in line for line in lines), lines
+        assert lh.ledger(tmp_path) == []
 
 
 async def test_a_running_task_keeps_its_attempt_and_its_next_one_uses_the_new_definition(
@@ -182,13 +167,13 @@ async def test_a_running_task_keeps_its_attempt_and_its_next_one_uses_the_new_de
     )
     path = write_track("t", [{"id": "R", "command": first, "max_iterations": 3}])
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(lambda: ledger(tmp_path) == ["v1"])
-        edit(path, {"R": {"command": note("v2", tmp_path), "description": "second try"}})
+        await live.until(lambda: lh.ledger(tmp_path) == ["v1"])
+        edit(path, {"R": {"command": lh.note("v2", tmp_path), "description": "second try"}})
         await live.until(lambda: live.engine.defs[TaskKey("t", "R")].description == "second try")
         assert live.status("t:R") is Status.IN_PROGRESS  # not restarted
         marker.touch()
         await live.until(lambda: live.status("t:R") is Status.COMPLETE)
-        assert ledger(tmp_path) == ["v1", "v2"]
+        assert lh.ledger(tmp_path) == ["v1", "v2"]
         attempts = live.engine.store.attempts(TaskKey("t", "R"))
         assert [(a.number, a.verdict) for a in attempts] == [(1, "FAIL"), (2, "PASS")]
         plan = live.kinds("reload_plan")[0][2]
@@ -200,13 +185,13 @@ async def test_a_task_removed_from_the_file_is_cancelled_and_dropped(
 ) -> None:
     path = write_track(
         "t",
-        [{"id": "K", "command": "sleep 30"}, {"id": "L", "command": note("L", tmp_path)}],
+        [{"id": "K", "command": "sleep 30"}, {"id": "L", "command": lh.note("L", tmp_path)}],
         track={"concurrency": 1},
     )
     async with lh.live_daemon(tracks_dir) as live:
         await live.until(lambda: live.task("t", "K").get("status") == "in_progress")
         edit(path, {"K": None})
-        await live.until(lambda: ledger(tmp_path) == ["L"])
+        await live.until(lambda: lh.ledger(tmp_path) == ["L"])
         assert TaskKey("t", "K") not in live.engine.graph
         (attempt,) = live.engine.store.attempts(TaskKey("t", "K"))
         assert (attempt.state, attempt.reason) == ("interrupted", "removed from its queue file")
