@@ -105,7 +105,7 @@ async def _quick_writes(root: Path, tasks: int, kind: type[Writeback]) -> tuple[
     try:
         engine = Engine(cfg, store, LocalExecutor(1.0), SystemClock())
         writeback = kind(engine, 0.0, quiet=0.0)
-        _load_tracks(engine, cfg, writeback)
+        _load_tracks(engine, cfg, writeback, store.load_tasks())
         engine.connect(lambda key: None, writeback.mark)
         engine.paused = True  # nothing starts: the rounds below change the states
         name = next(iter(engine.tracks))

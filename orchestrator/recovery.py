@@ -14,13 +14,14 @@ jobs outlive the daemon, and the daemon re-attaches to them once it runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import structlog
 
 from . import procs
 from .model import Status, TaskKey
-from .states import TaskState
+from .states import Event, TaskState, transition
 from .store import Store
 
 log = structlog.get_logger("orchestratord")
@@ -35,6 +36,8 @@ class Recovered:
     tasks_requeued: tuple[TaskKey, ...]
     attempts_remote: tuple[int, ...] = ()
     """Attempts left running for the daemon to re-attach to (they have remote runs)."""
+    states: Mapping[TaskKey, TaskState] = field(default_factory=dict)
+    """Every task's state in the store after recovery (what the daemon starts from)."""
 
 
 def recover(store: Store, grace: float) -> Recovered:
@@ -50,14 +53,21 @@ def recover(store: Store, grace: float) -> Recovered:
     running = store.running_attempts()
     attempts = [a for a in running if a.id not in remote]
     kept = {a.key for a in running if a.id in remote}
-    resets: dict[TaskKey, TaskState] = {}
-    for key, state in store.load_tasks().items():
-        if state.status is Status.IN_PROGRESS and key not in kept:
-            resets[key] = state.with_owned(status=Status.PENDING)
+    states = store.load_tasks()
+    resets = {
+        key: state.with_owned(status=transition(state.status, Event.INTERRUPT))
+        for key, state in states.items()
+        if state.status is Status.IN_PROGRESS and key not in kept
+    }
     if attempts or resets:
         store.interrupt_attempts([a.id for a in attempts], resets, INTERRUPTED)
+        states.update(resets)
     result = Recovered(
-        tuple(ended), tuple(a.id for a in attempts), tuple(resets), tuple(sorted(remote))
+        tuple(ended),
+        tuple(a.id for a in attempts),
+        tuple(resets),
+        tuple(sorted(remote)),
+        states,
     )
     if ended or attempts or resets:
         log.warning(

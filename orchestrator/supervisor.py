@@ -17,7 +17,7 @@ import functools
 import importlib.util
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from .reconfigure import ConfigReloader
 from .recovery import recover
 from .retention import LogRetention
 from .sdnotify import NotifyService
+from .states import TaskState
 from .store import Store
 from .worker import TrackWorker
 from .writeback import Writeback
@@ -94,7 +95,11 @@ async def _reload(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
     await reload()
 
 
-def _load_tracks(engine: Engine, cfg: Config, writeback: Writeback) -> None:
+def _load_tracks(
+    engine: Engine, cfg: Config, writeback: Writeback, states: Mapping[TaskKey, TaskState]
+) -> None:
+    """Load the queue files and install their tracks over ``states`` (the store's, as
+    recovery left them)."""
     ws = workspace.load([cfg.tracks_dir], memos=writeback.memo)
     invalid = ws.report.invalid_files()
     paths = {qf.display: qf.path for qf in ws.files}
@@ -103,22 +108,11 @@ def _load_tracks(engine: Engine, cfg: Config, writeback: Writeback) -> None:
         for t in ws.report.tracks
         if t.path not in invalid and t.path in paths
     ]
-    for problem in ws.report.problems:
-        if problem.is_error:
-            log.warning("queue file not loaded", problem=problem.render())
-            engine.problems.append(problem)
-    if invalid:
-        engine.store.add_events(
-            *[
-                (
-                    "queue_file_invalid",
-                    None,
-                    {"file": f, "problems": [p.render() for p in ws.problems if p.file == f]},
-                )
-                for f in sorted(invalid)
-            ]
-        )
-    engine.states.update(engine.store.load_tasks())
+    engine.problems.extend(p for p in ws.report.problems if p.is_error)
+    for file in sorted(invalid):
+        problems = [p for p in ws.problems if p.file == file]
+        writeback.report_invalid(None, file, problems, (), "queue file not loaded")
+    engine.states.update(states)
     for track in tracks:
         engine.import_tasks(track.definition.tasks)
     engine.install(ws.report, tracks)
@@ -187,10 +181,10 @@ async def serve(
     lock.acquire()
     store = Store.open(cfg.state_dir, clock)
     try:
-        await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
+        recovered = await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
         engine = Engine(cfg, store, executor, clock)
         writeback = Writeback(engine, cfg.settings.writeback_delay, cfg.settings.watch_quiet)
-        _load_tracks(engine, cfg, writeback)
+        _load_tracks(engine, cfg, writeback, recovered.states)
         engine.restore_pause()
         async with anyio.create_task_group() as tg:
             engine.placement = Placement(cfg, executor, store, tg)

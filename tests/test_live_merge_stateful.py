@@ -97,7 +97,7 @@ class LiveEditing(RuleBasedStateMachine):
         self.store = Store.open(cfg.state_dir, SystemClock())
         self.engine = Engine(cfg, self.store, FakeExecutor(), SystemClock())
         self.writeback = Writeback(self.engine, 0.0, quiet=0.0)
-        _load_tracks(self.engine, cfg, self.writeback)
+        _load_tracks(self.engine, cfg, self.writeback, self.store.load_tasks())
         self.launched: list[TaskKey] = []
         self.engine.connect(self.launched.append, self.writeback.mark)
 

@@ -42,7 +42,7 @@ async def daemon_parts(
     store = Store.open(cfg.state_dir, SystemClock())
     engine = Engine(cfg, store, FakeExecutor(), SystemClock())
     writeback = kind(engine, 0.0, quiet=0.0)
-    _load_tracks(engine, cfg, writeback)
+    _load_tracks(engine, cfg, writeback, store.load_tasks())
     engine.connect(lambda key: None, writeback.mark)
     try:
         yield engine, writeback
