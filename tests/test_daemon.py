@@ -16,18 +16,10 @@ from orchestrator.supervisor import Control
 
 from .conftest import WriteTrack
 from .daemon_harness import run_once
+from .live_harness import ledger, note
 from .process_harness import wait_for
 
 pytestmark = pytest.mark.anyio
-
-
-def ledger_of(tmp_path: Path) -> list[str]:
-    path = tmp_path / "ledger"
-    return path.read_text().split() if path.exists() else []
-
-
-def note(ident: str, tmp_path: Path) -> str:
-    return f"echo {ident} >> {tmp_path / 'ledger'}"
 
 
 async def test_tracks_run_to_completion_across_a_trigger(
@@ -53,7 +45,7 @@ async def test_tracks_run_to_completion_across_a_trigger(
     )
     run = await run_once(tracks_dir)
     assert run.code == 0
-    order = ledger_of(tmp_path)
+    order = ledger(tmp_path)
     assert sorted(order) == ["A1", "A2", "A3", "P1", "P2"]
     assert order.index("P1") > order.index("A2")
     assert order.index("P2") > order.index("A3")
@@ -266,7 +258,7 @@ async def test_priority_then_file_order(
     items = [("L", "low"), ("P3", "P3"), ("H1", "high"), ("Z", 0), ("H2", "P1"), ("N", None)]
     write_track("t", [{"id": i, "priority": p, "command": note(i, tmp_path)} for i, p in items])
     await run_once(tracks_dir)
-    assert ledger_of(tmp_path) == ["Z", "H1", "H2", "N", "L", "P3"]
+    assert ledger(tmp_path) == ["Z", "H1", "H2", "N", "L", "P3"]
 
 
 async def test_done_tasks_are_not_run_and_leftovers_are(
@@ -281,7 +273,7 @@ async def test_done_tasks_are_not_run_and_leftovers_are(
         ],
     )
     run = await run_once(tracks_dir)
-    assert ledger_of(tmp_path) == ["I"]
+    assert ledger(tmp_path) == ["I"]
     assert run.code == 0
     assert run.task("t", "C")["status"] == "completed"  # the file's own spelling is kept
 
