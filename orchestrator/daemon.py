@@ -21,7 +21,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from . import statusview
+from . import procs, statusview
 from .attempt import trim_log
 from .clock import Clock, iso
 from .config import Config
@@ -540,7 +540,9 @@ class Engine:
                     if os.stat(path).st_size > 2 * limit:
                         trim_log(path, limit)
 
-    def child_env(self, key: TaskKey, number: int, extra: Mapping[str, str]) -> dict[str, str]:
+    def child_env(
+        self, key: TaskKey, number: int, attempt_id: int, extra: Mapping[str, str]
+    ) -> dict[str, str]:
         env = dict(self.base_env)
         env.update(extra)
         env.update(
@@ -549,4 +551,6 @@ class Engine:
             ORCHESTRATORD_ATTEMPT=str(number),
             ORCHESTRATORD_FAILURE_FILE=self.failure_path(key),
         )
+        # The store records this daemon's pid with the attempt: a successor finds the child.
+        env[procs.LAUNCH_VAR] = procs.launch_marker(self.store.store_id, os.getpid(), attempt_id)
         return env

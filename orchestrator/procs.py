@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ _PROC = Path("/proc")
 _LINUX = sys.platform.startswith("linux")
 _POLL = 0.02
 """Seconds between checks while :func:`end_leftovers` waits for processes to go."""
+
+LAUNCH_VAR = "ORCHESTRATORD_LAUNCH"
+"""In the environment of every child the daemon starts: its :func:`launch_marker`."""
+ENVIRON_READABLE = _LINUX and os.access(_PROC / "self/environ", os.R_OK)
+"""Whether :func:`find_launched` can read other processes' environments here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,44 @@ def group_members(pgid: int) -> list[int]:
     return sorted(_members_ps(pgid))
 
 
+def launch_marker(store_id: str, daemon_pid: int, attempt_id: int) -> str:
+    """Which attempt started a child: of which store (state directory), from which daemon
+    process. Unique on a machine while that daemon runs, and after it dies until its state
+    directory is started again."""
+    return f"{store_id}.{daemon_pid}.{attempt_id}"
+
+
+def find_launched(markers: Collection[str]) -> list[ProcStat]:
+    """The live process group leaders whose environment holds one of ``markers`` (Linux).
+
+    The daemon's children lead their own group (a new session each) and are started with
+    :data:`LAUNCH_VAR` set to their attempt's :func:`launch_marker`, so a restarted daemon
+    finds the children of its predecessor's running attempts even when no record of them
+    was committed. Processes of other users (unreadable) are skipped.
+    """
+    wanted = {f"{LAUNCH_VAR}={marker}".encode() for marker in markers}
+    if not wanted or not ENVIRON_READABLE:
+        return []
+    try:
+        names = os.listdir(_PROC)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        stat = _read_stat(int(name))
+        if stat is None or stat.pgid != stat.pid or stat.state == "Z":
+            continue
+        try:
+            environ = (_PROC / name / "environ").read_bytes()
+        except OSError:
+            continue
+        if not wanted.isdisjoint(environ.split(b"\0")):
+            found.append(stat)
+    return found
+
+
 def _still_there(stat: ProcStat) -> bool:
     now = _read_stat(stat.pid)
     return now is not None and now.start_ticks == stat.start_ticks and now.state != "Z"
@@ -172,6 +216,8 @@ def _signal_each(stats: list[ProcStat], sig: int) -> None:
                 os.kill(stat.pid, sig)
 
 
+_BOOTTIME: int = getattr(time, "CLOCK_BOOTTIME", -1)
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if _LINUX and _BOOTTIME >= 0 else None
 TICK_SLACK = 2
 """Clock ticks a recorded start time may differ from the kernel's (it is taken just after)."""
 
@@ -182,10 +228,9 @@ def start_ticks_now() -> int | None:
     Taken right after spawning, it is the child's start time to within a tick, without
     reading ``/proc`` (which waits for the child's exec to finish: 0.2 ms a spawn here).
     """
-    clock = getattr(time, "CLOCK_BOOTTIME", None)
-    if clock is None or not sys.platform.startswith("linux"):
+    if _TICKS_PER_SECOND is None:
         return None
-    return int(time.clock_gettime(clock) * os.sysconf("SC_CLK_TCK"))
+    return int(time.clock_gettime(_BOOTTIME) * _TICKS_PER_SECOND)
 
 
 def end_leftovers(

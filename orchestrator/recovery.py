@@ -1,9 +1,13 @@
 """Start-up after a crash: end what the dead daemon left running, and requeue its attempts.
 
-The store records every child process (pid, process group, start time, boot id) before the
-daemon waits on it, and every attempt before it starts. A daemon killed at any moment is
-followed by one that ends the leftover process groups (only processes provably started by the
-dead daemon: same boot, same group, started no earlier than the recorded start), records the
+The store records every attempt before it starts, and every child process (pid, process
+group, start time, boot id) before the daemon waits on it; on Linux a local child's record
+goes into the next commit instead (within about a second: the write-back commits after each
+start), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`)
+until then. A daemon killed at any moment is followed by one that ends the leftover process
+groups (only processes provably started by the dead daemon: same boot, same group, started no
+earlier than the recorded start; or, unrecorded, leading their group with the marker of an
+attempt the store shows running), records the
 attempts that were running as interrupted, and puts their tasks back to pending at the same
 iteration. Completed tasks stay completed: nothing recorded is lost, nothing is invented.
 
@@ -14,7 +18,7 @@ jobs outlive the daemon, and the daemon re-attaches to them once it runs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -40,16 +44,38 @@ class Recovered:
     """Every task's state in the store after recovery (what the daemon starts from)."""
 
 
+def _unrecorded(
+    store: Store, remote: Collection[int], done: Collection[int], grace: float
+) -> list[int]:
+    """End the children of running attempts that have no record (Linux): a record can wait
+    for the next commit, and the daemon may have died first. Each is found by its launch
+    marker. ``remote``: attempts left running on a cluster; ``done``: groups ended already."""
+    markers = {
+        procs.launch_marker(store.store_id, daemon_pid, attempt_id)
+        for attempt_id, daemon_pid in store.running_launches().items()
+        if attempt_id not in remote
+    }
+    ended: list[int] = []
+    boot = procs.boot_id()
+    for leader in procs.find_launched(markers):
+        if leader.pid not in done:
+            ended.extend(procs.end_leftovers(leader.pid, leader.start_ticks, boot, grace))
+    return ended
+
+
 def recover(store: Store, grace: float) -> Recovered:
     """Synchronous (it may wait up to ``grace`` for leftovers): run it in a worker thread."""
     ended: list[int] = []
     remote = store.remote_attempts()
+    seen: set[int] = set()
     for proc in store.open_processes():
         if proc.executor != "local":
             continue  # a remote run: not a process of this machine
         if proc.pgid is not None:
+            seen.add(proc.pgid)
             ended.extend(procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace))
         store.end_process(proc.id, None)
+    ended.extend(_unrecorded(store, remote.keys(), seen, grace))
     running = store.running_attempts()
     attempts = [a for a in running if a.id not in remote]
     kept = {a.key for a in running if a.id in remote}

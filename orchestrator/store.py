@@ -27,7 +27,7 @@ from .errors import StateError
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -144,11 +144,23 @@ CREATE INDEX IF NOT EXISTS attempts_reported ON attempts (track, started_at)
 """Spend by track (every ``status``) and budgets read only the attempts an agent reported on
 (schema 5): a daemon that has run 100,000 commands does not scan them for each status."""
 
+_STORE_ID = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(8))));
+"""
+"""A random id of this store (schema 6), part of the launch marker in every child's
+environment (:mod:`orchestrator.procs`): it tells this state directory's children from those
+of any other daemon on the machine."""
+
 _STEPS: tuple[tuple[int, str], ...] = (
     (2, _REMOTE_RUNS),
     (3, _AGENT_RUNS),
     (4, _SMALLER_INDEXES),
     (5, _SPEND_INDEX),
+    (6, _STORE_ID),
 )
 """Migrations after the base schema (version 1), each ``(version it brings, script)``, applied
 in order, each in its own transaction. Never edit one: add the next."""
@@ -294,14 +306,16 @@ class _Transaction:
         store = self._store
         db = store._db
         db.execute("BEGIN IMMEDIATE")
-        if store._ends:
+        if store._later or store._ends:
             try:
+                db.executemany(_INSERT_PROCESS, store._later.values())
                 db.executemany(
                     "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?", store._ends
                 )
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            store._later.clear()
             store._ends.clear()
         return db
 
@@ -325,6 +339,14 @@ _PUT_TASK = (
     " files_changed = excluded.files_changed, updated_at = excluded.updated_at"
 )
 """A task's row, with the values of :func:`_owned_row` in this order."""
+
+_INSERT_PROCESS = (
+    "INSERT INTO processes (id, attempt_id, role, argv, cwd, pid, pgid, start_ticks, boot_id,"
+    " started_at, executor, run_id, ended_at, exit_code)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ENDED_AT = 12
+"""Where ``ended_at`` is in a row of :data:`_INSERT_PROCESS` (``exit_code`` follows)."""
 
 
 def _owned_row(key: TaskKey, state: TaskState, now: str) -> tuple[Any, ...]:
@@ -437,12 +459,19 @@ class Store:
             raise StateError(f"{path}: cannot open the state database: {exc}") from None
         self._db.row_factory = sqlite3.Row
         self._ends: list[tuple[str, int | None, int]] = []
+        self._later: dict[int, list[Any]] = {}
+        """Process records that go into the next transaction, by id (see record_process)."""
+        self._last_process = -1
+        """The highest process id given out (-1: not read yet)."""
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            self.store_id: str = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'store_id'"
+            ).fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StateError(
@@ -455,13 +484,13 @@ class Store:
         return cls(state_dir / "state.db", clock)
 
     def close(self) -> None:
-        self._flush_ends()
+        self._flush()
         self._db.close()
 
-    def _flush_ends(self) -> None:
-        if self._ends:
+    def _flush(self) -> None:
+        if self._later or self._ends:
             with self._tx():
-                pass  # the transaction itself records the pending process ends
+                pass  # the transaction itself records the pending process records and ends
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -627,6 +656,12 @@ class Store:
         rows = self._db.execute("SELECT * FROM attempts WHERE state = 'running' ORDER BY id")
         return [_attempt(r) for r in rows]
 
+    def running_launches(self) -> dict[int, int]:
+        """Running attempts: attempt id -> the pid of the daemon that started it (which, with
+        :attr:`store_id`, makes the launch marker of its children)."""
+        rows = self._db.execute("SELECT id, daemon_pid FROM attempts WHERE state = 'running'")
+        return {int(r[0]): int(r[1]) for r in rows}
+
     def attempts(self, key: TaskKey) -> list[AttemptRow]:
         rows = self._db.execute(
             "SELECT * FROM attempts WHERE track = ? AND task_id = ? ORDER BY number, id",
@@ -648,27 +683,39 @@ class Store:
         *,
         executor: str = "local",
         run_id: str | None = None,
+        later: bool = False,
     ) -> int:
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO processes (attempt_id, role, argv, cwd, pid, pgid, start_ticks,"
-                " boot_id, started_at, executor, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    attempt_id,
-                    role,
-                    orjson.dumps(list(argv)).decode(),
-                    cwd,
-                    pid,
-                    pid,
-                    start_ticks,
-                    boot_id,
-                    self._now(),
-                    executor,
-                    run_id,
-                ),
-            )
-        process_id = cur.lastrowid
-        assert process_id is not None
+        """Record a child process (or remote run); return its record's id.
+
+        ``later``: the record goes into the next transaction instead of one of its own (a
+        commit fewer per process). Only for children a restarted daemon can find without it:
+        local children whose environment carries the attempt's launch marker, on a system
+        where :func:`orchestrator.procs.find_launched` can read it.
+        """
+        if self._last_process < 0:
+            row = self._db.execute("SELECT MAX(id) FROM processes").fetchone()
+            self._last_process = int(row[0] or 0)
+        self._last_process += 1
+        process_id = self._last_process
+        values = [
+            process_id,
+            attempt_id,
+            role,
+            orjson.dumps(list(argv)).decode(),
+            cwd,
+            pid,
+            pid,
+            start_ticks,
+            boot_id,
+            self._now(),
+            executor,
+            run_id,
+            None,
+            None,
+        ]
+        self._later[process_id] = values
+        if not later:
+            self._flush()
         return process_id
 
     def end_process(self, process_id: int, exit_code: int | None) -> None:
@@ -677,16 +724,21 @@ class Store:
         If the daemon dies before that commit, the process merely looks open to the next
         start, which finds nothing of it to end: safe, and one commit fewer per process.
         """
-        self._ends.append((self._now(), exit_code, process_id))
+        now = self._now()
+        values = self._later.get(process_id)
+        if values is not None:  # not written yet: written ended
+            values[_ENDED_AT : _ENDED_AT + 2] = (now, exit_code)
+        else:
+            self._ends.append((now, exit_code, process_id))
 
     def open_processes(self) -> list[ProcessRow]:
-        self._flush_ends()
+        self._flush()
         rows = self._db.execute("SELECT * FROM processes WHERE ended_at IS NULL ORDER BY id")
         return [_process(r) for r in rows]
 
     def open_run(self, run_id: str) -> ProcessRow | None:
         """The open record of a (remote) run, to record a re-attached run only once."""
-        self._flush_ends()
+        self._flush()
         row = self._db.execute(
             "SELECT * FROM processes WHERE run_id = ? AND ended_at IS NULL ORDER BY id DESC",
             (run_id,),
@@ -695,7 +747,7 @@ class Store:
 
     def remote_attempts(self) -> dict[int, list[ProcessRow]]:
         """Running attempts with remote runs: attempt id -> those runs (ended or not)."""
-        self._flush_ends()
+        self._flush()
         rows = self._db.execute(
             "SELECT p.* FROM processes p JOIN attempts a ON a.id = p.attempt_id"
             " WHERE p.executor != 'local' AND a.state = 'running' ORDER BY p.id"
@@ -722,7 +774,7 @@ class Store:
             )
 
     def processes(self, attempt_id: int) -> list[ProcessRow]:
-        self._flush_ends()
+        self._flush()
         rows = self._db.execute(
             "SELECT * FROM processes WHERE attempt_id = ? ORDER BY id", (attempt_id,)
         )

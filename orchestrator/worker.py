@@ -82,6 +82,8 @@ class _Recorder:
             if existing is not None:
                 return existing.id
         ticks = procs.start_ticks_now() if info.pid else None
+        # A local child carries its attempt's launch marker: where a restarted daemon can
+        # find it by that, its record can wait for the next commit.
         return store.record_process(
             self.attempt_id,
             role,
@@ -92,6 +94,7 @@ class _Recorder:
             _boot_id(),
             executor=self.where,
             run_id=spec.run_id,
+            later=self.where == LOCAL and procs.ENVIRON_READABLE,
         )
 
     def ended(self, record_id: int, info: RunInfo) -> None:
@@ -201,8 +204,12 @@ def plan_attempt(
         run_argv=run_argv,
         run_error=run_error,
         cwd=cwd or str(track.workdir),
-        env=engine.child_env(key, number, env_extra),
-        run_env=engine.child_env(key, number, {**agent_env, **env_extra}) if agent_env else None,
+        env=engine.child_env(key, number, attempt_id, env_extra),
+        run_env=(
+            engine.child_env(key, number, attempt_id, {**agent_env, **env_extra})
+            if agent_env
+            else None
+        ),
         timeout=timeout or defaults.timeout,
         verify=_verify(engine, task, track),
         verify_timeout=(

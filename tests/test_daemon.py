@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import lock
+from orchestrator import lock, procs
 from orchestrator.errors import AlreadyRunningError
 from orchestrator.model import TaskKey
 from orchestrator.supervisor import Control
@@ -63,7 +63,8 @@ async def test_failure_output_reaches_the_next_attempt(
     script = (
         'if [ -s "$ORCHESTRATORD_FAILURE_FILE" ]; then '
         f'cp "$ORCHESTRATORD_FAILURE_FILE" {tmp_path}/seen; '
-        'echo "$ORCHESTRATORD_TASK_ID $ORCHESTRATORD_TRACK $ORCHESTRATORD_ATTEMPT"'
+        'echo "$ORCHESTRATORD_TASK_ID $ORCHESTRATORD_TRACK $ORCHESTRATORD_ATTEMPT'
+        ' $ORCHESTRATORD_LAUNCH"'
         f" > {tmp_path}/env; "
         "else echo first-try-output; exit 7; fi"
     )
@@ -73,7 +74,9 @@ async def test_failure_output_reaches_the_next_attempt(
     seen = (tmp_path / "seen").read_text()
     assert "the command exited with status 7" in seen
     assert "first-try-output" in seen
-    assert (tmp_path / "env").read_text().split() == ["R", "t", "2"]
+    second = run.store().attempts(TaskKey("t", "R"))[1].id
+    marker = procs.launch_marker(run.store().store_id, os.getpid(), second)
+    assert (tmp_path / "env").read_text().split() == ["R", "t", "2", marker]
     task = run.task("t", "R")
     assert (task["status"], task["attempts"], task["verification_verdict"]) == (
         "complete",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,6 +62,47 @@ def test_attempts_and_processes(tmp_path: Path) -> None:
     )
     assert store.processes(attempt)[0].argv == ("claude", "-p", "x")
     assert store.task(K) == done
+
+
+def test_a_record_kept_for_later_goes_into_the_next_transaction(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, FixedClock())
+    running = TaskState(Owned(status=Status.IN_PROGRESS))
+    attempt = store.begin_attempt(K, running, 1, 1, "/logs/1.log")
+    reader = sqlite3.connect(tmp_path / "state.db")
+
+    def committed() -> list[tuple[object, ...]]:
+        return reader.execute(
+            "SELECT id, role, pid, ended_at, exit_code FROM processes ORDER BY id"
+        ).fetchall()
+
+    first = store.record_process(attempt, "run", ["true"], "/", 10, 1, "boot", later=True)
+    assert committed() == []
+    store.end_process(first, 0)
+    second = store.record_process(attempt, "verify 1", ["true"], "/", 11, 1, "boot", later=True)
+    assert committed() == []
+    store.put_task(K, running)  # any transaction takes them along
+    assert committed() == [
+        (first, "run", 10, "2026-11-25T08:00:00+00:00", 0),
+        (second, "verify 1", 11, None, None),
+    ]
+    third = store.record_process(attempt, "verify 2", ["true"], "/", 12, 1, "boot")
+    assert third == second + 1
+    assert [row[0] for row in committed()] == [first, second, third]  # at once: not later
+    store.end_process(second, 1)
+    store.close()  # closing writes what is kept
+    assert committed()[1][3:] == ("2026-11-25T08:00:00+00:00", 1)
+    again = Store.open(tmp_path, FixedClock())
+    assert again.record_process(attempt, "verify 3", ["true"], "/", 13, 1, "boot") == third + 1
+
+
+def test_each_store_has_its_own_id_which_survives_reopening(tmp_path: Path) -> None:
+    one = Store.open(tmp_path / "one", FixedClock())
+    two = Store.open(tmp_path / "two", FixedClock())
+    assert len(one.store_id) == 16
+    assert one.store_id != two.store_id
+    ident = one.store_id
+    one.close()
+    assert Store.open(tmp_path / "one", FixedClock()).store_id == ident
 
 
 def test_interrupting_resets_tasks(tmp_path: Path) -> None:
