@@ -294,8 +294,9 @@ class Engine:
         self.states[key] = state
         for kind, subject, data in events:
             self.announce(kind, subject, **data)
-        if key in self.graph:
-            self._handle(self.graph.set_status(key, state.status))
+        graph = self.graph
+        if key in graph and graph.status(key) is not state.status:
+            self._handle(graph.set_status(key, state.status))
         self._dirty(key.track, key)
         if before is None or before.status is not state.status:
             self.dispatch()

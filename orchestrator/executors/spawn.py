@@ -209,13 +209,15 @@ def find_program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
 def _strings(items: Sequence[str]) -> ctypes.Array[ctypes.c_char_p] | None:
     """A NULL-terminated ``char *[]`` of ``items``; ``None`` if one holds a NUL or a lone
     surrogate (Popen passes the latter as raw bytes; let it)."""
-    if items and "\0".join(items).count("\0") != len(items) - 1:
+    joined = "\0".join(items)
+    if items and joined.count("\0") != len(items) - 1:
         return None
-    try:
-        encoded: list[ctypes.c_char_p | bytes | None] = [item.encode() for item in items]
+    try:  # one encoding of all of them, then cut apart: the items hold no NUL
+        parts = joined.encode().split(b"\0") if items else []
     except UnicodeEncodeError:
         return None
     array = (ctypes.c_char_p * (len(items) + 1))()
+    encoded: list[ctypes.c_char_p | bytes | None] = list(parts)
     array[: len(items)] = encoded
     return array
 
