@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 
-from . import dispatch, gitattempt, live, load, ray, resident, spawn, status, writeback
+from . import breakdown, dispatch, gitattempt, live, load, ray, resident, spawn, status, writeback
 from .common import scratch_root
 
 ALL = {
@@ -23,6 +23,7 @@ ALL = {
     "gitattempt": gitattempt.run,
     "live": live.run,
     "spawn": spawn.run,
+    "breakdown": breakdown.run,
 }
 
 
