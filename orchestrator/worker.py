@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from .attempt import AttemptPlan, AttemptResult, command_argv, run_attempt, writ
 from .clock import iso
 from .daemon import Engine, Track
 from .executors.base import Executor, RunInfo, RunSpec
+from .gitattempt import Outcome
 from .model import Command, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
 from .states import Event, TaskState, transition
@@ -302,13 +303,26 @@ def _where(engine: Engine, executor: Executor) -> str:
     return LOCAL if engine.placement is None else engine.placement.locator(executor)
 
 
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """The attempt under way in a task's Ralph loop."""
+
+    id: int
+    number: int
+    iteration: int
+    """Within the task's current budget (a retry order starts a fresh one)."""
+    started: TaskState
+    """The task's state as the attempt began."""
+    reattach: frozenset[str] = frozenset()
+    """Runs of a resumed attempt, submitted before the last daemon stopped."""
+
+
 async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -> None:
     """The Ralph loop of one task, from its first attempt to its verdict.
 
     ``resume``: the attempt the last daemon left running on a cluster, to continue first.
     """
-    attempt_id: int | None = None
-    started_at = engine.clock.monotonic()
+    current: _Attempt | None = None
     runtime = agentrun.of(engine)
     try:
         with anyio.CancelScope() as scope:
@@ -320,73 +334,35 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                     engine.cancel_reasons[key] = stop  # pending again, at this iteration
                     break
                 first = False
+                began = engine.clock.monotonic()
                 task, track = engine.settings_for(key)
-                state = engine.states[key]
-                number = state.owned.attempts + 1
-                iteration = state.iteration + 1
                 budget = max_iterations(engine, task, track)
-                reattach: frozenset[str] = frozenset()
                 if resume is not None:  # left running by the last daemon: continue it
-                    started, attempt_id, reattach = state, resume.attempt_id, resume.runs
-                    number, iteration, resume = resume.number, resume.iteration, None
+                    state = engine.states[key]
+                    current = _Attempt(
+                        resume.attempt_id, resume.number, resume.iteration, state, resume.runs
+                    )
+                    resume = None
                 else:
-                    started = state.with_owned(
-                        status=Status.IN_PROGRESS, last_attempt=iso(engine.clock.now())
-                    )
-                    log_path = engine.log_path(key, number)
-                    event: EventSpec = (
-                        "task_started",
-                        key,
-                        {"attempt": number, "iteration": iteration, "max_iterations": budget},
-                    )
-                    attempt_id = engine.store.begin_attempt(
-                        key, started, number, iteration, log_path, event
-                    )
-                    engine.after_commit(key, started, [event])
-                    write_failure_file(engine.failure_path(key), failure)
-                async with runtime.attempt(key, number) as session:
-                    plan = plan_attempt(
-                        engine,
-                        key,
-                        attempt_id,
-                        number,
-                        iteration,
-                        failure,
-                        cwd=session.cwd,
-                        workspace=session.workspace,
-                        notes=session.notes,
-                    )
-                    if session.error is not None:
-                        plan = replace(plan, blocked=session.error)
-                    executor, plan = await _executor(engine, key, plan)
-                    recorder = _Recorder(engine, attempt_id, _where(engine, executor))
-                    engine.watch_log(plan.log_path, True)
-                    try:
-                        result = await run_attempt(plan, executor, recorder, reattach, session.gate)
-                    finally:
-                        engine.watch_log(plan.log_path, False)
-                    outcome = await session.conclude(result)
+                    current = _begin(engine, key, budget, failure)
+                plan, outcome = await _run_in_tree(engine, runtime, key, current, failure)
+                current = _rebased(engine, key, current)
                 result = outcome.result
-                fresh = engine.states[key].budget_base
-                if fresh != started.budget_base:
-                    # A retry order while the attempt ran: a fresh budget, this attempt its first.
-                    started = replace(started, budget_base=fresh)
-                    iteration = started.owned.attempts + 1 - fresh
                 details = runtime.details(plan, outcome)
                 if result.usage_limit is not None and plan.agent is not None:
                     # Not the task's doing: the attempt is interrupted, and not counted.
                     if details is not None:
-                        engine.store.set_attempt_details(attempt_id, details)
+                        engine.store.set_attempt_details(current.id, details)
                     runtime.after_attempt(key, result)
                     engine.cancel_reasons[key] = runtime.limit_hit(
                         key, plan.agent, result.usage_limit
                     )
                     break
                 state, events = _conclude(
-                    engine, key, started, result, iteration, budget, outcome.files
+                    engine, key, current.started, result, current.iteration, budget, outcome.files
                 )
                 engine.store.finish_attempt(
-                    attempt_id,
+                    current.id,
                     key,
                     state,
                     result.verdict.value,
@@ -395,34 +371,105 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                     *events,
                     details=details,
                 )
-                attempt_id = None
-                usage = result.usage
-                _attempt_log.get().info(
-                    "attempt",
-                    task=str(key),
-                    track=key.track,
-                    attempt=number,
-                    iteration=f"{iteration}/{budget}",
-                    verdict=result.verdict.value,
-                    reason=result.reason,
-                    duration=round(engine.clock.monotonic() - started_at, 3),
-                    agent=plan.agent,
-                    tokens=usage.tokens if usage else None,
-                    cost_usd=usage.cost_usd if usage else None,
-                    commit=outcome.commit,
-                )
+                done, current = current, None
+                _log_attempt(engine, key, done, budget, plan, outcome, began)
                 engine.after_commit(key, state, events)
                 if state.status is Status.BLOCKED and track.definition.settings.on_block == "pause":
                     engine.pause_track(key.track, f"task {key.id} is blocked (on_block: pause)")
                 runtime.after_attempt(key, result)
                 failure = result.failure_output + outcome.note
-                started_at = engine.clock.monotonic()
             else:
                 await runtime.task_done(key)
     finally:
         # Synchronous on purpose: nothing here can be cancelled half-way.
-        _interrupted(engine, key, attempt_id)
+        _interrupted(engine, key, current.id if current is not None else None)
         engine.finished(key)
+
+
+def _begin(engine: Engine, key: TaskKey, budget: int, failure: str) -> _Attempt:
+    """Record a new attempt (committed before anything runs) and give it the last failure."""
+    state = engine.states[key]
+    number = state.owned.attempts + 1
+    iteration = state.iteration + 1
+    started = state.with_owned(status=Status.IN_PROGRESS, last_attempt=iso(engine.clock.now()))
+    event: EventSpec = (
+        "task_started",
+        key,
+        {"attempt": number, "iteration": iteration, "max_iterations": budget},
+    )
+    attempt_id = engine.store.begin_attempt(
+        key, started, number, iteration, engine.log_path(key, number), event
+    )
+    engine.after_commit(key, started, [event])
+    write_failure_file(engine.failure_path(key), failure)
+    return _Attempt(attempt_id, number, iteration, started)
+
+
+async def _run_in_tree(
+    engine: Engine,
+    runtime: agentrun.AgentRuntime,
+    key: TaskKey,
+    current: _Attempt,
+    failure: str,
+) -> tuple[AttemptPlan, Outcome]:
+    """Run the attempt in its working tree, where the track's runs go; git has its say."""
+    async with runtime.attempt(key, current.number) as session:
+        plan = plan_attempt(
+            engine,
+            key,
+            current.id,
+            current.number,
+            current.iteration,
+            failure,
+            cwd=session.cwd,
+            workspace=session.workspace,
+            notes=session.notes,
+        )
+        if session.error is not None:
+            plan = replace(plan, blocked=session.error)
+        executor, plan = await _executor(engine, key, plan)
+        recorder = _Recorder(engine, current.id, _where(engine, executor))
+        engine.watch_log(plan.log_path, True)
+        try:
+            result = await run_attempt(plan, executor, recorder, current.reattach, session.gate)
+        finally:
+            engine.watch_log(plan.log_path, False)
+        return plan, await session.conclude(result)
+
+
+def _rebased(engine: Engine, key: TaskKey, current: _Attempt) -> _Attempt:
+    """A retry order while the attempt ran gives a fresh budget, this attempt its first."""
+    fresh = engine.states[key].budget_base
+    if fresh == current.started.budget_base:
+        return current
+    started = replace(current.started, budget_base=fresh)
+    return replace(current, started=started, iteration=started.owned.attempts + 1 - fresh)
+
+
+def _log_attempt(
+    engine: Engine,
+    key: TaskKey,
+    done: _Attempt,
+    budget: int,
+    plan: AttemptPlan,
+    outcome: Outcome,
+    began: float,
+) -> None:
+    result, usage = outcome.result, outcome.result.usage
+    _attempt_log.get().info(
+        "attempt",
+        task=str(key),
+        track=key.track,
+        attempt=done.number,
+        iteration=f"{done.iteration}/{budget}",
+        verdict=result.verdict.value,
+        reason=result.reason,
+        duration=round(engine.clock.monotonic() - began, 3),
+        agent=plan.agent,
+        tokens=usage.tokens if usage else None,
+        cost_usd=usage.cost_usd if usage else None,
+        commit=outcome.commit,
+    )
 
 
 def _previous_failure(engine: Engine, key: TaskKey) -> str:
