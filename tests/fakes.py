@@ -1,5 +1,6 @@
 """In-memory fakes of the daemon's I/O seams, for tests of the code that uses them.
 
+:class:`FixedClock` is a :class:`~orchestrator.clock.Clock` that does not move.
 :class:`FakeExecutor` implements :class:`~orchestrator.executors.base.Executor` without
 processes: a test scripts, per argv, how a run ends (exit code, output, how long it takes,
 an event that releases it). Its runs' output goes to their log files, as a real executor's
@@ -17,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Self
 
 import anyio
@@ -24,6 +26,17 @@ import anyio.lowlevel
 
 from orchestrator.executors.base import Capacity, RunInfo, RunSpec, RunState, unfit
 from orchestrator.executors.runbook import RunBook
+
+
+class FixedClock:
+    """A clock stopped at 2026-11-25 08:00 UTC (monotonic 100 s): stored times are known."""
+
+    def now(self) -> datetime:
+        return datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+    def monotonic(self) -> float:
+        return 100.0
+
 
 CLOSE_MARGIN = 5.0
 """Seconds beyond ``kill_grace`` that leaving the executor waits before using force."""

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from orchestrator.store import _SCHEMA, Store
 from orchestrator.workspace import load
 
 from .executor_contract import process_gone, python
+from .fakes import FixedClock
 from .process_harness import wait_for
 
 NONCE = "n0nce"
@@ -501,14 +501,6 @@ def test_a_tracks_executor_overrides_the_config() -> None:
 
 
 # -- the store and recovery -------------------------------------------------------------------
-
-
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return 100.0
 
 
 def test_a_schema_1_database_gains_remote_runs_and_keeps_its_data(tmp_path: Path) -> None:

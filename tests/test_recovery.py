@@ -7,7 +7,6 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from orchestrator.recovery import recover
 from orchestrator.states import TaskState
 from orchestrator.store import Store
 
+from .fakes import FixedClock
 from .process_harness import alive, wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -25,14 +25,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 K = TaskKey("t", "X")
-
-
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return 100.0
 
 
 @contextmanager

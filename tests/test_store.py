@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,7 @@ from orchestrator.model import Owned, Status, TaskKey
 from orchestrator.states import TaskState
 from orchestrator.store import Spend, Store, Written
 
-
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
-
-    def monotonic(self) -> float:
-        return 100.0
-
+from .fakes import FixedClock
 
 K = TaskKey("backend", "PROVIDER-010")
 
