@@ -10,7 +10,8 @@ grows. Asyncio's and uvloop's subprocess support is not used.
 
 Structure: the executor is an async context manager holding a task group with one watcher
 task, the *pump*. On Linux every running child has a pidfd registered in one epoll set; the
-pump waits (``anyio.wait_readable``) on that set, and when a child exits it signals the
+pump waits until that set is readable (the set is registered with the asyncio event loop
+once, for as long as the executor is open), and when a child exits it signals the
 child's group (to end what the command left behind), reaps the child and publishes the final
 :class:`RunInfo` through the run's event, which any number of :meth:`wait` calls share. The
 pump also keeps the timeouts. Without pidfds (other systems, or ``use_pidfd=False``), each
@@ -35,6 +36,7 @@ Rules for callers:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
@@ -341,14 +343,24 @@ class LocalExecutor(RunBook[_Run]):
                 await anyio.sleep_forever()
             epoll = self._epoll
             assert epoll is not None
-            while True:
-                await anyio.wait_readable(epoll.fileno())
-                # One-shot entries: an exited child's entry stays, disabled, until its
-                # pidfd is closed, which removes it.
-                for fd, _events in epoll.poll(0):
-                    run = self._by_fd.pop(fd, None)
-                    if run is not None:
-                        self._on_exit(run)
+            ready = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            # Watched for as long as the executor is open: one registration with the event
+            # loop, not one per wake-up (anyio.wait_readable adds and removes a reader each
+            # time: four epoll_ctl calls per run here).
+            loop.add_reader(epoll.fileno(), ready.set)
+            try:
+                while True:
+                    await ready.wait()
+                    ready.clear()
+                    # One-shot entries: an exited child's entry stays, disabled, until its
+                    # pidfd is closed, which removes it.
+                    for fd, _events in epoll.poll(0):
+                        run = self._by_fd.pop(fd, None)
+                        if run is not None:
+                            self._on_exit(run)
+            finally:
+                loop.remove_reader(epoll.fileno())
         finally:
             with anyio.CancelScope(shield=True):
                 await self._force_end_all()
