@@ -190,6 +190,29 @@ def test_only_running_attempts_and_open_processes_are_indexed(tmp_path: Path) ->
     assert [a.id for a in store.running_attempts()] == [second]
 
 
+def test_only_remote_runs_are_indexed_by_run_id(tmp_path: Path) -> None:
+    from orchestrator import store as store_module
+
+    store = Store.open(tmp_path, FixedClock())
+    attempt = store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
+    store.record_process(attempt, "run", ["true"], "/", 10, 1, "boot", run_id="a1-run")
+    store.record_process(
+        attempt, "verify 1", ["true"], "/", None, None, None, executor="ray:h", run_id="a1-v1"
+    )
+    db = store._db
+    indexed = "SELECT run_id FROM processes INDEXED BY processes_remote WHERE executor != 'local'"
+    assert [row[0] for row in db.execute(indexed)] == ["a1-v1"]
+    plan = " ".join(
+        str(tuple(r)) for r in db.execute(f"EXPLAIN QUERY PLAN {store_module._OPEN_RUN}", ("x",))
+    )
+    assert "processes_remote" in plan, plan
+    found = store.open_run("a1-v1")
+    assert found is not None
+    assert found.executor == "ray:h"
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert not indexes & {"attempts_started", "processes_run"}
+
+
 def test_spend_reads_only_the_attempts_an_agent_reported_on(tmp_path: Path) -> None:
     from orchestrator import store as store_module
     from orchestrator.store import AttemptDetails
