@@ -6,9 +6,9 @@ goes into the next commit instead (within about a second: the write-back commits
 start), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`)
 until then. A daemon killed at any moment is followed by one that ends the leftover process
 groups (only processes provably started by the dead daemon: same boot, same group, started no
-earlier than the recorded start; or, unrecorded, leading their group with the marker of an
-attempt the store shows running), records the
-attempts that were running as interrupted, and puts their tasks back to pending at the same
+earlier than the recorded start; or, unrecorded, in a group where a process carries the
+marker of an attempt the store shows running, even after the group's leader ended), records
+the attempts that were running as interrupted, and puts their tasks back to pending at the same
 iteration. Completed tasks stay completed: nothing recorded is lost, nothing is invented.
 
 Attempts with remote runs (Ray jobs) are left running, with their tasks in progress: their
@@ -57,9 +57,9 @@ def _unrecorded(
     }
     ended: list[int] = []
     boot = procs.boot_id()
-    for leader in procs.find_launched(markers):
-        if leader.pid not in done:
-            ended.extend(procs.end_leftovers(leader.pid, leader.start_ticks, boot, grace))
+    for pgid, first in procs.find_launched(markers).items():
+        if pgid not in done:
+            ended.extend(procs.end_leftovers(pgid, first, boot, grace))
     return ended
 
 
