@@ -2,14 +2,15 @@
 
 The store records every attempt before it starts, and every child process (pid, process
 group, start time, boot id) before the daemon waits on it; on Linux a local child's record
-goes into the next commit instead (within about a second: the write-back commits after each
-start), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`)
-until then. A daemon killed at any moment is followed by one that ends the leftover process
-groups (only processes provably started by the dead daemon: same boot, same group, started no
-earlier than the recorded start; or, unrecorded, in a group where a process carries the
-marker of an attempt the store shows running, even after the group's leader ended), records
-the attempts that were running as interrupted, and puts their tasks back to pending at the same
-iteration. Completed tasks stay completed: nothing recorded is lost, nothing is invented.
+goes into the next commit instead (the write-back after the attempt's start, another task's
+transition, at the latest the attempt's verdict: a verification command often waits that
+long), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`).
+A daemon killed at any moment is followed by one that ends the leftover process groups (only
+processes provably started by the dead daemon: same boot, same group, started no earlier than
+the recorded start; or, unrecorded, in a group where a process carries the marker of an attempt
+the store shows running, even after the group's leader ended), records the attempts that were
+running as interrupted, and puts their tasks back to pending at the same iteration. Completed
+tasks stay completed: nothing recorded is lost, nothing is invented.
 
 Attempts with remote runs (Ray jobs) are left running, with their tasks in progress: their
 jobs outlive the daemon, and the daemon re-attaches to them once it runs
