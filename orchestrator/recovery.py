@@ -50,7 +50,8 @@ def _unrecorded(
 ) -> list[int]:
     """End the children of running attempts that have no record (Linux): a record can wait
     for the next commit, and the daemon may have died first. Each is found by its launch
-    marker. ``remote``: attempts left running on a cluster; ``done``: groups ended already."""
+    marker. ``remote``: attempts left running on a cluster; ``done``: groups ended already
+    by their record (a group whose record did not prove it ours is looked for again here)."""
     markers = {
         procs.launch_marker(store.store_id, daemon_pid, attempt_id)
         for attempt_id, daemon_pid in store.running_launches().items()
@@ -73,8 +74,10 @@ def recover(store: Store, grace: float) -> Recovered:
         if proc.executor != "local":
             continue  # a remote run: not a process of this machine
         if proc.pgid is not None:
-            seen.add(proc.pgid)
-            ended.extend(procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace))
+            gone = procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace)
+            if gone:  # one refused (its start is not the record's) is left to the markers
+                seen.add(proc.pgid)
+            ended.extend(gone)
         store.end_process(proc.id, None)
     ended.extend(_unrecorded(store, remote.keys(), seen, grace))
     running = store.running_attempts()

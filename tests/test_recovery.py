@@ -109,3 +109,18 @@ def test_an_unrecorded_group_whose_leader_has_ended_is_found_and_ended(
     finally:
         procs.terminate_group(leader.pid, signal.SIGKILL)
         leader.wait(10)
+
+
+def test_a_recorded_group_refused_for_its_start_is_found_by_its_marker(tmp_path: Path) -> None:
+    """A record whose start ticks are off (taken late on a loaded machine) makes the group
+    look reused, and the record alone ends nothing; the marker proves the group ours."""
+    store = Store.open(tmp_path, FixedClock())
+    attempt = store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
+    with group(procs.launch_marker(store.store_id, os.getpid(), attempt)) as leader:
+        ticks = procs.process_start_ticks(leader.pid)
+        assert ticks is not None
+        late = ticks + 10 * procs.TICK_SLACK
+        store.record_process(attempt, "run", ["sh"], "/", leader.pid, late, procs.boot_id())
+        assert procs.end_leftovers(leader.pid, late, procs.boot_id(), 2.0) == []
+        members = procs.group_members(leader.pid)
+        assert sorted(recover(store, grace=2.0).processes_ended) == members
