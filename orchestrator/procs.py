@@ -173,34 +173,41 @@ def launch_marker(store_id: str, daemon_pid: int, attempt_id: int) -> str:
     return f"{store_id}.{daemon_pid}.{attempt_id}"
 
 
-def find_launched(markers: Collection[str]) -> list[ProcStat]:
-    """The live process group leaders whose environment holds one of ``markers`` (Linux).
+def find_launched(markers: Collection[str]) -> dict[int, int]:
+    """The process groups holding a live process whose environment holds one of ``markers``
+    (Linux): group id -> the earliest start ticks among the group's processes.
 
     The daemon's children lead their own group (a new session each) and are started with
     :data:`LAUNCH_VAR` set to their attempt's :func:`launch_marker`, so a restarted daemon
     finds the children of its predecessor's running attempts even when no record of them
-    was committed. Processes of other users (unreadable) are skipped.
+    was committed. Every process is looked at, not only group leaders: a leader that ended
+    (reaped, or a zombie) leaves the rest of its group, whose processes inherited the marker.
+    A group id cannot be reused while a process is in the group; the earliest start (the
+    leader's, while it is there) is the ``not_before_ticks`` of :func:`end_leftovers`, which
+    tells a group that ended and whose id was reused since. Processes of other users
+    (unreadable) are skipped.
     """
     wanted = {f"{LAUNCH_VAR}={marker}".encode() for marker in markers}
     if not wanted or not ENVIRON_READABLE:
-        return []
+        return {}
     try:
         names = os.listdir(_PROC)
     except OSError:
-        return []
-    found = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _read_stat(int(name))
-        if stat is None or stat.pgid != stat.pid or stat.state == "Z":
-            continue
+        return {}
+    stats = [stat for name in names if name.isdigit() and (stat := _read_stat(int(name)))]
+    found: dict[int, int] = {}
+    for stat in stats:
+        if stat.state == "Z" or stat.pgid in found or stat.pgid <= 1:
+            continue  # a zombie's environment is gone; a group already found
         try:
-            environ = (_PROC / name / "environ").read_bytes()
+            environ = (_PROC / str(stat.pid) / "environ").read_bytes()
         except OSError:
             continue
         if not wanted.isdisjoint(environ.split(b"\0")):
-            found.append(stat)
+            found[stat.pgid] = stat.start_ticks
+    for stat in stats:
+        if stat.pgid in found:
+            found[stat.pgid] = min(found[stat.pgid], stat.start_ticks)
     return found
 
 

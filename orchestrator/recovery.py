@@ -2,14 +2,15 @@
 
 The store records every attempt before it starts, and every child process (pid, process
 group, start time, boot id) before the daemon waits on it; on Linux a local child's record
-goes into the next commit instead (within about a second: the write-back commits after each
-start), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`)
-until then. A daemon killed at any moment is followed by one that ends the leftover process
-groups (only processes provably started by the dead daemon: same boot, same group, started no
-earlier than the recorded start; or, unrecorded, leading their group with the marker of an
-attempt the store shows running), records the
-attempts that were running as interrupted, and puts their tasks back to pending at the same
-iteration. Completed tasks stay completed: nothing recorded is lost, nothing is invented.
+goes into the next commit instead (the write-back after the attempt's start, another task's
+transition, at the latest the attempt's verdict: a verification command often waits that
+long), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`).
+A daemon killed at any moment is followed by one that ends the leftover process groups (only
+processes provably started by the dead daemon: same boot, same group, started no earlier than
+the recorded start; or, unrecorded, in a group where a process carries the marker of an attempt
+the store shows running, even after the group's leader ended), records the attempts that were
+running as interrupted, and puts their tasks back to pending at the same iteration. Completed
+tasks stay completed: nothing recorded is lost, nothing is invented.
 
 Attempts with remote runs (Ray jobs) are left running, with their tasks in progress: their
 jobs outlive the daemon, and the daemon re-attaches to them once it runs
@@ -49,7 +50,8 @@ def _unrecorded(
 ) -> list[int]:
     """End the children of running attempts that have no record (Linux): a record can wait
     for the next commit, and the daemon may have died first. Each is found by its launch
-    marker. ``remote``: attempts left running on a cluster; ``done``: groups ended already."""
+    marker. ``remote``: attempts left running on a cluster; ``done``: groups ended already
+    by their record (a group whose record did not prove it ours is looked for again here)."""
     markers = {
         procs.launch_marker(store.store_id, daemon_pid, attempt_id)
         for attempt_id, daemon_pid in store.running_launches().items()
@@ -57,9 +59,9 @@ def _unrecorded(
     }
     ended: list[int] = []
     boot = procs.boot_id()
-    for leader in procs.find_launched(markers):
-        if leader.pid not in done:
-            ended.extend(procs.end_leftovers(leader.pid, leader.start_ticks, boot, grace))
+    for pgid, first in procs.find_launched(markers).items():
+        if pgid not in done:
+            ended.extend(procs.end_leftovers(pgid, first, boot, grace))
     return ended
 
 
@@ -72,8 +74,10 @@ def recover(store: Store, grace: float) -> Recovered:
         if proc.executor != "local":
             continue  # a remote run: not a process of this machine
         if proc.pgid is not None:
-            seen.add(proc.pgid)
-            ended.extend(procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace))
+            gone = procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace)
+            if gone:  # one refused (its start is not the record's) is left to the markers
+                seen.add(proc.pgid)
+            ended.extend(gone)
         store.end_process(proc.id, None)
     ended.extend(_unrecorded(store, remote.keys(), seen, grace))
     running = store.running_attempts()

@@ -307,10 +307,13 @@ class _Transaction:
     """A store transaction as a context manager (a class: cheaper than a generator, and it
     runs several times per task)."""
 
-    __slots__ = ("_store",)
+    __slots__ = ("_store", "_took")
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._took = False
+        """Whether the kept process records and ends went into this transaction: they are
+        forgotten only once it commits (a rolled-back one leaves them for the next)."""
 
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
@@ -325,8 +328,7 @@ class _Transaction:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            store._later.clear()
-            store._ends.clear()
+            self._took = True
         return db
 
     def __exit__(
@@ -335,7 +337,14 @@ class _Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._store._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        store = self._store
+        if exc_type is not None:
+            store._db.execute("ROLLBACK")
+            return
+        store._db.execute("COMMIT")
+        if self._took:
+            store._later.clear()
+            store._ends.clear()
 
 
 _PUT_TASK = (
@@ -522,7 +531,8 @@ class Store:
 
     def _tx(self) -> _Transaction:
         """``with self._tx() as db:``: one transaction, committed on leaving, rolled back on
-        an exception. Process ends recorded since the last one go into it."""
+        an exception. Kept process records and ends go into it (and stay kept if it rolls
+        back)."""
         return _Transaction(self)
 
     def _now(self) -> str:

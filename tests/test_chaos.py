@@ -4,13 +4,18 @@ Every task's command appends its ref to a ledger only when it finishes successfu
 many kills and a final run to completion: every task is complete in its file and the store,
 no task ran again after its completion was recorded (its PASS is its last attempt), every
 queue file parsed after every kill, dependencies ran before their dependents, and no process
-of the run is left. ``make test`` runs a short version, ``make soak`` a long one.
+of the run is left (each command leaves a helper running in its group: the attempt's end
+ends it, or after a kill the next daemon). ``make test`` runs a short version, ``make soak``
+a long one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import signal
 import time
 import uuid
 from collections import Counter
@@ -42,7 +47,10 @@ def make_tracks(
                 mine.append(f"c{other}:T{rng.randrange(per_track)}")
             deps[ref] = [d if ":" in d else f"c{t}:{d}" for d in mine]
             pause = rng.choice(["0", "0.01", "0.03"])
-            command = f"sleep {pause}; echo {ref} >> {ledger} # {token}"
+            # A helper left running in the group: ended with the attempt, or after a kill
+            # by the next daemon (by its record, or by the launch marker until then).
+            helper = f"sh -c 'sleep 600; :' {token} &"
+            command = f"{helper} sleep {pause}; echo {ref} >> {ledger} # {token}"
             items.append({"id": f"T{i}", "command": command, "dependencies": mine})
         doc = {"track": {"concurrency": 2}, "features": items}
         (tracks / f"c{t}.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -95,7 +103,12 @@ def chaos(tmp_path: Path, n_tracks: int, per_track: int, kills: int, seed: int) 
         assert 1 <= counts[ref] <= len(attempts), (ref, counts[ref], attempts)
         for dep in wanted:
             assert first[dep] < first[ref], f"{ref} ran before its dependency {dep}"
-    assert leftovers(token) == []
+    left = leftovers(token)
+    for pid in left:  # a failing run leaves nothing behind either
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) != os.getpgrp():
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    assert left == []
 
 
 def test_chaos_short(tmp_path: Path) -> None:

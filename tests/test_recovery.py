@@ -49,7 +49,8 @@ def test_an_unrecorded_child_of_a_running_attempt_is_found_and_ended(tmp_path: P
     other_attempt = procs.launch_marker(store.store_id, os.getpid(), attempt + 1)
     with group(ours) as leader, group(other_store) as stranger, group(other_attempt) as done:
         members = procs.group_members(leader.pid)
-        assert [p.pid for p in procs.find_launched({ours})] == [leader.pid]  # not its child
+        first = procs.process_start_ticks(leader.pid)
+        assert procs.find_launched({ours}) == {leader.pid: first}  # the group, from its start
         result = recover(store, grace=2.0)
         assert sorted(result.processes_ended) == members
         assert result.attempts_interrupted == (attempt,)
@@ -65,5 +66,53 @@ def test_a_recorded_child_is_ended_once(tmp_path: Path) -> None:
     with group(procs.launch_marker(store.store_id, os.getpid(), attempt)) as leader:
         ticks = procs.process_start_ticks(leader.pid)
         store.record_process(attempt, "run", ["sh"], "/", leader.pid, ticks, procs.boot_id())
+        members = procs.group_members(leader.pid)
+        assert sorted(recover(store, grace=2.0).processes_ended) == members
+
+
+@pytest.mark.parametrize("reaped", [True, False], ids=["leader-reaped", "leader-zombie"])
+def test_an_unrecorded_group_whose_leader_has_ended_is_found_and_ended(
+    tmp_path: Path, reaped: bool
+) -> None:
+    """The leader of an unrecorded child's group ended while no daemon ran (reaped by init,
+    or a zombie nobody reaps): what it left running in its group is ended all the same."""
+    store = Store.open(tmp_path, FixedClock())
+    attempt = store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
+    env = {
+        **os.environ,
+        procs.LAUNCH_VAR: procs.launch_marker(store.store_id, os.getpid(), attempt),
+    }
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+    )
+    assert leader.stdout is not None
+    left = int(leader.stdout.readline())
+    leader.stdout.close()
+    try:
+        if reaped:
+            leader.wait(10)
+        else:
+            wait_for(lambda: procs.group_members(leader.pid) == [left])  # the leader: a zombie
+        assert sorted(recover(store, grace=2.0).processes_ended) == [left]
+        wait_for(lambda: not alive(left))
+    finally:
+        procs.terminate_group(leader.pid, signal.SIGKILL)
+        leader.wait(10)
+
+
+def test_a_recorded_group_refused_for_its_start_is_found_by_its_marker(tmp_path: Path) -> None:
+    """A record whose start ticks are off (taken late on a loaded machine) makes the group
+    look reused, and the record alone ends nothing; the marker proves the group ours."""
+    store = Store.open(tmp_path, FixedClock())
+    attempt = store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
+    with group(procs.launch_marker(store.store_id, os.getpid(), attempt)) as leader:
+        ticks = procs.process_start_ticks(leader.pid)
+        assert ticks is not None
+        late = ticks + 10 * procs.TICK_SLACK
+        store.record_process(attempt, "run", ["sh"], "/", leader.pid, late, procs.boot_id())
+        assert procs.end_leftovers(leader.pid, late, procs.boot_id(), 2.0) == []
         members = procs.group_members(leader.pid)
         assert sorted(recover(store, grace=2.0).processes_ended) == members

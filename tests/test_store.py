@@ -87,6 +87,20 @@ def test_a_record_kept_for_later_goes_into_the_next_transaction(tmp_path: Path) 
     assert again.record_process(attempt, "verify 3", ["true"], "/", 13, 1, "boot") == third + 1
 
 
+def test_kept_records_and_ends_survive_a_transaction_that_fails(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, FixedClock())
+    running = TaskState(Owned(status=Status.IN_PROGRESS))
+    attempt = store.begin_attempt(K, running, 1, 1, "/logs/1.log")
+    done = store.record_process(attempt, "run", ["true"], "/", 10, 1, "boot")
+    kept = store.record_process(attempt, "verify 1", ["true"], "/", 11, 1, "boot", later=True)
+    store.end_process(done, 0)
+    with pytest.raises(TypeError):  # an event that is not JSON: the transaction rolls back
+        store.put_task(K, running, ("task_started", K, {"value": object()}))
+    store.put_task(K, running)  # the next one writes what the failed one did not
+    rows = [(p.id, p.pid, p.exit_code) for p in store.processes(attempt)]
+    assert rows == [(done, 10, 0), (kept, 11, None)]
+
+
 def test_each_store_has_its_own_id_which_survives_reopening(tmp_path: Path) -> None:
     one = Store.open(tmp_path / "one", FixedClock())
     two = Store.open(tmp_path / "two", FixedClock())
