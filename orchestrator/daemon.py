@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("orchestratord")
 
 LOG_CHECK_SECONDS = 5.0
+RECORD_DELAY = 0.25
+"""Seconds a process record kept for the next transaction waits for one before it gets its
+own (see ``Store.record_process``)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -110,6 +113,7 @@ class Engine:
         self._prefixes: dict[TaskKey, str] = {}
         self.running_logs: set[str] = set()
         self._logs_added = anyio.Event()
+        self._records_kept = anyio.Event()
         self.cancel_reasons: dict[TaskKey, str] = {}
         self.placement: Placement | None = None
         """Where each track's attempts run (set by the daemon; ``None``: ``executor``)."""
@@ -524,6 +528,23 @@ class Engine:
             self._logs_added.set()
         else:
             self.running_logs.discard(path)
+
+    def record_kept(self) -> None:
+        """A process record waits for the next transaction: :meth:`record_keeper` bounds
+        the wait."""
+        self._records_kept.set()
+
+    async def record_keeper(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Commit kept process records within :data:`RECORD_DELAY` when no other transaction
+        has (a long verification command while nothing else happens)."""
+        task_status.started()
+        while True:
+            await self._records_kept.wait()
+            await anyio.sleep(RECORD_DELAY)
+            self._records_kept = anyio.Event()
+            self.store.flush()
 
     async def log_warden(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -2,9 +2,9 @@
 
 The store records every attempt before it starts, and every child process (pid, process
 group, start time, boot id) before the daemon waits on it; on Linux a local child's record
-goes into the next commit instead (the write-back after the attempt's start, another task's
-transition, at the latest the attempt's verdict: a verification command often waits that
-long), and its environment carries its attempt's launch marker (:func:`procs.launch_marker`).
+goes into the next commit instead (another task's transition, a write-back, or one of its own
+after ``daemon.RECORD_DELAY``), and its environment carries its attempt's launch marker
+(:func:`procs.launch_marker`).
 A daemon killed at any moment is followed by one that ends the leftover process groups (only
 processes provably started by the dead daemon: same boot, same group, started no earlier than
 the recorded start; or, unrecorded, in a group where a process carries the marker of an attempt

@@ -508,10 +508,11 @@ class Store:
         return cls(state_dir / "state.db", clock)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._db.close()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Commit the process records and ends kept for the next transaction, now."""
         if self._later or self._ends:
             with self._tx():
                 pass  # the transaction itself records the pending process records and ends
@@ -740,7 +741,7 @@ class Store:
         ]
         self._later[process_id] = values
         if not later:
-            self._flush()
+            self.flush()
         return process_id
 
     def end_process(self, process_id: int, exit_code: int | None) -> None:
@@ -757,19 +758,19 @@ class Store:
             self._ends.append((now, exit_code, process_id))
 
     def open_processes(self) -> list[ProcessRow]:
-        self._flush()
+        self.flush()
         rows = self._db.execute("SELECT * FROM processes WHERE ended_at IS NULL ORDER BY id")
         return [_process(r) for r in rows]
 
     def open_run(self, run_id: str) -> ProcessRow | None:
         """The open record of a remote run, to record a re-attached run only once."""
-        self._flush()
+        self.flush()
         row = self._db.execute(_OPEN_RUN, (run_id,)).fetchone()
         return None if row is None else _process(row)
 
     def remote_attempts(self) -> dict[int, list[ProcessRow]]:
         """Running attempts with remote runs: attempt id -> those runs (ended or not)."""
-        self._flush()
+        self.flush()
         rows = self._db.execute(
             "SELECT p.* FROM processes p JOIN attempts a ON a.id = p.attempt_id"
             " WHERE p.executor != 'local' AND a.state = 'running' ORDER BY p.id"
@@ -796,7 +797,7 @@ class Store:
             )
 
     def processes(self, attempt_id: int) -> list[ProcessRow]:
-        self._flush()
+        self.flush()
         rows = self._db.execute(
             "SELECT * FROM processes WHERE attempt_id = ? ORDER BY id", (attempt_id,)
         )

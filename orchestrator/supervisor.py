@@ -194,6 +194,7 @@ async def serve(
                 await rt.start_worker(name)
             await tg.start(writeback.run)
             await tg.start(engine.log_warden)
+            await tg.start(engine.record_keeper)
             for name in list(engine.tracks):
                 await writeback.sync(name)
             rt.reloader = Reloader(engine, writeback, rt, cfg.tracks_dir)

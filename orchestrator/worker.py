@@ -84,7 +84,10 @@ class _Recorder:
                 return existing.id
         ticks = procs.start_ticks_now() if info.pid else None
         # A local child carries its attempt's launch marker: where a restarted daemon can
-        # find it by that, its record can wait for the next commit.
+        # find it by that, its record can wait for the next commit (RECORD_DELAY at most).
+        later = self.where == LOCAL and procs.ENVIRON_READABLE
+        if later:
+            self.engine.record_kept()
         return store.record_process(
             self.attempt_id,
             role,
@@ -95,7 +98,7 @@ class _Recorder:
             _boot_id(),
             executor=self.where,
             run_id=spec.run_id,
-            later=self.where == LOCAL and procs.ENVIRON_READABLE,
+            later=later,
         )
 
     def ended(self, record_id: int, info: RunInfo) -> None:

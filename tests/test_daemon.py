@@ -457,3 +457,36 @@ async def test_services_are_ready_before_the_daemon_is(
         )
     assert code == 0
     assert seen == ["service started with workers ['t']", "ready"]
+
+
+async def test_a_process_record_kept_for_later_is_committed_while_the_process_runs(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Nothing else commits while a verification command runs (the write-back of the start
+    happened during the run): its record gets a transaction of its own within RECORD_DELAY,
+    so the store shows it before the verdict. The command looks for its own record through
+    another connection."""
+    state = tmp_path / "state"
+    probe = (
+        "import sqlite3, sys, time\n"
+        f"db = sqlite3.connect({str(state / 'state.db')!r})\n"
+        "end = time.monotonic() + 20\n"
+        "while time.monotonic() < end:\n"
+        "    if db.execute(\"SELECT 1 FROM processes WHERE role = 'verify 1'\").fetchone():\n"
+        "        sys.exit(0)\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(1)\n"
+    )
+    write_track(
+        "t",
+        [
+            {
+                "id": "V",
+                "command": "sleep 0.5",
+                "verify": [[sys.executable, "-c", probe]],
+                "max_iterations": 1,
+            }
+        ],
+    )
+    run = await run_once(tracks_dir, state)
+    assert run.task("t", "V")["status"] == "complete", run.task("t", "V").get("error")
