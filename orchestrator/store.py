@@ -717,6 +717,10 @@ class Store:
         commit fewer per process). Only for children a restarted daemon can find without it:
         local children whose environment carries the attempt's launch marker, on a system
         where :func:`orchestrator.procs.find_launched` can read it.
+
+        Ids are given out here, from the highest in the table when first needed: only the
+        daemon's store records processes (it holds the state directory's lock). A second
+        instance recording into the same database would give out the same ids.
         """
         if self._last_process < 0:
             row = self._db.execute("SELECT MAX(id) FROM processes").fetchone()
