@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +46,14 @@ def _free_port() -> int:
         return port
 
 
-def _free_range(size: int) -> int:
-    """The first port of ``size`` consecutive ports free right now (for Ray's workers)."""
+def _free_range(size: int, taken: Collection[int]) -> int:
+    """The first port of ``size`` consecutive ports free right now (for Ray's workers), none
+    of them in ``taken`` (ports chosen for the head's other parts: free now too, since only
+    Ray binds them, and Ray refuses to start when its worker range holds one)."""
     for _ in range(200):
         base = random.randrange(20_000, 60_000 - size)
+        if any(base <= port < base + size for port in taken):
+            continue
         try:
             with contextlib.ExitStack() as stack:
                 for port in range(base, base + size):
@@ -151,7 +155,7 @@ def start_head() -> RayHead:
         "--runtime-env-agent-port": _free_port(),
         "--metrics-export-port": _free_port(),
     }
-    workers = _free_range(64)
+    workers = _free_range(64, ports.values())
     argv = [
         ray,
         "start",
