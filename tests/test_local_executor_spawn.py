@@ -138,6 +138,33 @@ def test_the_child_sees_what_a_popen_child_sees(tmp_path: Path, fds: tuple[int, 
     assert {k: fast[k] for k in same} == {k: slow[k] for k in same}
 
 
+def test_file_actions_are_kept_by_what_they_hold(
+    tmp_path: Path, fds: tuple[int, int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each spawn runs where it is asked to, whether its file actions are new, kept from an
+    earlier spawn with the same descriptors and directory, or made for it alone (when as many
+    sets as kept are kept already)."""
+    in_fd, out_fd, log = fds
+    monkeypatch.setattr(spawn, "_actions", {})
+    env = {"PATH": os.environ.get("PATH", os.defpath)}
+    where = [tmp_path / name for name in ("one", "two", "three")]
+    for directory in where:
+        directory.mkdir()
+
+    def cwd_of_child(directory: Path) -> str:
+        log.write_bytes(b"")
+        argv = [sys.executable, "-c", "import os; print(os.getcwd())"]
+        assert by_spawn(argv, str(directory), env, in_fd, out_fd) == 0
+        return log.read_text().strip()
+
+    for directory in (where[0], where[1], where[0]):
+        assert cwd_of_child(directory) == str(directory.resolve())
+    assert set(spawn._actions) == {(in_fd, out_fd, str(d).encode()) for d in where[:2]}
+    monkeypatch.setattr(spawn, "_ACTIONS_KEPT", 2)
+    assert cwd_of_child(where[2]) == str(where[2].resolve())
+    assert len(spawn._actions) == 2
+
+
 COMPARE_LIBC_SIGNALS = """
 import os, subprocess, sys
 from orchestrator.executors import spawn

@@ -244,25 +244,53 @@ def spawn(
         where, path = cwd.encode(), program.encode()
     except UnicodeEncodeError:
         return None
-    actions = _Opaque()
-    if _fa_init(actions) != 0:
+    actions, kept = _file_actions(stdin_fd, out_fd, where)
+    if actions is None:
         return None
     try:
-        if (
-            _fa_dup2(actions, stdin_fd, 0)
-            or _fa_dup2(actions, out_fd, 1)
-            or _fa_dup2(actions, out_fd, 2)
-            or _fa_chdir(actions, where)
-            or _fa_closefrom(actions, _FIRST_CLOSED)
-        ):
-            return None
         attr = _attributes_now()
         pid = ctypes.c_int()
         if attr is None or _posix_spawn(ctypes.byref(pid), path, actions, attr, args, envp):
             return None
         return pid.value
     finally:
+        if not kept:
+            _fa_destroy(actions)
+
+
+_ACTIONS_KEPT = 256
+"""File action sets kept for reuse, at most (never freed: a spawn in another thread may be
+using one)."""
+_actions: dict[tuple[int, int, bytes], _Buffer] = {}
+
+
+def _file_actions(stdin_fd: int, out_fd: int, where: bytes) -> tuple[_Buffer | None, bool]:
+    """The file actions of a spawn, and whether they are kept (else the caller frees them).
+
+    They are the same for every spawn with the same descriptors and directory, and the
+    descriptors' numbers come back (the kernel gives the lowest free one): building them costs
+    six C calls, and glibc checks each descriptor against the process's limit with a system
+    call. So the sets are kept, by what they hold, and used again.
+    """
+    key = (stdin_fd, out_fd, where)
+    actions = _actions.get(key)
+    if actions is not None:
+        return actions, True
+    actions = _Opaque()
+    if _fa_init(actions) != 0:
+        return None, False
+    if (
+        _fa_dup2(actions, stdin_fd, 0)
+        or _fa_dup2(actions, out_fd, 1)
+        or _fa_dup2(actions, out_fd, 2)
+        or _fa_chdir(actions, where)
+        or _fa_closefrom(actions, _FIRST_CLOSED)
+    ):
         _fa_destroy(actions)
+        return None, False
+    if len(_actions) >= _ACTIONS_KEPT:
+        return actions, False
+    return actions, _actions.setdefault(key, actions) is actions  # another thread's first?
 
 
 class Child:
