@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import anyio
 import pytest
 
 from orchestrator import lock, procs
+from orchestrator.daemon import Engine
 from orchestrator.errors import AlreadyRunningError
 from orchestrator.model import TaskKey
 from orchestrator.supervisor import Control
@@ -490,3 +492,29 @@ async def test_a_process_record_kept_for_later_is_committed_while_the_process_ru
     )
     run = await run_once(tracks_dir, state)
     assert run.task("t", "V")["status"] == "complete", run.task("t", "V").get("error")
+
+
+async def test_a_track_runs_its_tasks_in_a_few_runners(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A runner whose task ended takes the track's next task: 40 tasks run in about as many
+    asyncio tasks as run at once, not in one each."""
+    write_track(
+        "t", [{"id": f"T{i}", "command": "true"} for i in range(40)], track={"concurrency": 3}
+    )
+    runners: dict[str, list[asyncio.Task[object]]] = {}
+
+    def note_runner(kind: str, subject: object, data: object) -> None:
+        if kind == "task_started":  # announced from within the task's Ralph loop
+            task = asyncio.current_task()
+            assert task is not None
+            runners.setdefault(str(subject), []).append(task)  # kept: ids stay unique
+
+    def ready(engine: Engine) -> None:
+        engine.listeners.append(note_runner)
+
+    run = await run_once(tracks_dir, on_ready=ready, max_parallel=3)
+    assert run.code == 0
+    assert len(runners) == 40
+    distinct = {id(task) for tasks in runners.values() for task in tasks}
+    assert 3 <= len(distinct) <= 4  # 3 at once, and one more while a loop ends
