@@ -129,6 +129,8 @@ class Graph:
         self._task_paused: set[TaskKey] = set()
         self._track_paused: set[str] = set()
         self._ready: dict[str, set[TaskKey]] = {}
+        self._ready_priorities: dict[int, int] = {}
+        """Ready tasks by priority rank (ranks with none are left out)."""
         self._heaps: dict[str, list[tuple[Order, TaskKey]]] = {}
         self._in_heap: set[TaskKey] = set()
         self._rec: _Recorder | None = None
@@ -394,13 +396,21 @@ class Graph:
         bucket = self._ready[key.track]
         if ready == (key in bucket):
             return
+        priority = self._nodes[key].order[0]
+        counts = self._ready_priorities
         if ready:
             bucket.add(key)
+            counts[priority] = counts.get(priority, 0) + 1
             if key not in self._in_heap:
                 self._in_heap.add(key)
                 heapq.heappush(self._heaps[key.track], (self._nodes[key].order, key))
         else:
             bucket.discard(key)
+            left = counts[priority] - 1
+            if left:
+                counts[priority] = left
+            else:
+                del counts[priority]
         if self._rec is not None:
             rec = self._rec.ready
             if rec.get(key) is (not ready):
@@ -459,6 +469,10 @@ class Graph:
         if track is None:
             return sum(len(bucket) for bucket in self._ready.values())
         return len(self._ready.get(track, ()))
+
+    def best_ready_priority(self) -> int | None:
+        """The lowest (most urgent) priority rank among all ready tasks; None: none ready."""
+        return min(self._ready_priorities) if self._ready_priorities else None
 
     def peek_ready(self, track: str) -> TaskKey | None:
         """The ready task of ``track`` to run next (priority, then file order), or None."""

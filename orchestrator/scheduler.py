@@ -3,7 +3,9 @@
 Among ready tasks, limited by each track's ``concurrency`` and the global ``max_parallel``:
 lowest priority rank first; between tracks at the same priority, the track with fewer running
 attempts (so no track starves), then track order; within a track, file order. The daemon calls
-:func:`next_task` repeatedly, marking each chosen task as started in between.
+:func:`next_task` repeatedly, marking each chosen task as started in between. The first idle
+track whose next task has the most urgent priority of all ready tasks wins at once: no track
+after it can rank before it (so a slot that frees does not always look at every track).
 
 Pure: reads the graph and counts, returns a key.
 """
@@ -33,6 +35,7 @@ def next_task(
     if limits.paused or sum(running.values()) >= limits.max_parallel:
         return None
     best: tuple[tuple[int, int, int, int], TaskKey] | None = None
+    most_urgent = graph.best_ready_priority()
     for position, name in enumerate(tracks):
         busy = running.get(name, 0)
         if busy >= limits.concurrency.get(name, 1):
@@ -41,6 +44,8 @@ def next_task(
         if key is None:
             continue
         priority, index = graph.node(key).order
+        if priority == most_urgent and busy == 0:
+            return key  # no track after this one can rank before it
         rank = (priority, busy, position, index)
         if best is None or rank < best[0]:
             best = (rank, key)

@@ -272,6 +272,8 @@ def check_graph(graph: Graph, model: _Model, uni: Universe) -> None:
     for target in [*uni.below(len(uni.rank)), *GHOSTS]:
         assert graph.target_done(target) == ref_done(model, target), target
     assert graph.ready_count() == sum(ref_ready(model, n) for n in nodes.values())
+    urgent = [n.order[0] for n in nodes.values() if ref_ready(model, n)]
+    assert graph.best_ready_priority() == (min(urgent) if urgent else None)
     for name in TRACK_NAMES:
         spec = model.tracks.get(name)
         assert graph.trigger_holds(name) == ref_trigger_holds(model, name), name
