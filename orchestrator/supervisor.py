@@ -137,12 +137,6 @@ class Runtime:
         self.workers[name] = worker
         await self.tg.start(worker.run)
 
-    def stop_worker(self, name: str) -> None:
-        """Stop a track's worker: its running attempts are cancelled (and recorded)."""
-        worker = self.workers.pop(name, None)
-        if worker is not None:
-            worker.stop()
-
     def launch(self, key: TaskKey) -> None:
         self.workers[key.track].launch(key)
 

@@ -1,11 +1,13 @@
 """Track workers and the Ralph loop.
 
-One :class:`TrackWorker` per track owns a task group in which that track's tasks run; stopping
-the worker cancels them. :func:`run_task` is the Ralph loop for one task: attempt after attempt
-until PASS, BLOCKED, or the iteration budget is spent, each attempt recorded in the store before
-its process starts and its verdict recorded before anything acts on it. An attempt cut short
-(the daemon stopping, a person's order, the track's file removed) is recorded as interrupted;
-when nothing else decided the task's fate it is pending again, at the same iteration.
+One :class:`TrackWorker` per track owns a task group in which that track's tasks run, for as
+long as the daemon runs (a track whose file is removed keeps its worker, idle, for its return;
+each task is cancelled on its own). :func:`run_task` is the Ralph loop for one task: attempt
+after attempt until PASS, BLOCKED, or the iteration budget is spent, each attempt recorded in
+the store before its process starts and its verdict recorded before anything acts on it. An
+attempt cut short (the daemon stopping, a person's order, the track's file removed) is recorded
+as interrupted; when nothing else decided the task's fate it is pending again, at the same
+iteration.
 
 Attempts on a cluster (:mod:`orchestrator.placement`) are the exception when the daemon
 stops: their runs go on, the attempt stays running, and the next daemon resumes the Ralph
@@ -57,15 +59,13 @@ class TrackWorker:
         self.engine = engine
         self.name = name
         self._tg: TaskGroup | None = None
-        self._scope = anyio.CancelScope()
         self._idle: list[_Runner] = []
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with self._scope:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                task_status.started()
-                await anyio.sleep_forever()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
 
     def launch(self, key: TaskKey, resume: Resume | None = None) -> None:
         if self._tg is None:
@@ -88,11 +88,7 @@ class TrackWorker:
                 self._idle.remove(runner)
             given = runner.drop()
             if given is not None:  # cancelled before its loop began: as if it began and ended
-                _interrupted(self.engine, given, None)
-                self.engine.finished(given)
-
-    def stop(self) -> None:
-        self._scope.cancel()
+                _loop_ended(self.engine, given, None)
 
 
 class _Runner:
@@ -437,9 +433,7 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
             else:
                 await runtime.task_done(key)
     finally:
-        # Synchronous on purpose: nothing here can be cancelled half-way.
-        _interrupted(engine, key, current.id if current is not None else None)
-        engine.finished(key)
+        _loop_ended(engine, key, current.id if current is not None else None)
 
 
 def _begin(engine: Engine, key: TaskKey, budget: int, failure: str) -> _Attempt:
@@ -536,6 +530,14 @@ def _previous_failure(engine: Engine, key: TaskKey) -> str:
         return Path(engine.failure_path(key)).read_text(encoding="utf-8")
     except OSError:
         return ""
+
+
+def _loop_ended(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
+    """A task's Ralph loop is over, however it ended: record it if it was cut short (its
+    attempt ``attempt_id``, if one was under way), and free its slot. Synchronous on purpose:
+    nothing here can be cancelled half-way."""
+    _interrupted(engine, key, attempt_id)
+    engine.finished(key)
 
 
 def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
