@@ -119,7 +119,6 @@ class Graph:
         self._unmet: dict[TaskKey, int] = {}
         self._tracks: dict[str, TrackSpec] = {}
         self._track_keys: dict[str, list[TaskKey]] = {}
-        self._undone: dict[str, int] = {}
         self._counts: dict[str, dict[Status, int]] = {}
         """Track -> how many of its tasks have each status (kept, not counted on demand)."""
         self._trigger_unmet: dict[str, int] = {}
@@ -178,14 +177,12 @@ class Graph:
             self._track_keys[name] = [k for k in self._track_keys[name] if k not in dropped]
             for node in gone:
                 self._forget(node)
-            self._undone[name] -= len(gone)
             self._track_done_changed(name, was_all_done=False)
         self._tracks[name] = new
         self._track_keys[name] = [n.key for n in new.tasks]
         added = [n for n in new.tasks if n.key not in self._nodes]
         if added:
-            was_all_done = self._undone[name] == 0
-            self._undone[name] += len(added)
+            was_all_done = self._undone(name) == 0
             self._register(added)
             self._track_done_changed(name, was_all_done)
             self._link(added)
@@ -230,7 +227,6 @@ class Graph:
         self._track_keys[name] = [n.key for n in spec.tasks]
         self._ready[name] = set()
         self._heaps[name] = []
-        self._counts[name] = dict.fromkeys(Status, 0)
         if spec.paused:
             self._track_paused.add(name)
         else:
@@ -242,7 +238,7 @@ class Graph:
             self._watchers[target][name] = None
             if not self.target_done(target):
                 self._trigger_unmet[name] += 1
-        self._undone[name] = len(spec.tasks)
+        self._counts[name] = dict.fromkeys(Status, 0)  # from here on the track is there
         self._register(spec.tasks)
         was_all_done = False  # an absent track is never done
         # An empty track is done at once: announce it to whoever waits on track:*.
@@ -284,7 +280,7 @@ class Graph:
             self._apply_status(key, Status.PENDING)
             self._set_ready(key, False)
         # Only an empty track is still "all done" here: the loop above undid the others.
-        empty_track_was_done = self._undone[name] == 0
+        empty_track_was_done = self._undone(name) == 0
         for target in dict.fromkeys(spec.trigger):
             del self._watchers[target][name]
         for node in spec.tasks:
@@ -292,7 +288,6 @@ class Graph:
         del self._tracks[name]
         del self._counts[name]
         del self._track_keys[name]
-        del self._undone[name]
         del self._trigger_unmet[name]
         del self._ready[name]
         del self._heaps[name]
@@ -349,19 +344,23 @@ class Graph:
         if old is status:
             return
         self._status[key] = status
-        counts = self._counts[key.track]
+        track = key.track
+        done_changes = old.done != status.done
+        was_all_done = done_changes and self._undone(track) == 0
+        counts = self._counts[track]
         counts[old] -= 1
         counts[status] += 1
-        if old.done != status.done:
+        if done_changes:
             self._propagate(key, now_done=status.done)
-            track = key.track
-            was_all_done = self._undone[track] == 0
-            self._undone[track] += -1 if status.done else 1
             self._track_done_changed(track, was_all_done)
         self._recheck(key)
 
+    def _undone(self, track: str) -> int:
+        """Tasks of ``track`` not done, from the kept counts."""
+        return sum(n for status, n in self._counts[track].items() if not status.done)
+
     def _track_done_changed(self, track: str, was_all_done: bool) -> None:
-        now_all_done = self._undone[track] == 0
+        now_all_done = self._undone(track) == 0
         if now_all_done != was_all_done:
             if self._rec is not None:
                 self._rec.was_done.setdefault(track, was_all_done)
@@ -444,7 +443,7 @@ class Graph:
     def target_done(self, target: Target) -> bool:
         """A task target is done when complete or skipped; ``track:*`` when all its tasks are."""
         if isinstance(target, TrackAll):
-            return target.track in self._undone and self._undone[target.track] == 0
+            return target.track in self._counts and self._undone(target.track) == 0
         status = self._status.get(target)
         return status is not None and status.done
 
@@ -460,7 +459,7 @@ class Graph:
 
     def remaining(self, track: str) -> int:
         """Tasks of ``track`` not done yet."""
-        return self._undone.get(track, 0)
+        return self._undone(track) if track in self._counts else 0
 
     def is_ready(self, key: TaskKey) -> bool:
         return key in self._ready.get(key.track, ())
@@ -526,7 +525,7 @@ class Graph:
     def _waiting(self, target: Target) -> Waiting:
         if isinstance(target, TrackAll):
             exists = target.track in self._tracks
-            return Waiting(target, None, exists, self._undone.get(target.track, 0))
+            return Waiting(target, None, exists, self.remaining(target.track))
         status = self._status.get(target)
         return Waiting(
             target, status, status is not None, track_exists=target.track in self._tracks
