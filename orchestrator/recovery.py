@@ -19,7 +19,7 @@ jobs outlive the daemon, and the daemon re-attaches to them once it runs
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,7 +27,7 @@ import structlog
 from . import procs
 from .model import Status, TaskKey
 from .states import Event, TaskState, transition
-from .store import Store
+from .store import AttemptRow, Store
 
 log = structlog.get_logger("orchestratord")
 
@@ -46,17 +46,13 @@ class Recovered:
 
 
 def _unrecorded(
-    store: Store, remote: Collection[int], done: Collection[int], grace: float
+    store: Store, attempts: Iterable[AttemptRow], done: Collection[int], grace: float
 ) -> list[int]:
-    """End the children of running attempts that have no record (Linux): a record can wait
-    for the next commit, and the daemon may have died first. Each is found by its launch
-    marker. ``remote``: attempts left running on a cluster; ``done``: groups ended already
-    by their record (a group whose record did not prove it ours is looked for again here)."""
-    markers = {
-        procs.launch_marker(store.store_id, daemon_pid, attempt_id)
-        for attempt_id, daemon_pid in store.running_launches().items()
-        if attempt_id not in remote
-    }
+    """End the children of the local ``attempts`` (running when the daemon died) that have no
+    record (Linux): a record can wait for the next commit, and the daemon may have died first.
+    Each is found by its launch marker. ``done``: groups ended already by their record (a group
+    whose record did not prove it ours is looked for again here)."""
+    markers = {procs.launch_marker(store.store_id, a.daemon_pid, a.id) for a in attempts}
     ended: list[int] = []
     boot = procs.boot_id()
     for pgid, first in procs.find_launched(markers).items():
@@ -79,9 +75,9 @@ def recover(store: Store, grace: float) -> Recovered:
                 seen.add(proc.pgid)
             ended.extend(gone)
         store.end_process(proc.id, None)
-    ended.extend(_unrecorded(store, remote.keys(), seen, grace))
     running = store.running_attempts()
     attempts = [a for a in running if a.id not in remote]
+    ended.extend(_unrecorded(store, attempts, seen, grace))
     kept = {a.key for a in running if a.id in remote}
     states = store.load_tasks()
     resets = {

@@ -255,6 +255,8 @@ class AttemptRow:
     reason: str | None
     exit_code: int | None
     log_path: str
+    daemon_pid: int
+    """The daemon that started it (with the store id, the launch marker of its children)."""
     details: AttemptDetails = AttemptDetails()
 
 
@@ -428,6 +430,7 @@ def _attempt(row: sqlite3.Row) -> AttemptRow:
         reason=row["reason"],
         exit_code=row["exit_code"],
         log_path=row["log_path"],
+        daemon_pid=row["daemon_pid"],
         details=AttemptDetails(
             agent=row["agent"],
             tokens_in=row["tokens_in"],
@@ -681,12 +684,6 @@ class Store:
     def running_attempts(self) -> list[AttemptRow]:
         rows = self._db.execute("SELECT * FROM attempts WHERE state = 'running' ORDER BY id")
         return [_attempt(r) for r in rows]
-
-    def running_launches(self) -> dict[int, int]:
-        """Running attempts: attempt id -> the pid of the daemon that started it (which, with
-        :attr:`store_id`, makes the launch marker of its children)."""
-        rows = self._db.execute("SELECT id, daemon_pid FROM attempts WHERE state = 'running'")
-        return {int(r[0]): int(r[1]) for r in rows}
 
     def attempts(self, key: TaskKey) -> list[AttemptRow]:
         rows = self._db.execute(
