@@ -107,17 +107,14 @@ def _attributes(libc: ctypes.CDLL, to_default: int) -> _Buffer | None:
     """Spawn attributes: a new session, an empty mask, SIGPIPE, SIGXFSZ and the signals of
     the mask ``to_default`` at their default action; ``None`` if the C library refuses."""
     attr = _Opaque()
-    default = _SigSet()
-    empty = _SigSet()
-    if libc.posix_spawnattr_init(attr) or libc.sigemptyset(default) or libc.sigemptyset(empty):
+    if libc.posix_spawnattr_init(attr):
         return None
-    for number in _RESTORED:
-        if libc.sigaddset(default, int(number)) != 0:
-            return None
+    mask = to_default | sum(1 << (sig - 1) for sig in _RESTORED)
+    default = _SigSet()  # zero-filled: empty, as is the mask below
     bits = ctypes.sizeof(ctypes.c_ulong) * 8  # the kernel's layout: bit n-1, unsigned longs
-    for sig in range(1, len(default) * bits + 1):
-        if to_default >> (sig - 1) & 1:
-            default[(sig - 1) // bits] |= 1 << ((sig - 1) % bits)
+    for word in range(len(default)):
+        default[word] = mask >> (word * bits) & ((1 << bits) - 1)
+    empty = _SigSet()
     flags = ctypes.c_short(_SETSID | _SETSIGDEF | _SETSIGMASK)
     if (
         libc.posix_spawnattr_setflags(attr, flags)
