@@ -193,7 +193,7 @@ def find_program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
     for directory in (os.defpath if path is None else path).split(os.pathsep):
         candidate = os.path.join(directory, command)
         try:
-            info = os.stat(candidate if candidate[:1] == os.sep else os.path.join(cwd, candidate))
+            info = os.stat(os.path.join(cwd, candidate))  # an absolute candidate stays as it is
         except (OSError, ValueError):
             continue
         if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
