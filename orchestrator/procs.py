@@ -114,19 +114,17 @@ def boot_id() -> str | None:
         return None
 
 
-def _members_linux(pgid: int) -> list[ProcStat]:
-    found = []
+def _all_stats() -> list[ProcStat]:
+    """Every process's ``/proc/PID/stat`` that could be read (Linux)."""
     try:
         names = os.listdir(_PROC)
     except OSError:
         return []
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _read_stat(int(name))
-        if stat is not None and stat.pgid == pgid and stat.state != "Z":
-            found.append(stat)
-    return found
+    return [stat for name in names if name.isdigit() and (stat := _read_stat(int(name)))]
+
+
+def _members_linux(pgid: int) -> list[ProcStat]:
+    return [stat for stat in _all_stats() if stat.pgid == pgid and stat.state != "Z"]
 
 
 def _members_ps(pgid: int) -> list[int]:
@@ -190,11 +188,7 @@ def find_launched(markers: Collection[str]) -> dict[int, int]:
     wanted = {f"{LAUNCH_VAR}={marker}".encode() for marker in markers}
     if not wanted or not ENVIRON_READABLE:
         return {}
-    try:
-        names = os.listdir(_PROC)
-    except OSError:
-        return {}
-    stats = [stat for name in names if name.isdigit() and (stat := _read_stat(int(name)))]
+    stats = _all_stats()
     found: dict[int, int] = {}
     for stat in stats:
         if stat.state == "Z" or stat.pgid in found or stat.pgid <= 1:

@@ -60,6 +60,24 @@ def test_an_unrecorded_child_of_a_running_attempt_is_found_and_ended(tmp_path: P
     assert store.running_attempts() == []
 
 
+def test_a_group_found_by_a_later_process_starts_at_its_earliest(tmp_path: Path) -> None:
+    """Whichever process of a group shows the marker (the first listed may not be the
+    leader: pids wrap), the group's start is its earliest process's, which ``end_leftovers``
+    checks the leader against."""
+    marker = procs.launch_marker("0123456789abcdef", os.getpid(), 1)
+    later = f"sleep 0.1; {procs.LAUNCH_VAR}={marker} sleep 60 & wait"
+    leader = subprocess.Popen(["sh", "-c", later], start_new_session=True)
+    try:
+        wait_for(lambda: len(procs.find_launched({marker})) == 1)
+        first = procs.process_start_ticks(leader.pid)
+        (member,) = [pid for pid in procs.group_members(leader.pid) if pid != leader.pid]
+        assert procs.process_start_ticks(member) != first  # started 0.1 s after the leader
+        assert procs.find_launched({marker}) == {leader.pid: first}
+    finally:
+        procs.terminate_group(leader.pid, signal.SIGKILL)
+        leader.wait(10)
+
+
 def test_a_recorded_child_is_ended_once(tmp_path: Path) -> None:
     store = Store.open(tmp_path, FixedClock())
     attempt = store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")

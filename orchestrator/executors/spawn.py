@@ -107,17 +107,14 @@ def _attributes(libc: ctypes.CDLL, to_default: int) -> _Buffer | None:
     """Spawn attributes: a new session, an empty mask, SIGPIPE, SIGXFSZ and the signals of
     the mask ``to_default`` at their default action; ``None`` if the C library refuses."""
     attr = _Opaque()
-    default = _SigSet()
-    empty = _SigSet()
-    if libc.posix_spawnattr_init(attr) or libc.sigemptyset(default) or libc.sigemptyset(empty):
+    if libc.posix_spawnattr_init(attr):
         return None
-    for number in _RESTORED:
-        if libc.sigaddset(default, int(number)) != 0:
-            return None
+    mask = to_default | sum(1 << (sig - 1) for sig in _RESTORED)
+    default = _SigSet()  # zero-filled: empty, as is the mask below
     bits = ctypes.sizeof(ctypes.c_ulong) * 8  # the kernel's layout: bit n-1, unsigned longs
-    for sig in range(1, len(default) * bits + 1):
-        if to_default >> (sig - 1) & 1:
-            default[(sig - 1) // bits] |= 1 << ((sig - 1) % bits)
+    for word in range(len(default)):
+        default[word] = mask >> (word * bits) & ((1 << bits) - 1)
+    empty = _SigSet()
     flags = ctypes.c_short(_SETSID | _SETSIGDEF | _SETSIGMASK)
     if (
         libc.posix_spawnattr_setflags(attr, flags)
@@ -137,19 +134,30 @@ def _attributes(libc: ctypes.CDLL, to_default: int) -> _Buffer | None:
 # loaded. It catches 32 (SIGCANCEL) only for pthread_cancel, so a daemon started by posix_spawn
 # (``make`` does) looks again at every spawn, for about 20 us.
 _libc, UNAVAILABLE = _load()
-_INTERNAL = 0
-_internal_ignored = 0
-"""Those of the C library's own signals this process ignored when last looked at."""
+_INTERNAL = 0 if _libc is None else _internal(_libc)
+_internal_ignored = _INTERNAL
+"""Those of the C library's own signals this process ignored when last looked at (until
+looked at: all of them, so that the first look happens)."""
 _attrs: dict[int, _Buffer] = {}
 """Spawn attributes by the mask of the C library's signals to leave ignored."""
+
+
+def _attributes_now() -> _Buffer | None:
+    """The spawn attributes for the dispositions this process has now (see above)."""
+    global _internal_ignored  # noqa: PLW0603 - a fact about this process, cached
+    if _internal_ignored:
+        _internal_ignored = _ignored() & _INTERNAL
+    attr = _attrs.get(_internal_ignored)
+    if attr is None and _libc is not None:
+        attr = _attributes(_libc, _INTERNAL & ~_internal_ignored)
+        if attr is not None:
+            _attrs[_internal_ignored] = attr
+    return attr
+
+
 if _libc is not None:
-    _INTERNAL = _internal(_libc)
-    _internal_ignored = _ignored() & _INTERNAL
-    _first = _attributes(_libc, _INTERNAL & ~_internal_ignored)
-    if _first is None:
+    if _attributes_now() is None:
         UNAVAILABLE = "the C library refuses the spawn attributes (no POSIX_SPAWN_SETSID?)"
-    else:
-        _attrs[_internal_ignored] = _first
     _posix_spawn = _libc.posix_spawn
     _posix_spawn.argtypes = (
         ctypes.POINTER(ctypes.c_int),
@@ -164,19 +172,6 @@ if _libc is not None:
     _fa_dup2 = _libc.posix_spawn_file_actions_adddup2
     _fa_chdir = _libc.posix_spawn_file_actions_addchdir_np
     _fa_closefrom = _libc.posix_spawn_file_actions_addclosefrom_np
-
-
-def _attributes_now() -> _Buffer | None:
-    """The spawn attributes for the dispositions this process has now (see above)."""
-    global _internal_ignored  # noqa: PLW0603 - a fact about this process, cached
-    if _internal_ignored:
-        _internal_ignored = _ignored() & _INTERNAL
-    attr = _attrs.get(_internal_ignored)
-    if attr is None and _libc is not None:
-        attr = _attributes(_libc, _INTERNAL & ~_internal_ignored)
-        if attr is not None:
-            _attrs[_internal_ignored] = attr
-    return attr
 
 
 AVAILABLE = UNAVAILABLE is None
@@ -198,7 +193,7 @@ def find_program(command: str, env: Mapping[str, str], cwd: str) -> str | None:
     for directory in (os.defpath if path is None else path).split(os.pathsep):
         candidate = os.path.join(directory, command)
         try:
-            info = os.stat(candidate if candidate[:1] == os.sep else os.path.join(cwd, candidate))
+            info = os.stat(os.path.join(cwd, candidate))  # an absolute candidate stays as it is
         except (OSError, ValueError):
             continue
         if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
