@@ -64,9 +64,11 @@ SPAWN_THREADS = 2
 """Children spawned at once, each from a worker thread, when Popen spawns them.
 
 posix_spawn spawns on the event loop instead: it blocks the loop while the child execs (about
-80 us here) but holds the GIL far less than a thread hand-off and Popen do. Measured with
-``python -m bench dispatch`` (main thread saturated): 1,130-1,160 tasks/s and 0.75 ms of
-daemon CPU per task on the loop, against 830-910 tasks/s and 0.89-0.99 ms from threads."""
+50 us here) but costs less CPU than a hand-off to a thread. On the dispatch scenario of
+``python -m bench dispatch`` (5,000 tasks, parallelism 2, a busy machine), alternating runs:
+0.64 ms of daemon CPU per task on the loop against 0.76 ms from two spawner threads
+(``LocalExecutor(spawn_threads=2)``), at 770-900 tasks/s either way. ``python -m bench spawn``
+alone (no daemon around it) spawns faster from threads, at more CPU per run."""
 THREADS = 1024
 """Worker threads for exit waits without pidfds (one per running run) and /proc scans."""
 _CLOSE_MARGIN = 5.0
