@@ -62,7 +62,9 @@ def run(
             timeout=TIMEOUT,
             check=False,
         )
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        if not root.is_dir():
+            raise GitError(f"{root}: no such directory") from None
         raise GitError("git is not installed (or not on PATH)") from None
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} took more than {TIMEOUT:g} s in {root}") from None

@@ -261,17 +261,18 @@ def status_cmd(ctx: click.Context, /, dry_run: bool, **kwargs: Any) -> None:
     spec, state_dir = _spec(ctx, kwargs)
     path = Path(spec.file)
     installed = path.is_file()
-    if installed:  # compared with what install would write with the watchdog it was given
-        spec = replace(spec, watchdog=_installed_watchdog(path.read_text(errors="replace")))
     if not installed:
         click.echo(f"service file: {path}: not installed (`orchestratord service install`)")
-    elif path.read_bytes() == render(spec):
-        click.echo(f"service file: {path}: installed, up to date")
-    else:
-        click.echo(
-            f"service file: {path}: installed, but not what `service install` would write "
-            "now (other paths, graces or PATH): install it again"
-        )
+    else:  # compared with what install would write with the watchdog it was given
+        content = path.read_bytes()
+        spec = replace(spec, watchdog=_installed_watchdog(content.decode(errors="replace")))
+        if content == render(spec):
+            click.echo(f"service file: {path}: installed, up to date")
+        else:
+            click.echo(
+                f"service file: {path}: installed, but not what `service install` would write "
+                "now (other paths, graces or PATH): install it again"
+            )
     if installed:
         _, output = _run(instructions(spec).status, dry_run)
         for line in output.splitlines():

@@ -35,8 +35,7 @@ BudgetLookup = Callable[[TaskKey], int | None]
 
 def counts(graph: Graph, track: str) -> dict[str, int]:
     """The tasks of ``track`` by status, and in all (the queue file's ``summary``)."""
-    by_status = graph.status_counts(track)
-    return {"total": sum(by_status.values())} | {s.value: by_status[s] for s in STATUS_ORDER}
+    return _as_counts(graph.status_counts(track))
 
 
 def _task_brief(task: TaskDef | None, key: TaskKey) -> dict[str, Any]:
@@ -99,14 +98,16 @@ def snapshot(
     tracks_out: list[dict[str, Any]] = []
     status_of = graph.status
     for name, spec in graph.tracks.items():
-        tally = dict.fromkeys(STATUS_ORDER, 0)
-        listed = only is None or name == only
+        tally = graph.status_counts(name)
+        for status, count in tally.items():
+            totals[status] += count
+        if only is not None and name != only:
+            continue
         running, blocked, failed = [], [], []
-        # One pass per track: a status lookup per task, the rest only for the few listed.
+        # One pass over the track: a status lookup per task, the rest only for the few listed.
         for key in graph.keys(name):
             status = status_of(key)
-            tally[status] += 1
-            if not listed or status in _NOT_LISTED:
+            if status in _NOT_LISTED:
                 continue
             info = lookup(key)
             brief = _task_brief(tasks.get(key), key)
@@ -137,10 +138,6 @@ def snapshot(
                         "verdict": info.verification_verdict if info else None,
                     }
                 )
-        for status, count in tally.items():
-            totals[status] += count
-        if not listed:
-            continue
         trigger = None
         if spec.trigger:
             trigger = {

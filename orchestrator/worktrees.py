@@ -23,7 +23,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,14 +77,11 @@ class Tree:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     workdir: Path = field(default_factory=Path)
     """The configured ``workdir`` this tree was made for."""
-    _index: Path | None = None
 
-    @property
+    @cached_property
     def index(self) -> Path:
         """The tree's index file (asked of git once: it stays where it is for the tree's life)."""
-        if self._index is None:
-            self._index = gitwork.git_path(self.root, "index")
-        return self._index
+        return gitwork.git_path(self.root, "index")
 
 
 @dataclass(frozen=True, slots=True)

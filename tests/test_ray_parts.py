@@ -19,18 +19,19 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator import config
+from orchestrator import config, runbranch
 from orchestrator import store as store_module
-from orchestrator.attempt import AttemptPlan, run_attempt
+from orchestrator.attempt import AttemptPlan, RemoteRun, run_attempt
 from orchestrator.errors import ConfigError
 from orchestrator.executors import rayjob
 from orchestrator.executors.base import Capacity, Checkout, RunInfo, RunSpec, RunState, unfit
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.executors.ray import RayCluster, RayExecutor
 from orchestrator.model import ExecutorChoice, Owned, Status, TaskKey, Verdict
-from orchestrator.placement import ray_plan
+from orchestrator.placement import RayPlan, WorkspaceError, _git_workspace, ray_plan
 from orchestrator.queuefile import display_path
 from orchestrator.recovery import recover
+from orchestrator.runbranch import RunBranchError
 from orchestrator.states import TaskState
 from orchestrator.store import _SCHEMA, Store
 from orchestrator.workspace import load
@@ -293,6 +294,34 @@ def test_a_git_workspace_on_a_missing_ref_fails_to_start(
     assert framed.end is not None
     assert framed.end["state"] == "failed_to_start"
     assert "has no ref 'no-such-branch' (push it first)" in framed.end["reason"]
+
+
+@pytest.mark.anyio
+async def test_the_daemon_side_of_a_git_workspace(tmp_path: Path, origin: Path) -> None:
+    """What a run starts from (repository, commit, directory inside it), and fetching the
+    branch the run pushed, with clear failures."""
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(origin), str(clone))
+    head = git("-C", str(clone), "rev-parse", "HEAD").strip()
+    ray = RayPlan("ray://x", {}, 0, "git", None, None)
+    for workdir, cwd in ((clone, "."), (clone / "sub", "sub")):
+        remote, got = await _git_workspace(workdir, ray, RemoteRun())
+        assert got == cwd
+        assert remote.checkout == Checkout(str(origin), head, push=True)
+        assert remote.fetch_into == str(clone.resolve())
+    with pytest.raises(WorkspaceError, match=r"workdir in a git repository: .*gone: no such dir"):
+        await _git_workspace(tmp_path / "gone", ray, RemoteRun())
+
+    git("-C", str(clone), "push", "-q", str(origin), "HEAD:orchestratord/r1")
+    ref = await runbranch.fetch(str(clone), str(origin), "orchestratord/r1", head)
+    assert ref == "refs/heads/orchestratord/r1"
+    assert git("-C", str(clone), "rev-parse", ref).strip() == head
+    with pytest.raises(
+        RunBranchError, match=r"is at \w+ after fetching, not at the commit the run pushed"
+    ):
+        await runbranch.fetch(str(clone), str(origin), "orchestratord/r1", "0" * 40)
+    with pytest.raises(RunBranchError, match="cannot fetch the run's branch orchestratord/r2"):
+        await runbranch.fetch(str(clone), str(origin), "orchestratord/r2", head)
 
 
 # -- reading job logs and states -----------------------------------------------------------------
