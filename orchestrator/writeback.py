@@ -59,9 +59,8 @@ class _Known:
     style: jsonedit.Style | None = None
     """The file's formatting: the daemon's writes keep it, so it is detected once."""
     layout: filelayout.Layout | None = None
-    """Where the tasks lie in the file (made at the first quick sync that needs it)."""
-    outlined: bool = False
-    """Whether ``layout`` was made (None then: the file has none, every write is a full one)."""
+    """Where the tasks lie in the file (made at the first quick sync that needs it; a file
+    that has none is outlined again at each quick sync, and written in full)."""
 
 
 class _Read(NamedTuple):
@@ -188,9 +187,8 @@ class Writeback:
     ) -> list[Problem]:
         """The file is as the daemon left it: merge only what changed since, and re-render
         only the task objects that change (and ``summary``)."""
-        if not known.outlined:
+        if known.layout is None:
             known.layout = filelayout.Layout.of(read.data, known.list_key)
-            known.outlined = True
         layout = known.layout
         if layout is None or layout.summary is None:
             return await self._quick_in_full(track, known, read, keys)
@@ -441,8 +439,7 @@ class Writeback:
         if updates:
             base.update(updates)
         self._fresh.discard(track.name)
-        known = _Known(digest, before, index, list_key, base, style, layout, layout is not None)
-        self._known[track.name] = known
+        self._known[track.name] = _Known(digest, before, index, list_key, base, style, layout)
         if new is not None or track.name not in self._persisted:
             self.engine.store.set_written(track.name, Written(str(track.path), digest, base))
             self._persisted.add(track.name)
