@@ -16,7 +16,8 @@ the next read take it again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -190,24 +191,17 @@ class Writeback:
         if known.layout is None:
             known.layout = filelayout.Layout.of(read.data, known.list_key)
         layout = known.layout
-        if layout is None or layout.summary is None:
+        paused = self.engine.graph.track_paused(track.name)
+        if layout is None or layout.summary is None or paused != layout.paused:
             return await self._quick_in_full(track, known, read, keys)
-        engine = self.engine
         tasks: dict[int, filelayout.TaskEdits] = {}
         bases: dict[str, Any] = {}
-        for ident, index in self._wanted(known, keys).items():
-            state = engine.states.get(TaskKey(track.name, ident))
-            if state is None:
-                continue
-            raw = layout.task(read.data, index)
-            task_base = known.base.get(ident) or merge.file_fields(raw)
-            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+        task_at = functools.partial(layout.task, read.data)
+        for ident, index, raw, merged in self._merged(track, known, keys, task_at):
             if merged.edits:
                 tasks[index] = (raw, merged.edits)
             bases[ident] = merged.base
-        if engine.graph.track_paused(track.name) != layout.paused:
-            return await self._quick_in_full(track, known, read, keys)
-        summary = merge.summary(engine.counts(track.name), layout.summary_value)
+        summary = merge.summary(self.engine.counts(track.name), layout.summary_value)
         new: bytes | None = None
         if tasks or summary != layout.summary_value:
             style = known.style or jsonedit.detect_style(read.data.decode("utf-8"))
@@ -238,13 +232,7 @@ class Writeback:
         items = doc[known.list_key]
         edits: list[Edit] = []
         base = dict(known.base)
-        for ident, index in self._wanted(known, keys).items():
-            state = self.engine.states.get(TaskKey(track.name, ident))
-            if state is None:
-                continue
-            raw = items[index]
-            task_base = base.get(ident) or merge.file_fields(raw)
-            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+        for ident, index, _, merged in self._merged(track, known, keys, items.__getitem__):
             edits.extend(((known.list_key, index, f), v) for f, v in merged.edits.items())
             base[ident] = merged.base
         edits.extend(self._top_edits(track, doc, bool(edits)))
@@ -252,12 +240,27 @@ class Writeback:
             track, text, read, doc, edits, base, known.list_key, known.index, known.style
         )
 
-    @staticmethod
-    def _wanted(known: _Known, keys: set[TaskKey] | None) -> dict[str, int]:
-        """Task id -> index of the tasks to merge: those marked, or all."""
-        if keys is None:
-            return known.index
-        return {k.id: known.index[k.id] for k in keys if k.id in known.index}
+    def _merged(
+        self,
+        track: Track,
+        known: _Known,
+        keys: set[TaskKey] | None,
+        task_at: Callable[[int], Any],
+    ) -> Iterator[tuple[str, int, Any, merge.Merged]]:
+        """The tasks to merge in a file the daemon left (those marked, or all), each as its id,
+        its index, its object (``task_at(index)``) and its merge with the store (the file holds
+        no orders: nobody changed it)."""
+        index = known.index
+        wanted = index if keys is None else {k.id: index[k.id] for k in keys if k.id in index}
+        states = self.engine.states
+        for ident, at in wanted.items():
+            state = states.get(TaskKey(track.name, ident))
+            if state is None:
+                continue
+            raw = task_at(at)
+            task_base = known.base.get(ident) or merge.file_fields(raw)
+            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+            yield ident, at, raw, merged
 
     async def _full(
         self, track: Track, before: FileId | None, data: bytes, sha: str
