@@ -181,7 +181,7 @@ class Writeback:
             if known.fid != read.before and read.before == read.after:
                 known.fid = read.before  # touched, or saved unchanged: the same content
             return await self._quick(track, known, read, keys)
-        return await self._full(track, read.before, read.data, read.digest)
+        return await self._full(track, read)
 
     async def _quick(
         self, track: Track, known: _Known, read: _Read, keys: set[TaskKey] | None
@@ -262,16 +262,14 @@ class Writeback:
             merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
             yield ident, at, raw, merged
 
-    async def _full(
-        self, track: Track, before: FileId | None, data: bytes, sha: str
-    ) -> list[Problem]:
+    async def _full(self, track: Track, read: _Read) -> list[Problem]:
         """Someone else wrote the file (or this is the first sync): check, apply, merge all."""
-        name = track.name
+        name, before = track.name, read.before
         if before is None:
             return []
         display = queuefile.display_path(track.path)
         qf = await anyio.to_thread.run_sync(
-            self._parse, display, track.path.stem, data, track.path, sha
+            self._parse, display, track.path.stem, read.data, track.path, read.digest
         )
         if not qf.ok or qf.track is None or qf.doc is None or qf.text is None:
             return self._invalid(track, list(qf.problems), before)
@@ -308,7 +306,6 @@ class Writeback:
             self.mark(name)
             return []
         edits, base, index = self._merge(track, qf.track, qf.doc, base, changes)
-        read = _Read(before, data, sha, before)
         return await self._write(
             track, qf.text, read, qf.doc, edits, base, qf.track.list_key, index, seen=seen
         )
