@@ -679,7 +679,7 @@ def _splice(text: str, start: int, plan: _Plan, style: Style | None = None) -> s
             grown.add(path[:-1])
             continue
         new = _lookup(plan.doc, path)
-        if orjson.dumps(found.old) == orjson.dumps(new):
+        if _same_json(found.old, new):
             continue
         rendered = _plain(new)
         if rendered is None:
@@ -808,10 +808,7 @@ def _flat_splice(
             return None
         at, value_start = found
         old, end = _scan_value(text, value_start)
-        if type(old) in _SCALAR_TYPES and type(new) in _SCALAR_TYPES:
-            if type(old) is type(new) and old == new:
-                continue  # equal, and written alike (for these types, the same as below)
-        elif orjson.dumps(old) == orjson.dumps(new):
+        if _same_json(old, new):
             continue
         rendered = _plain(new)
         if rendered is None:
@@ -826,6 +823,13 @@ def _flat_splice(
 
 
 _SCALAR_TYPES = (str, int, bool, type(None))
+
+
+def _same_json(old: JSONValue, new: JSONValue) -> bool:
+    """Whether two values are the same JSON (types strictly: ``1`` is not ``true``)."""
+    if type(old) in _SCALAR_TYPES and type(new) in _SCALAR_TYPES:
+        return type(old) is type(new) and old == new  # without serializing them
+    return orjson.dumps(old) == orjson.dumps(new)
 
 
 def _plan(

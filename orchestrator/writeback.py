@@ -16,7 +16,8 @@ the next read take it again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,9 +60,8 @@ class _Known:
     style: jsonedit.Style | None = None
     """The file's formatting: the daemon's writes keep it, so it is detected once."""
     layout: filelayout.Layout | None = None
-    """Where the tasks lie in the file (made at the first quick sync that needs it)."""
-    outlined: bool = False
-    """Whether ``layout`` was made (None then: the file has none, every write is a full one)."""
+    """Where the tasks lie in the file (made at the first quick sync that needs it; a file
+    that has none is outlined again at each quick sync, and written in full)."""
 
 
 class _Read(NamedTuple):
@@ -181,35 +181,27 @@ class Writeback:
             if known.fid != read.before and read.before == read.after:
                 known.fid = read.before  # touched, or saved unchanged: the same content
             return await self._quick(track, known, read, keys)
-        return await self._full(track, read.before, read.data, read.digest)
+        return await self._full(track, read)
 
     async def _quick(
         self, track: Track, known: _Known, read: _Read, keys: set[TaskKey] | None
     ) -> list[Problem]:
         """The file is as the daemon left it: merge only what changed since, and re-render
         only the task objects that change (and ``summary``)."""
-        if not known.outlined:
+        if known.layout is None:
             known.layout = filelayout.Layout.of(read.data, known.list_key)
-            known.outlined = True
         layout = known.layout
-        if layout is None or layout.summary is None:
+        paused = self.engine.graph.track_paused(track.name)
+        if layout is None or layout.summary is None or paused != layout.paused:
             return await self._quick_in_full(track, known, read, keys)
-        engine = self.engine
         tasks: dict[int, filelayout.TaskEdits] = {}
         bases: dict[str, Any] = {}
-        for ident, index in self._wanted(known, keys).items():
-            state = engine.states.get(TaskKey(track.name, ident))
-            if state is None:
-                continue
-            raw = layout.task(read.data, index)
-            task_base = known.base.get(ident) or merge.file_fields(raw)
-            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+        task_at = functools.partial(layout.task, read.data)
+        for ident, index, raw, merged in self._merged(track, known, keys, task_at):
             if merged.edits:
                 tasks[index] = (raw, merged.edits)
             bases[ident] = merged.base
-        if engine.graph.track_paused(track.name) != layout.paused:
-            return await self._quick_in_full(track, known, read, keys)
-        summary = merge.summary(engine.counts(track.name), layout.summary_value)
+        summary = merge.summary(self.engine.counts(track.name), layout.summary_value)
         new: bytes | None = None
         if tasks or summary != layout.summary_value:
             style = known.style or jsonedit.detect_style(read.data.decode("utf-8"))
@@ -240,13 +232,7 @@ class Writeback:
         items = doc[known.list_key]
         edits: list[Edit] = []
         base = dict(known.base)
-        for ident, index in self._wanted(known, keys).items():
-            state = self.engine.states.get(TaskKey(track.name, ident))
-            if state is None:
-                continue
-            raw = items[index]
-            task_base = base.get(ident) or merge.file_fields(raw)
-            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+        for ident, index, _, merged in self._merged(track, known, keys, items.__getitem__):
             edits.extend(((known.list_key, index, f), v) for f, v in merged.edits.items())
             base[ident] = merged.base
         edits.extend(self._top_edits(track, doc, bool(edits)))
@@ -254,23 +240,36 @@ class Writeback:
             track, text, read, doc, edits, base, known.list_key, known.index, known.style
         )
 
-    @staticmethod
-    def _wanted(known: _Known, keys: set[TaskKey] | None) -> dict[str, int]:
-        """Task id -> index of the tasks to merge: those marked, or all."""
-        if keys is None:
-            return known.index
-        return {k.id: known.index[k.id] for k in keys if k.id in known.index}
+    def _merged(
+        self,
+        track: Track,
+        known: _Known,
+        keys: set[TaskKey] | None,
+        task_at: Callable[[int], Any],
+    ) -> Iterator[tuple[str, int, Any, merge.Merged]]:
+        """The tasks to merge in a file the daemon left (those marked, or all), each as its id,
+        its index, its object (``task_at(index)``) and its merge with the store (the file holds
+        no orders: nobody changed it)."""
+        index = known.index
+        wanted = index if keys is None else {k.id: index[k.id] for k in keys if k.id in index}
+        states = self.engine.states
+        for ident, at in wanted.items():
+            state = states.get(TaskKey(track.name, ident))
+            if state is None:
+                continue
+            raw = task_at(at)
+            task_base = known.base.get(ident) or merge.file_fields(raw)
+            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+            yield ident, at, raw, merged
 
-    async def _full(
-        self, track: Track, before: FileId | None, data: bytes, sha: str
-    ) -> list[Problem]:
+    async def _full(self, track: Track, read: _Read) -> list[Problem]:
         """Someone else wrote the file (or this is the first sync): check, apply, merge all."""
-        name = track.name
+        name, before = track.name, read.before
         if before is None:
             return []
         display = queuefile.display_path(track.path)
         qf = await anyio.to_thread.run_sync(
-            self._parse, display, track.path.stem, data, track.path, sha
+            self._parse, display, track.path.stem, read.data, track.path, read.digest
         )
         if not qf.ok or qf.track is None or qf.doc is None or qf.text is None:
             return self._invalid(track, list(qf.problems), before)
@@ -307,7 +306,6 @@ class Writeback:
             self.mark(name)
             return []
         edits, base, index = self._merge(track, qf.track, qf.doc, base, changes)
-        read = _Read(before, data, sha, before)
         return await self._write(
             track, qf.text, read, qf.doc, edits, base, qf.track.list_key, index, seen=seen
         )
@@ -441,8 +439,7 @@ class Writeback:
         if updates:
             base.update(updates)
         self._fresh.discard(track.name)
-        known = _Known(digest, before, index, list_key, base, style, layout, layout is not None)
-        self._known[track.name] = known
+        self._known[track.name] = _Known(digest, before, index, list_key, base, style, layout)
         if new is not None or track.name not in self._persisted:
             self.engine.store.set_written(track.name, Written(str(track.path), digest, base))
             self._persisted.add(track.name)
