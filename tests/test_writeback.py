@@ -110,6 +110,16 @@ class WholeFile(Writeback):
         return await self._quick_in_full(track, known, read, keys)
 
 
+class Counting(Writeback):
+    """The write-back as it is, noting each quick write it made on the whole file instead."""
+
+    in_full = 0
+
+    async def _quick_in_full(self, track: Any, known: Any, read: Any, keys: Any) -> list[Problem]:
+        self.in_full += 1
+        return await super()._quick_in_full(track, known, read, keys)
+
+
 LAYOUTS: dict[str, Callable[[Any], str]] = {
     "two spaces": lambda doc: json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
     "tabs, CRLF and a BOM": lambda doc: (
@@ -135,16 +145,24 @@ async def test_quick_writes_are_the_writes_of_the_whole_file(tmp_path: Path, lay
         paths.append(tmp_path / side / "tracks" / "t.json")
         paths[-1].write_text(LAYOUTS[layout](doc), encoding="utf-8")
     async with (
-        daemon_parts(paths[0].parent, Writeback) as (quick, quick_wb),
+        daemon_parts(paths[0].parent, Counting) as (quick, quick_wb),
         daemon_parts(paths[1].parent, WholeFile) as (whole, whole_wb),
     ):
         quick.paused = whole.paused = True  # nothing starts by itself
+        assert isinstance(quick_wb, Counting)
+        in_full = []
         for round_ in range(6):
             for engine in (quick, whole):
                 change(engine, round_)
+            before = quick_wb.in_full
             await quick_wb.flush()
             await whole_wb.flush()
             assert paths[0].read_bytes() == paths[1].read_bytes(), round_
+            if quick_wb.in_full > before:
+                in_full.append(round_)
+        # Only a write that changes track.paused (rounds 3, 4) or first adds the summary
+        # (round 0) is made on the whole file: the others re-render only what changed.
+        assert set(in_full) <= {0, 3, 4}, in_full
         written = json.loads(paths[0].read_bytes().decode("utf-8").removeprefix("\ufeff"))
         assert written["features"][4]["status"] == "complete"
         assert written["summary"]["complete"] == 2
