@@ -218,8 +218,11 @@ class AgentRuntime:
         if result.usage is None:
             return
         engine = self.engine
-        _, track = engine.settings_for(key)
-        applicable = budgets.limits(self.settings.budgets, track.definition.settings.budget)
+        # The track's settings, also for a task (or track) that left its file meanwhile: what
+        # the attempt spent counts all the same.
+        track = engine.tracks.get(key.track) or engine.removed.get(key.track)
+        own = track.definition.settings.budget if track is not None else None
+        applicable = budgets.limits(self.settings.budgets, own)
         if not applicable:
             return
         now = engine.clock.now().astimezone(UTC)

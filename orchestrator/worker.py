@@ -381,7 +381,14 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
             engine.track_scope(key, scope)
             failure = _previous_failure(engine, key)
             first = True
-            while engine.states[key].status is Status.IN_PROGRESS and not engine.draining:
+            # The scope's own check: a cancellation that came while the last attempt's end
+            # waited on a thread (which nothing interrupts) is not delivered until the next
+            # wait, and the task may be gone from its file by now.
+            while (
+                engine.states[key].status is Status.IN_PROGRESS
+                and not engine.draining
+                and not scope.cancel_called
+            ):
                 if not first and (stop := runtime.stop_reason(key)):
                     engine.cancel_reasons[key] = stop  # pending again, at this iteration
                     break
@@ -464,6 +471,10 @@ async def _run_in_tree(
 ) -> tuple[AttemptPlan, Outcome]:
     """Run the attempt in its working tree, where the track's runs go; git has its say."""
     async with runtime.attempt(key, current.number) as session:
+        # Finding the tree may have waited on a thread, which no cancellation interrupts: one
+        # that came meanwhile (the task removed from its file) takes effect here, before the
+        # task's definition is read.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         plan = plan_attempt(
             engine,
             key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator import explain
+from orchestrator import explain, gitattempt, gitwork, worktrees
+from orchestrator.attempt import AttemptResult
 from orchestrator.model import Status, TaskKey
 
 from . import live_harness as lh
+from .agent_harness import fake_agent, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 
 pytestmark = pytest.mark.anyio
@@ -195,6 +198,91 @@ async def test_a_task_removed_from_the_file_is_cancelled_and_dropped(
         assert TaskKey("t", "K") not in live.engine.graph
         (attempt,) = live.engine.store.attempts(TaskKey("t", "K"))
         assert (attempt.state, attempt.reason) == ("interrupted", "removed from its queue file")
+
+
+async def test_a_task_removed_while_its_attempt_waits_for_a_thread_is_dropped(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removal cancels the attempt while git's look at the workdir runs in a thread, which
+    no cancellation interrupts: the attempt must see it before it plans, not fail for want of
+    the task's definition (which took the daemon down)."""
+    entered, release = threading.Event(), threading.Event()
+    look = worktrees.Trees.repo_of
+
+    def held(trees: worktrees.Trees, workdir: Path) -> gitwork.Repo | None:
+        entered.set()
+        release.wait(10)
+        return look(trees, workdir)
+
+    monkeypatch.setattr(worktrees.Trees, "repo_of", held)
+    path = write_track(
+        "t",
+        [
+            {"id": "K", "command": lh.note("K", tmp_path)},
+            {"id": "L", "command": lh.note("L", tmp_path)},
+        ],
+        track={"concurrency": 1},
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(entered.is_set)
+        edit(path, {"K": None})
+        await live.until(lambda: TaskKey("t", "K") not in live.engine.defs)
+        release.set()
+        await live.until(lambda: lh.ledger(tmp_path) == ["L"])
+        (attempt,) = live.engine.store.attempts(TaskKey("t", "K"))
+        assert (attempt.state, attempt.reason) == ("interrupted", "removed from its queue file")
+
+
+@needs_git
+@pytest.mark.parametrize("by", ["command", "agent"])
+async def test_a_task_removed_while_its_failed_attempt_is_put_aside_is_dropped(
+    by: str,
+    tmp_path: Path,
+    tracks_dir: Path,
+    write_track: WriteTrack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same between attempts: the removal comes while git keeps the failed attempt's
+    changes aside (in a thread). The Ralph loop must not begin another attempt, and an agent's
+    spending is still checked against the track's budgets."""
+    entered, release = threading.Event(), threading.Event()
+    keep = gitattempt.GitAttempt._save_and_reset
+
+    def held(attempt: gitattempt.GitAttempt, result: AttemptResult) -> str | None:
+        entered.set()
+        release.wait(10)
+        return keep(attempt, result)
+
+    monkeypatch.setattr(gitattempt.GitAttempt, "_save_and_reset", held)
+    make_repo(tmp_path / "repo")
+    if by == "agent":
+        agent = fake_agent(tmp_path / "agent", {"tasks": {"K": [{"json": True, "cost": 0.3}]}})
+        write_config(
+            tmp_path, f'[budgets]\ntrack_usd = 0.1\n\n[agents.claude]\nbinary = "{agent}"\n'
+        )
+        doomed: dict[str, Any] = {"id": "K", "agent": "claude", "verify": "false"}
+    else:
+        doomed = {"id": "K", "command": "false"}
+    path = write_track(
+        "t",
+        [
+            {**doomed, "max_iterations": 3},
+            {"id": "L", "command": "true", "allow_no_changes": True},
+        ],
+        track={"workdir": "../repo", "concurrency": 1},
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(entered.is_set)
+        edit(path, {"K": None})
+        await live.until(lambda: TaskKey("t", "K") not in live.engine.defs)
+        release.set()
+        if by == "agent":  # over the track's budget: the track pauses, L waits
+            await live.until(lambda: bool(live.kinds("budget_exceeded")))
+            live.engine.resume_track("t")
+        await live.until(lambda: live.status("t:L") is Status.COMPLETE)
+        (attempt,) = live.engine.store.attempts(TaskKey("t", "K"))
+        assert (attempt.state, attempt.verdict) == ("finished", "FAIL")
+        assert live.engine.states[TaskKey("t", "K")].status is Status.PENDING
         doc = await live.settled("t")
         assert [t["id"] for t in doc["features"]] == ["L"]
         assert doc["summary"]["total"] == 1
