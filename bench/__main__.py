@@ -10,7 +10,19 @@ import os
 import sys
 import tempfile
 
-from . import breakdown, dispatch, gitattempt, live, load, ray, resident, spawn, status, writeback
+from . import (
+    breakdown,
+    chainpath,
+    dispatch,
+    gitattempt,
+    live,
+    load,
+    ray,
+    resident,
+    spawn,
+    status,
+    writeback,
+)
 from .common import scratch_root
 
 ALL = {
@@ -24,6 +36,7 @@ ALL = {
     "live": live.run,
     "spawn": spawn.run,
     "breakdown": breakdown.run,
+    "chainpath": chainpath.run,
 }
 
 

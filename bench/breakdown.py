@@ -15,8 +15,6 @@ from __future__ import annotations
 import collections
 import functools
 import gc
-import importlib
-import inspect
 import sqlite3
 import tempfile
 import threading
@@ -28,7 +26,7 @@ from typing import Any
 
 from orchestrator import store as store_module
 
-from .common import run_daemon, scratch_root
+from .common import patch, run_daemon, scratch_root
 from .gen import write_tracks
 
 TASKS = 5000
@@ -54,9 +52,7 @@ COUNTED: tuple[tuple[int, str, str], ...] = (
     (0, "orchestrator.merge", "merge_task"),
     (0, "orchestrator.filelayout", "Layout.render"),
 )
-"""(indent, module, attribute): the functions counted. An attribute called through another
-module's own name for it (``from x import f``) would not be seen: these are called through
-their module or class."""
+"""(indent, module, attribute): the functions counted (see :func:`.common.patch`)."""
 
 
 class _Counter:
@@ -112,17 +108,7 @@ class _Connection:
 
 @contextmanager
 def _counting(counter: _Counter) -> Iterator[None]:
-    undo: list[Callable[[], None]] = []
-    for _indent, module, attribute in COUNTED:
-        owner: Any = importlib.import_module(module)
-        *path, last = attribute.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        original = getattr(owner, last)
-        if inspect.iscoroutinefunction(original):
-            raise TypeError(f"{module}.{attribute} is async: its CPU cannot be counted")
-        setattr(owner, last, counter.wrap(attribute, original))
-        undo.append(functools.partial(setattr, owner, last, original))
+    undo = [patch([(module, attribute) for _indent, module, attribute in COUNTED], counter.wrap)]
     store_init = store_module.Store.__init__
 
     def init(self: store_module.Store, *args: Any, **kwargs: Any) -> None:

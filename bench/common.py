@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import importlib
+import inspect
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +79,32 @@ def run_daemon(
     finally:
         os.chdir(here)
     return result
+
+
+def patch(
+    targets: Iterable[tuple[str, str]],
+    wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]],
+) -> Callable[[], None]:
+    """Replace each synchronous function ``(module, "Class.attribute")`` by ``wrap(attribute,
+    function)``; return what puts them all back.
+
+    A function called through another module's own name for it (``from x import f``) would
+    not be seen: the targets are called through their module or class.
+    """
+    undo: list[Callable[[], None]] = []
+    for module, attribute in targets:
+        owner: Any = importlib.import_module(module)
+        *path, last = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, last)
+        if inspect.iscoroutinefunction(original):
+            raise TypeError(f"{module}.{attribute} is async: it cannot be wrapped here")
+        setattr(owner, last, wrap(attribute, original))
+        undo.append(functools.partial(setattr, owner, last, original))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
