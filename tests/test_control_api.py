@@ -334,25 +334,27 @@ async def test_tcp_needs_the_token_for_changes_and_a_loopback_host(
         assert url.startswith("http://127.0.0.1:")
         token = (live.state / api.TOKEN_NAME).read_text().strip()
 
-        def exchange() -> dict[str, int]:
+        def exchange() -> tuple[dict[str, int], set[str]]:
             with httpx.Client(base_url=url, timeout=10) as http:
-                codes = {
-                    "read": http.get(api.STATUS).status_code,
-                    "page": http.get("/").status_code,
-                    "no token": http.post(api.PAUSE, json={}).status_code,
+                answers = {
+                    "read": http.get(api.STATUS),
+                    "page": http.get("/"),
+                    "no token": http.post(api.PAUSE, json={}),
                     "wrong token": http.post(
                         api.PAUSE, json={}, headers={"authorization": "Bearer nope"}
-                    ).status_code,
-                    "token in query": http.post(api.PAUSE + f"?token={token}", json={}).status_code,
-                    "foreign host": http.get(
-                        api.STATUS, headers={"host": "evil.example"}
-                    ).status_code,
+                    ),
+                    "token in query": http.post(api.PAUSE + f"?token={token}", json={}),
+                    "foreign host": http.get(api.STATUS, headers={"host": "evil.example"}),
                 }
+            codes = {name: answer.status_code for name, answer in answers.items()}
+            closed = {n for n, a in answers.items() if a.headers.get("connection") == "close"}
             with Client.tcp(url, token) as client:
                 codes["with token"] = 200 if client.pause().paused else 0
-            return codes
+            return codes, closed
 
-        codes = await live.call(exchange)
+        codes, closed = await live.call(exchange)
+        # A refusal leaves the body it did not read behind: the connection is not reused.
+        assert closed == {"no token", "wrong token", "token in query", "foreign host"}
         assert codes == {
             "read": 200,
             "page": 200,

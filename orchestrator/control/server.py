@@ -411,23 +411,19 @@ class Guard:
             return
         headers = dict(scope.get("headers") or [])
         if not self.remote and headers.get(b"host", b"").lower() not in self.hosts:
-            response = error_response(
-                403, "the control API answers only to loopback host names", "forbidden"
-            )
-            await response(scope, receive, send)
+            message = "the control API answers only to loopback host names"
+            await _refuse(error_response(403, message, "forbidden"), scope, receive, send)
             return
         reading = scope["method"] in ("GET", "HEAD")
         # The page itself holds no data: it must load before it can send the token.
         page = reading and scope.get("path") in PUBLIC_PATHS
         needed = not reading or (self.remote and not page)
         if needed and not self._authorized(scope, headers, reading):
-            response = error_response(
-                401,
+            message = (
                 "this request needs the daemon's token: send 'Authorization: Bearer TOKEN' "
-                "(the token is in the state directory's http.token)",
-                "unauthorized",
+                "(the token is in the state directory's http.token)"
             )
-            await response(scope, receive, send)
+            await _refuse(error_response(401, message, "unauthorized"), scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -442,3 +438,14 @@ class Guard:
                 if name == b"token":
                     return hmac.compare_digest(value, self.token)
         return False
+
+
+async def _refuse(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a refused request without reading its body, and close the connection.
+
+    The client may still be sending that body. Left open, the connection would be closed by
+    the server once it sees the unread body, possibly under the client's next request on it
+    ("server disconnected without sending a response").
+    """
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
