@@ -1,0 +1,67 @@
+"""A reload, a person's order or the daemon stopping while something waits on a thread.
+
+A wait in a worker thread (``anyio.to_thread.run_sync``) is not interrupted: what was decided
+meanwhile (a track removed, a task gone, a worktree removed) must be seen by the code that
+runs once the wait ends. Each test here holds a thread function on a ``threading.Event``,
+changes the daemon's state meanwhile, and then lets it go: deterministic, no sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from orchestrator import writeback
+
+from . import live_harness as lh
+from .conftest import WriteTrack
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_track_removed_while_its_file_is_read_for_write_back_stays_removed(
+    tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write-back reads the file in a thread; the file is deleted and a reload removes
+    the track meanwhile. The write-back must drop what it read, not count the tasks of a track
+    the graph no longer has (a KeyError that took the daemon down) nor put the track back."""
+    entered, release = threading.Event(), threading.Event()
+    armed = threading.Event()
+    read = writeback._read
+
+    def held(path: Path, fid: object) -> object:
+        done = read(path, fid)  # type: ignore[arg-type]
+        if armed.is_set() and path.name == "t.json":  # read: the file is deleted now
+            armed.clear()
+            entered.set()
+            release.wait(10)
+        return done
+
+    monkeypatch.setattr(writeback, "_read", held)
+    path = write_track("t", [{"id": "K", "command": "true"}])
+    write_track("u", [{"id": "U", "command": "true"}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:K").done and live.status("u:U").done)
+        await live.settled("t")
+        armed.set()
+        live.engine.pause_track("t", "a person's pause")  # the file is written back
+        await live.until(entered.is_set)
+        path.unlink()
+        reload = live.control.reload
+        assert reload is not None
+
+        async def reloading() -> None:  # waits for the write-back: a task of its own
+            await reload()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reloading)
+            await live.until(lambda: "t" not in live.engine.tracks)
+            release.set()
+        assert "t" not in live.engine.tracks
+        assert "t" in live.engine.removed
+        assert not path.exists()
+        live.engine.pause_track("u", "still answering")  # the write-back still runs
+        await live.until(lambda: live.doc("u").get("track", {}).get("paused") is True)
