@@ -14,9 +14,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import writeback
+from orchestrator import agentrun, gitwork, writeback
+from orchestrator.model import Status, TaskKey
 
 from . import live_harness as lh
+from .agent_harness import make_repo, needs_git, write_config
 from .conftest import WriteTrack
 
 pytestmark = pytest.mark.anyio
@@ -65,3 +67,42 @@ async def test_a_track_removed_while_its_file_is_read_for_write_back_stays_remov
         assert not path.exists()
         live.engine.pause_track("u", "still answering")  # the write-back still runs
         await live.until(lambda: live.doc("u").get("track", {}).get("paused") is True)
+
+
+@needs_git
+async def test_a_task_added_while_its_tracks_worktree_is_removed_gets_a_new_one(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The track's last task done, its worktree is removed (in a thread); a task added to the
+    file meanwhile is handed the tree being removed and waits for it. It must work in a tree
+    that exists once it has the tree, not be blocked by git failing in a removed directory."""
+    entered, release = threading.Event(), threading.Event()
+    remove = gitwork.remove_worktree
+
+    def held(root: Path, path: Path) -> None:
+        entered.set()
+        release.wait(10)
+        remove(root, path)
+
+    monkeypatch.setattr(gitwork, "remove_worktree", held)
+    make_repo(tmp_path / "repo")
+    write_config(tmp_path, "[git]\nworktrees = true\n")
+    path = write_track(
+        "t",
+        [{"id": "K", "command": "true", "allow_no_changes": True}],
+        track={"workdir": "../repo", "concurrency": 2},  # K's runner holds a slot meanwhile
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(entered.is_set)  # K is done: its worktree goes
+        trees = agentrun.of(live.engine).trees
+        tree = trees.tree("t")
+        assert tree is not None
+        assert tree.lock.locked()
+        doc = live.doc("t")
+        doc["features"].append({"id": "L", "command": "true", "allow_no_changes": True})
+        lh.write_and_rename(path, lh.dump(doc))
+        await live.until(lambda: tree.lock.statistics().tasks_waiting == 1)  # L wants it
+        release.set()
+        ended = (Status.COMPLETE, Status.BLOCKED, Status.FAILED)
+        await live.until(lambda: live.status("t:L") in ended)
+        assert live.status("t:L") is Status.COMPLETE, live.engine.states[TaskKey("t", "L")]
