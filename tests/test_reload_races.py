@@ -14,8 +14,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import agentrun, gitwork, writeback
+from orchestrator import agentrun, gitattempt, gitwork, writeback
+from orchestrator.attempt import AttemptResult
 from orchestrator.model import Status, TaskKey
+from orchestrator.states import Event
 
 from . import live_harness as lh
 from .agent_harness import make_repo, needs_git, write_config
@@ -106,3 +108,47 @@ async def test_a_task_added_while_its_tracks_worktree_is_removed_gets_a_new_one(
         ended = (Status.COMPLETE, Status.BLOCKED, Status.FAILED)
         await live.until(lambda: live.status("t:L") in ended)
         assert live.status("t:L") is Status.COMPLETE, live.engine.states[TaskKey("t", "L")]
+
+
+@needs_git
+@pytest.mark.parametrize("order", [Event.ORDER_SKIP, Event.ORDER_ACCEPT])
+async def test_an_order_given_while_a_failed_attempt_is_put_aside_stands(
+    order: Event,
+    tmp_path: Path,
+    tracks_dir: Path,
+    write_track: WriteTrack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A person's order comes while git keeps a failed attempt's changes aside (in a thread).
+    The order decides the task's fate: the attempt's FAIL must not put the task back to
+    pending (which ran it again, as if nobody had said anything)."""
+    entered, release = threading.Event(), threading.Event()
+    keep = gitattempt.GitAttempt._save_and_reset
+
+    def held(attempt: gitattempt.GitAttempt, result: AttemptResult) -> str | None:
+        entered.set()
+        release.wait(10)
+        return keep(attempt, result)
+
+    monkeypatch.setattr(gitattempt.GitAttempt, "_save_and_reset", held)
+    make_repo(tmp_path / "repo")
+    write_track(
+        "t",
+        [
+            {"id": "K", "command": "false", "max_iterations": 3},
+            {"id": "L", "command": "true", "allow_no_changes": True},
+        ],
+        track={"workdir": "../repo", "concurrency": 1},
+    )
+    k = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(entered.is_set)
+        live.engine.order(k, order, "a person's order")
+        wanted = live.engine.states[k].status
+        release.set()
+        await live.until(lambda: live.status("t:L") is Status.COMPLETE)
+        assert live.engine.states[k].status is wanted
+        (attempt,) = live.engine.store.attempts(k)
+        assert (attempt.state, attempt.reason) == ("interrupted", "a person's order")
+        doc = await live.settled("t")
+        assert doc["features"][0]["status"] == wanted.value
