@@ -138,15 +138,22 @@ class AgentRuntime:
         def workdirs() -> dict[str, Path]:
             return {name: t.workdir for name, t in engine.tracks.items()}
 
+        while True:
+            try:
+                tree = await self.trees.prepare(key.track, track.workdir, workdirs, integration)
+            except (GitError, OSError) as exc:
+                yield Session(error=f"git: {exc}")
+                return
+            if tree is None:
+                yield Session()
+                return
+            await tree.lock.acquire()
+            if self.trees.tree(key.track) is tree:
+                break
+            # Removed while this waited for it (the track's last task was done and its
+            # worktree cleaned up), or replaced: the track's tree now, made again if need be.
+            tree.lock.release()
         try:
-            tree = await self.trees.prepare(key.track, track.workdir, workdirs, integration)
-        except (GitError, OSError) as exc:
-            yield Session(error=f"git: {exc}")
-            return
-        if tree is None:
-            yield Session()
-            return
-        async with tree.lock:
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
             attempt = GitAttempt(self.trees, tree, task, number, self.guardrails, scratch, stamp)
@@ -162,6 +169,8 @@ class AgentRuntime:
                 git=attempt,
                 commit=git.commit,
             )
+        finally:
+            tree.lock.release()
 
     def stop_reason(self, key: TaskKey) -> str | None:
         """Why a running task must not start another attempt now (its track is held)."""

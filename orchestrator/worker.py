@@ -408,6 +408,14 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                 current = _rebased(engine, key, current)
                 result = outcome.result
                 details = runtime.details(plan, outcome)
+                if engine.states[key].status is not Status.IN_PROGRESS:
+                    # An order (skip, block, accept: each cancels the attempt) came while the
+                    # attempt's end waited on a thread, which no cancellation interrupts: the
+                    # order decides the task's fate, and the attempt is interrupted as if it had
+                    # come a moment earlier (what it spent is recorded all the same).
+                    if details is not None:
+                        engine.store.set_attempt_details(current.id, details)
+                    await anyio.lowlevel.checkpoint_if_cancelled()
                 if result.usage_limit is not None and plan.agent is not None:
                     # Not the task's doing: the attempt is interrupted, and not counted.
                     if details is not None:

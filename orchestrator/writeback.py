@@ -177,6 +177,8 @@ class Writeback:
         read = await anyio.to_thread.run_sync(_read, track.path, known.fid if known else None)
         if read is None:
             return []  # gone (perhaps for a moment, mid-save): the reloader decides
+        if self.engine.tracks.get(name) is not track:
+            return []  # removed (its file deleted) while the file was read: nothing to write
         if known is not None and read.digest == known.digest:
             if known.fid != read.before and read.before == read.after:
                 known.fid = read.before  # touched, or saved unchanged: the same content
@@ -271,6 +273,8 @@ class Writeback:
         qf = await anyio.to_thread.run_sync(
             self._parse, display, track.path.stem, read.data, track.path, read.digest
         )
+        if self.engine.tracks.get(name) is not track:
+            return []  # removed while the file was parsed: what was read must not bring it back
         if not qf.ok or qf.track is None or qf.doc is None or qf.text is None:
             return self._invalid(track, list(qf.problems), before)
         if qf.track.name != name:
