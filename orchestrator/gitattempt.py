@@ -23,6 +23,8 @@ import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import anyio
+
 from . import gitwork
 from .attempt import AttemptResult, Note
 from .errors import GitError
@@ -217,16 +219,25 @@ class GitAttempt:
 
         A git failure here blocks a PASS (the verified work stays in the tree for a person)
         and is added to the reason of anything else.
+
+        Shielded: a commit and its merge belong together, and the verdict that follows is
+        recorded. A cancellation that comes meanwhile (the daemon stopping, the task leaving
+        its file) takes effect once git is done. Its work runs in threads, which no
+        cancellation interrupts anyway; only the wait for the repository's lock is added.
         """
-        try:
-            return await self._conclude(result, commit)
-        except (GitError, OSError) as exc:
-            files = tuple(sorted(c.path for c in self.changed))
-            if result.verdict is Verdict.PASS:
-                reason = f"git: verified, but not committed: {exc}"
-                return Outcome(replace(result, verdict=Verdict.BLOCKED, reason=reason), files)
-            reason = f"{result.reason}; git: the changes were not kept and reset: {exc}"
-            return Outcome(replace(result, reason=reason), files)
+        with anyio.CancelScope(shield=True):
+            try:
+                outcome = await self._conclude(result, commit)
+            except (GitError, OSError) as exc:
+                files = tuple(sorted(c.path for c in self.changed))
+                if result.verdict is Verdict.PASS:
+                    reason = f"git: verified, but not committed: {exc}"
+                    blocked = replace(result, verdict=Verdict.BLOCKED, reason=reason)
+                    outcome = Outcome(blocked, files)
+                else:
+                    reason = f"{result.reason}; git: the changes were not kept and reset: {exc}"
+                    outcome = Outcome(replace(result, reason=reason), files)
+        return outcome
 
     async def _conclude(self, result: AttemptResult, commit: bool) -> Outcome:
         if result.verdict is Verdict.PASS:

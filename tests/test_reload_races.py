@@ -8,6 +8,7 @@ changes the daemon's state meanwhile, and then lets it go: deterministic, no sle
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -152,3 +153,40 @@ async def test_an_order_given_while_a_failed_attempt_is_put_aside_stands(
         assert (attempt.state, attempt.reason) == ("interrupted", "a person's order")
         doc = await live.settled("t")
         assert doc["features"][0]["status"] == wanted.value
+
+
+@needs_git
+async def test_a_verified_commit_is_merged_even_when_its_task_is_removed_meanwhile(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task leaves its file while git commits its verified work (in a thread). A commit
+    and its merge belong together: the merge must follow, and the PASS be recorded, instead of
+    a commit left on the track's branch and an attempt recorded as interrupted (whose next
+    attempt would find nothing to change, and fail)."""
+    entered, release = threading.Event(), threading.Event()
+    commit = gitattempt.GitAttempt._commit
+
+    def held(attempt: gitattempt.GitAttempt, enabled: bool) -> str | None:
+        entered.set()
+        release.wait(10)
+        return commit(attempt, enabled)
+
+    monkeypatch.setattr(gitattempt.GitAttempt, "_commit", held)
+    repo = make_repo(tmp_path / "repo")
+    path = write_track(
+        "a", [{"id": "A", "command": "echo done > a.txt"}], track={"workdir": "../repo"}
+    )
+    # A second track in the repository: each works in a worktree of its own, merged into main.
+    write_track(
+        "b", [{"id": "B", "command": "true", "status": "complete"}], track={"workdir": "../repo"}
+    )
+    key = TaskKey("a", "A")
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(entered.is_set)
+        path.write_text(json.dumps({"track": {"workdir": "../repo"}, "features": []}))
+        await live.until(lambda: key not in live.engine.defs)
+        release.set()
+        await live.until(lambda: live.engine.states[key].status is Status.COMPLETE)
+        (attempt,) = live.engine.store.attempts(key)
+        assert (attempt.state, attempt.verdict) == ("finished", "PASS")
+    assert (repo / "a.txt").read_text() == "done\n"
