@@ -69,7 +69,8 @@ class Live:
         raise AssertionError(f"timed out waiting for {what}")
 
     async def settled(self, name: str) -> dict[str, Any]:
-        """The file once the daemon has written back everything it knows."""
+        """The file once the daemon has written back everything it knows (each task's status
+        and error: a person's edit of a status already matches, before the daemon's write)."""
 
         def current() -> bool:
             try:
@@ -80,7 +81,11 @@ class Live:
             for item in items:
                 key = TaskKey(name, item["id"])
                 state = self.engine.states.get(key)
-                if state is not None and item.get("status", "pending") != state.status.value:
+                if state is None:
+                    continue
+                if item.get("status", "pending") != state.status.value:
+                    return False
+                if item.get("error") != state.owned.error:
                     return False
             return True
 
