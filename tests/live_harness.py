@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -217,3 +218,28 @@ def vim_substitute(path: Path, pattern: str, replacement: str) -> None:
     """A real vim, saving with its defaults (no user vimrc)."""
     command = f"%s#{pattern}#{replacement}#"
     run(["vim", "-u", "NONE", "-i", "NONE", "-N", "-es", "-c", command, "-c", "wq", str(path)])
+
+
+@dataclass(frozen=True)
+class Held:
+    """A function that waits, where it is called (a worker thread), until released."""
+
+    entered: threading.Event
+    """Set when the function is called (and is waiting)."""
+    release: threading.Event
+    """Set it to let the function go on (after 10 s it goes on anyway)."""
+
+
+def hold(monkeypatch: Any, owner: object, name: str) -> Held:
+    """Make ``owner.name`` wait for :attr:`Held.release` each time it is called, then do its
+    work: the daemon's state can be changed while it waits, deterministically."""
+    original = getattr(owner, name)
+    held = Held(threading.Event(), threading.Event())
+
+    def holding(*args: Any, **kwargs: Any) -> Any:
+        held.entered.set()
+        held.release.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, holding)
+    return held

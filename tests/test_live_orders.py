@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import explain, gitattempt, gitwork, worktrees
-from orchestrator.attempt import AttemptResult
+from orchestrator import explain, gitattempt, worktrees
 from orchestrator.model import Status, TaskKey
 
 from . import live_harness as lh
@@ -206,15 +204,7 @@ async def test_a_task_removed_while_its_attempt_waits_for_a_thread_is_dropped(
     """The removal cancels the attempt while git's look at the workdir runs in a thread, which
     no cancellation interrupts: the attempt must see it before it plans, not fail for want of
     the task's definition (which took the daemon down)."""
-    entered, release = threading.Event(), threading.Event()
-    look = worktrees.Trees.repo_of
-
-    def held(trees: worktrees.Trees, workdir: Path) -> gitwork.Repo | None:
-        entered.set()
-        release.wait(10)
-        return look(trees, workdir)
-
-    monkeypatch.setattr(worktrees.Trees, "repo_of", held)
+    held = lh.hold(monkeypatch, worktrees.Trees, "repo_of")
     path = write_track(
         "t",
         [
@@ -224,10 +214,10 @@ async def test_a_task_removed_while_its_attempt_waits_for_a_thread_is_dropped(
         track={"concurrency": 1},
     )
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(entered.is_set)
+        await live.until(held.entered.is_set)
         edit(path, {"K": None})
         await live.until(lambda: TaskKey("t", "K") not in live.engine.defs)
-        release.set()
+        held.release.set()
         await live.until(lambda: lh.ledger(tmp_path) == ["L"])
         (attempt,) = live.engine.store.attempts(TaskKey("t", "K"))
         assert (attempt.state, attempt.reason) == ("interrupted", "removed from its queue file")
@@ -245,15 +235,7 @@ async def test_a_task_removed_while_its_failed_attempt_is_put_aside_is_dropped(
     """The same between attempts: the removal comes while git keeps the failed attempt's
     changes aside (in a thread). The Ralph loop must not begin another attempt, and an agent's
     spending is still checked against the track's budgets."""
-    entered, release = threading.Event(), threading.Event()
-    keep = gitattempt.GitAttempt._save_and_reset
-
-    def held(attempt: gitattempt.GitAttempt, result: AttemptResult) -> str | None:
-        entered.set()
-        release.wait(10)
-        return keep(attempt, result)
-
-    monkeypatch.setattr(gitattempt.GitAttempt, "_save_and_reset", held)
+    held = lh.hold(monkeypatch, gitattempt.GitAttempt, "_save_and_reset")
     make_repo(tmp_path / "repo")
     if by == "agent":
         agent = fake_agent(tmp_path / "agent", {"tasks": {"K": [{"json": True, "cost": 0.3}]}})
@@ -272,10 +254,10 @@ async def test_a_task_removed_while_its_failed_attempt_is_put_aside_is_dropped(
         track={"workdir": "../repo", "concurrency": 1},
     )
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(entered.is_set)
+        await live.until(held.entered.is_set)
         edit(path, {"K": None})
         await live.until(lambda: TaskKey("t", "K") not in live.engine.defs)
-        release.set()
+        held.release.set()
         if by == "agent":  # over the track's budget: the track pauses, L waits
             await live.until(lambda: bool(live.kinds("budget_exceeded")))
             live.engine.resume_track("t")

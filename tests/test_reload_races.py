@@ -16,7 +16,6 @@ import anyio
 import pytest
 
 from orchestrator import agentrun, gitattempt, gitwork, writeback
-from orchestrator.attempt import AttemptResult
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
 
@@ -79,15 +78,7 @@ async def test_a_task_added_while_its_tracks_worktree_is_removed_gets_a_new_one(
     """The track's last task done, its worktree is removed (in a thread); a task added to the
     file meanwhile is handed the tree being removed and waits for it. It must work in a tree
     that exists once it has the tree, not be blocked by git failing in a removed directory."""
-    entered, release = threading.Event(), threading.Event()
-    remove = gitwork.remove_worktree
-
-    def held(root: Path, path: Path) -> None:
-        entered.set()
-        release.wait(10)
-        remove(root, path)
-
-    monkeypatch.setattr(gitwork, "remove_worktree", held)
+    held = lh.hold(monkeypatch, gitwork, "remove_worktree")
     make_repo(tmp_path / "repo")
     write_config(tmp_path, "[git]\nworktrees = true\n")
     path = write_track(
@@ -96,7 +87,7 @@ async def test_a_task_added_while_its_tracks_worktree_is_removed_gets_a_new_one(
         track={"workdir": "../repo", "concurrency": 2},  # K's runner holds a slot meanwhile
     )
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(entered.is_set)  # K is done: its worktree goes
+        await live.until(held.entered.is_set)  # K is done: its worktree goes
         trees = agentrun.of(live.engine).trees
         tree = trees.tree("t")
         assert tree is not None
@@ -105,7 +96,7 @@ async def test_a_task_added_while_its_tracks_worktree_is_removed_gets_a_new_one(
         doc["features"].append({"id": "L", "command": "true", "allow_no_changes": True})
         lh.write_and_rename(path, lh.dump(doc))
         await live.until(lambda: tree.lock.statistics().tasks_waiting == 1)  # L wants it
-        release.set()
+        held.release.set()
         ended = (Status.COMPLETE, Status.BLOCKED, Status.FAILED)
         await live.until(lambda: live.status("t:L") in ended)
         assert live.status("t:L") is Status.COMPLETE, live.engine.states[TaskKey("t", "L")]
@@ -123,15 +114,7 @@ async def test_an_order_given_while_a_failed_attempt_is_put_aside_stands(
     """A person's order comes while git keeps a failed attempt's changes aside (in a thread).
     The order decides the task's fate: the attempt's FAIL must not put the task back to
     pending (which ran it again, as if nobody had said anything)."""
-    entered, release = threading.Event(), threading.Event()
-    keep = gitattempt.GitAttempt._save_and_reset
-
-    def held(attempt: gitattempt.GitAttempt, result: AttemptResult) -> str | None:
-        entered.set()
-        release.wait(10)
-        return keep(attempt, result)
-
-    monkeypatch.setattr(gitattempt.GitAttempt, "_save_and_reset", held)
+    held = lh.hold(monkeypatch, gitattempt.GitAttempt, "_save_and_reset")
     make_repo(tmp_path / "repo")
     write_track(
         "t",
@@ -143,10 +126,10 @@ async def test_an_order_given_while_a_failed_attempt_is_put_aside_stands(
     )
     k = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(entered.is_set)
+        await live.until(held.entered.is_set)
         live.engine.order(k, order, "a person's order")
         wanted = live.engine.states[k].status
-        release.set()
+        held.release.set()
         await live.until(lambda: live.status("t:L") is Status.COMPLETE)
         assert live.engine.states[k].status is wanted
         (attempt,) = live.engine.store.attempts(k)
@@ -163,15 +146,7 @@ async def test_a_verified_commit_is_merged_even_when_its_task_is_removed_meanwhi
     and its merge belong together: the merge must follow, and the PASS be recorded, instead of
     a commit left on the track's branch and an attempt recorded as interrupted (whose next
     attempt would find nothing to change, and fail)."""
-    entered, release = threading.Event(), threading.Event()
-    commit = gitattempt.GitAttempt._commit
-
-    def held(attempt: gitattempt.GitAttempt, enabled: bool) -> str | None:
-        entered.set()
-        release.wait(10)
-        return commit(attempt, enabled)
-
-    monkeypatch.setattr(gitattempt.GitAttempt, "_commit", held)
+    held = lh.hold(monkeypatch, gitattempt.GitAttempt, "_commit")
     repo = make_repo(tmp_path / "repo")
     path = write_track(
         "a", [{"id": "A", "command": "echo done > a.txt"}], track={"workdir": "../repo"}
@@ -182,10 +157,10 @@ async def test_a_verified_commit_is_merged_even_when_its_task_is_removed_meanwhi
     )
     key = TaskKey("a", "A")
     async with lh.live_daemon(tracks_dir) as live:
-        await live.until(entered.is_set)
+        await live.until(held.entered.is_set)
         path.write_text(json.dumps({"track": {"workdir": "../repo"}, "features": []}))
         await live.until(lambda: key not in live.engine.defs)
-        release.set()
+        held.release.set()
         await live.until(lambda: live.engine.states[key].status is Status.COMPLETE)
         (attempt,) = live.engine.store.attempts(key)
         assert (attempt.state, attempt.verdict) == ("finished", "PASS")
