@@ -95,7 +95,11 @@ class Live:
 
 
 @asynccontextmanager
-async def live_daemon(tracks: Path, state: Path | None = None, **extra: Any) -> AsyncIterator[Live]:
+async def live_daemon(
+    tracks: Path, state: Path | None = None, *, watch: bool = True, **extra: Any
+) -> AsyncIterator[Live]:
+    """The daemon, with its file watcher unless ``watch`` is false (then only an explicit
+    reload, ``live.control.reload``, looks at the files)."""
     state = state or tracks.parent / "state"
     extra = {"watch_quiet": QUIET, "shutdown_grace": 1, "kill_grace": 0.5, **extra}
     cfg = settings(tracks, state, **extra)
@@ -115,7 +119,7 @@ async def live_daemon(tracks: Path, state: Path | None = None, **extra: Any) -> 
                 control=live.control,
                 on_ready=on_ready,
                 handle_signals=False,
-                services=[watch_tracks],
+                services=[watch_tracks] if watch else [],
             )
 
     try:

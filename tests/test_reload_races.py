@@ -71,6 +71,40 @@ async def test_a_track_removed_while_its_file_is_read_for_write_back_stays_remov
         await live.until(lambda: live.doc("u").get("track", {}).get("paused") is True)
 
 
+async def test_a_track_removed_while_its_edited_file_is_parsed_for_write_back_stays_removed(
+    tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same while the write-back parses a file someone else changed (a full sync, in a
+    thread): what it parsed must not put the removed track back in force."""
+    path = write_track("t", [{"id": "K", "command": "true"}])
+    write_track("u", [{"id": "U", "command": "true"}])
+    # No file watcher: the write-back, not a reload, reads the edit.
+    async with lh.live_daemon(tracks_dir, watch=False) as live:
+        await live.until(lambda: live.status("t:K").done and live.status("u:U").done)
+        await live.settled("t")
+        held = lh.hold(monkeypatch, writeback.Writeback, "_parse")
+        doc = json.loads(path.read_text())
+        doc["features"][0]["description"] = "edited by a person"
+        path.write_text(json.dumps(doc))
+        live.engine.pause_track("t", "a person's pause")  # the file is written back
+        await live.until(held.entered.is_set)
+        path.unlink()
+        reload = live.control.reload
+        assert reload is not None
+
+        async def reloading() -> None:
+            await reload()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reloading)
+            await live.until(lambda: "t" not in live.engine.tracks)
+            held.release.set()
+        live.engine.pause_track("u", "still answering")  # the write-back has gone on
+        await live.until(lambda: live.doc("u").get("track", {}).get("paused") is True)
+        assert "t" not in live.engine.tracks
+        assert "t" in live.engine.removed
+
+
 @needs_git
 async def test_a_task_added_while_its_tracks_worktree_is_removed_gets_a_new_one(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
