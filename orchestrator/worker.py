@@ -34,6 +34,7 @@ from . import agentoutput, agentrun, agents, logs, procs
 from .attempt import AttemptPlan, AttemptResult, command_argv, run_attempt, write_failure_file
 from .clock import iso
 from .daemon import Engine, Track
+from .errors import StateError
 from .executors.base import Executor, RunInfo, RunSpec
 from .gitattempt import Outcome
 from .model import Command, Status, TaskDef, TaskKey, Verdict
@@ -81,7 +82,12 @@ class TrackWorker:
         try:
             while True:
                 key, resume = await runner.take()
-                await run_task(self.engine, key, resume)
+                try:
+                    await run_task(self.engine, key, resume)
+                except StateError:
+                    raise  # nothing can be recorded: the daemon stops, its state safe
+                except Exception as exc:  # a defect: it stops this task, not the daemon
+                    _contain(self.engine, key, exc)
                 self._idle.append(runner)
         finally:
             if runner in self._idle:
@@ -557,6 +563,23 @@ def _loop_ended(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
     nothing here can be cancelled half-way."""
     _interrupted(engine, key, attempt_id)
     engine.finished(key)
+
+
+def _contain(engine: Engine, key: TaskKey, exc: Exception) -> None:
+    """A defect of orchestratord ended a task's Ralph loop (which recorded the loop's end):
+    block the task, with the error as its reason, so that it is not run again and again."""
+    log.error("internal error in a task's Ralph loop", task=str(key), exc_info=exc)
+    state = engine.states.get(key)
+    if state is None or key not in engine.graph or state.status not in _UNDECIDED:
+        return  # gone from the schedule, or its fate already recorded
+    reason = (
+        f"internal error: {type(exc).__name__}: {exc} (a defect of orchestratord: the daemon's "
+        "log has the traceback; set the task's status to pending to try again)"
+    )
+    engine.order(key, Event.ORDER_BLOCK, reason)
+
+
+_UNDECIDED = frozenset({Status.PENDING, Status.IN_PROGRESS})
 
 
 def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:

@@ -6,11 +6,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from orchestrator import lock, procs
+from orchestrator import lock, procs, worker
+from orchestrator.attempt import AttemptPlan
 from orchestrator.daemon import Engine
 from orchestrator.errors import AlreadyRunningError
 from orchestrator.model import TaskKey
@@ -518,3 +520,35 @@ async def test_a_track_runs_its_tasks_in_a_few_runners(
     assert len(runners) == 40
     distinct = {id(task) for tasks in runners.values() for task in tasks}
     assert 3 <= len(distinct) <= 4  # 3 at once, and one more while a loop ends
+
+
+async def test_a_defect_in_one_tasks_loop_blocks_that_task_and_the_daemon_goes_on(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception in the Ralph loop of one task (a bug of orchestratord) blocks
+    that task with the error as its reason; the other tasks run, the daemon does not stop."""
+    plan = worker.plan_attempt
+
+    def faulty(engine: Engine, key: TaskKey, *args: Any, **kwargs: Any) -> AttemptPlan:
+        if key.id == "BAD":
+            raise RuntimeError("a defect")
+        return plan(engine, key, *args, **kwargs)
+
+    monkeypatch.setattr(worker, "plan_attempt", faulty)
+    write_track(
+        "t",
+        [
+            {"id": "BAD", "command": note("BAD", tmp_path)},
+            {"id": "OK", "command": note("OK", tmp_path)},
+            {"id": "AFTER", "command": note("AFTER", tmp_path), "dependencies": ["BAD"]},
+        ],
+    )
+    run = await run_once(tracks_dir)
+    assert run.code == 1  # AFTER waits on the blocked task
+    assert ledger(tmp_path) == ["OK"]
+    bad = run.task("t", "BAD")
+    assert bad["status"] == "blocked"
+    assert bad["error"].startswith("internal error: RuntimeError: a defect (a defect of")
+    assert run.task("t", "AFTER").get("status", "pending") == "pending"
+    (attempt,) = run.store().attempts(TaskKey("t", "BAD"))
+    assert attempt.state == "interrupted"
