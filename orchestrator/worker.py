@@ -569,6 +569,8 @@ def _contain(engine: Engine, key: TaskKey, exc: Exception) -> None:
     """A defect of orchestratord ended a task's Ralph loop (which recorded the loop's end):
     block the task, with the error as its reason, so that it is not run again and again."""
     log.error("internal error in a task's Ralph loop", task=str(key), exc_info=exc)
+    if engine.draining:
+        return  # the daemon is stopping (perhaps the cause): the next start runs the task again
     state = engine.states.get(key)
     if state is None or key not in engine.graph or state.status not in _UNDECIDED:
         return  # gone from the schedule, or its fate already recorded

@@ -20,7 +20,7 @@ from orchestrator.supervisor import Control
 
 from .conftest import WriteTrack
 from .daemon_harness import run_once
-from .live_harness import ledger, note
+from .live_harness import ledger, live_daemon, note
 from .process_harness import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -552,3 +552,30 @@ async def test_a_defect_in_one_tasks_loop_blocks_that_task_and_the_daemon_goes_o
     assert run.task("t", "AFTER").get("status", "pending") == "pending"
     (attempt,) = run.store().attempts(TaskKey("t", "BAD"))
     assert attempt.state == "interrupted"
+
+
+async def test_a_defect_while_the_daemon_stops_leaves_the_task_for_the_next_start(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same defect while the daemon stops (it may be the cause) does not block the task:
+    it is pending, for the next start to run again."""
+    rebased = worker._rebased
+
+    def faulty(engine: Engine, key: TaskKey, current: Any) -> Any:
+        if engine.draining:
+            raise RuntimeError("a defect")
+        return rebased(engine, key, current)
+
+    monkeypatch.setattr(worker, "_rebased", faulty)
+    marker = tmp_path / "go"
+    write_track("t", [{"id": "K", "command": f"while [ ! -e {marker} ]; do sleep 0.02; done"}])
+    async with live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.task("t", "K").get("status") == "in_progress")
+        live.control.request_stop()
+        await live.until(lambda: live.engine.draining)
+        marker.touch()  # the attempt ends within the stop's grace
+        key = TaskKey("t", "K")
+        await live.until(lambda: live.engine.states[key].status.value != "in_progress")
+        assert live.engine.states[key].status.value == "pending"
+        (attempt,) = live.engine.store.attempts(key)
+        assert attempt.state == "interrupted"
