@@ -28,17 +28,25 @@ K = TaskKey("t", "X")
 
 
 @contextmanager
-def group(marker: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A process group like the daemon's children: a leader (with a child of its own) whose
-    environment carries ``marker``."""
-    env = {**os.environ, procs.LAUNCH_VAR: marker}
-    leader = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], env=env, start_new_session=True)
+def session(
+    script: str, env: dict[str, str] | None = None, stdout: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``sh -c script`` leading a process group of its own, killed whole at the end."""
+    leader = subprocess.Popen(["sh", "-c", script], env=env, stdout=stdout, start_new_session=True)
     try:
-        wait_for(lambda: len(procs.group_members(leader.pid)) == 2)
         yield leader
     finally:
         procs.terminate_group(leader.pid, signal.SIGKILL)
         leader.wait(10)
+
+
+@contextmanager
+def group(marker: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process group like the daemon's children: a leader (with a child of its own) whose
+    environment carries ``marker``."""
+    with session("sleep 60 & wait", {**os.environ, procs.LAUNCH_VAR: marker}) as leader:
+        wait_for(lambda: len(procs.group_members(leader.pid)) == 2)
+        yield leader
 
 
 def test_an_unrecorded_child_of_a_running_attempt_is_found_and_ended(tmp_path: Path) -> None:
@@ -65,17 +73,12 @@ def test_a_group_found_by_a_later_process_starts_at_its_earliest(tmp_path: Path)
     leader: pids wrap), the group's start is its earliest process's, which ``end_leftovers``
     checks the leader against."""
     marker = procs.launch_marker("0123456789abcdef", os.getpid(), 1)
-    later = f"sleep 0.1; {procs.LAUNCH_VAR}={marker} sleep 60 & wait"
-    leader = subprocess.Popen(["sh", "-c", later], start_new_session=True)
-    try:
+    with session(f"sleep 0.1; {procs.LAUNCH_VAR}={marker} sleep 60 & wait") as leader:
         wait_for(lambda: len(procs.find_launched({marker})) == 1)
         first = procs.process_start_ticks(leader.pid)
         (member,) = [pid for pid in procs.group_members(leader.pid) if pid != leader.pid]
         assert procs.process_start_ticks(member) != first  # started 0.1 s after the leader
         assert procs.find_launched({marker}) == {leader.pid: first}
-    finally:
-        procs.terminate_group(leader.pid, signal.SIGKILL)
-        leader.wait(10)
 
 
 def test_a_recorded_child_is_ended_once(tmp_path: Path) -> None:
@@ -100,25 +103,16 @@ def test_an_unrecorded_group_whose_leader_has_ended_is_found_and_ended(
         **os.environ,
         procs.LAUNCH_VAR: procs.launch_marker(store.store_id, os.getpid(), attempt),
     }
-    leader = subprocess.Popen(
-        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-    )
-    assert leader.stdout is not None
-    left = int(leader.stdout.readline())
-    leader.stdout.close()
-    try:
+    with session("sleep 60 >/dev/null 2>&1 & echo $!", env, subprocess.PIPE) as leader:
+        assert leader.stdout is not None
+        left = int(leader.stdout.readline())
+        leader.stdout.close()
         if reaped:
             leader.wait(10)
         else:
             wait_for(lambda: procs.group_members(leader.pid) == [left])  # the leader: a zombie
         assert sorted(recover(store, grace=2.0).processes_ended) == [left]
         wait_for(lambda: not alive(left))
-    finally:
-        procs.terminate_group(leader.pid, signal.SIGKILL)
-        leader.wait(10)
 
 
 def test_a_recorded_group_refused_for_its_start_is_found_by_its_marker(tmp_path: Path) -> None:
