@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 import select
 import statistics
@@ -25,6 +24,7 @@ from typing import Any
 from orchestrator.executors import spawn
 
 from .common import patch, run_daemon, scratch_root
+from .gen import write_chain
 
 LINKS = 2000
 
@@ -119,12 +119,7 @@ def run() -> None:
     with tempfile.TemporaryDirectory(dir=scratch_root()) as scratch:
         root = Path(scratch)
         tracks = root / "tracks"
-        tracks.mkdir()
-        items = [
-            {"id": f"C{i}", "command": "true", "dependencies": [f"C{i - 1}"] if i else []}
-            for i in range(LINKS)
-        ]
-        (tracks / "chain.json").write_text(json.dumps({"features": items}))
+        write_chain(tracks, LINKS)
         moments: list[tuple[str, int]] = []
         restore = _marking(moments)
         try:

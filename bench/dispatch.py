@@ -29,7 +29,7 @@ from orchestrator.executors.local import LocalExecutor
 from orchestrator.supervisor import uvloop_available
 
 from .common import run_daemon, scratch_root
-from .gen import write_tracks
+from .gen import write_chain, write_tracks
 
 PARALLEL = 2
 TASKS = 5000
@@ -159,12 +159,7 @@ def _dispatch(root: Path, tools: set[str]) -> None:
 
 def _chain(root: Path, tools: set[str]) -> None:
     tracks = root / "tracks"
-    tracks.mkdir(parents=True)
-    items = [
-        {"id": f"C{i}", "command": "true", "dependencies": [f"C{i - 1}"] if i else []}
-        for i in range(CHAIN)
-    ]
-    (tracks / "chain.json").write_text(json.dumps({"features": items}))
+    write_chain(tracks, CHAIN)
     ours = timed_daemon(tracks, root / "state")
     rate = CHAIN / ours["wall"]
     line = f"  chain of {CHAIN}: {rate:.0f} links/s ({1000 / rate:.2f} ms per link)"

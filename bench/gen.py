@@ -65,3 +65,13 @@ def write_tracks(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2)
         )
     return edges
+
+
+def write_chain(directory: Path, links: int) -> None:
+    """One track, ``chain``, of ``links`` ``true`` tasks, each depending on the previous."""
+    items = [
+        {"id": f"C{i}", "command": "true", "dependencies": [f"C{i - 1}"] if i else []}
+        for i in range(links)
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "chain.json").write_bytes(orjson.dumps({"features": items}))
