@@ -319,8 +319,9 @@ class Engine:
             for kind, subject, data in events:
                 self.announce(kind, subject, **data)
 
-    def order(self, key: TaskKey, event: Event, reason: str) -> None:
-        """A person's order (retry, skip, accept, block) on one task."""
+    def order(self, key: TaskKey, event: Event, reason: str, by: str = "order") -> None:
+        """A person's order (retry, skip, accept, block) on one task; ``by``: who gives it, in
+        the event (``daemon``: the daemon itself blocks a task its own defect stopped)."""
         state = self.states[key]
         # In progress: running, or launched and about to run (its Ralph loop sees the order).
         running = state.status is Status.IN_PROGRESS
@@ -346,7 +347,7 @@ class Engine:
             Event.ORDER_ACCEPT: "task_complete",
             Event.ORDER_BLOCK: "task_blocked",
         }[event]
-        self.apply(key, new, (kind, key, {"reason": reason, "by": "order"}))
+        self.apply(key, new, (kind, key, {"reason": reason, "by": by}))
         if running:
             self.cancel_running(key, reason)
 

@@ -578,7 +578,7 @@ def _contain(engine: Engine, key: TaskKey, exc: Exception) -> None:
         f"internal error: {type(exc).__name__}: {exc} (a defect of orchestratord: the daemon's "
         "log has the traceback; set the task's status to pending to try again)"
     )
-    engine.order(key, Event.ORDER_BLOCK, reason)
+    engine.order(key, Event.ORDER_BLOCK, reason, by="daemon")
 
 
 _UNDECIDED = frozenset({Status.PENDING, Status.IN_PROGRESS})

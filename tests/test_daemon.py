@@ -549,6 +549,8 @@ async def test_a_defect_in_one_tasks_loop_blocks_that_task_and_the_daemon_goes_o
     bad = run.task("t", "BAD")
     assert bad["status"] == "blocked"
     assert bad["error"].startswith("internal error: RuntimeError: a defect (a defect of")
+    (blocked,) = [data for kind, ref, data in run.events if kind == "task_blocked"]
+    assert blocked["by"] == "daemon"  # not a person's order: no attempt is counted cut short twice
     assert run.task("t", "AFTER").get("status", "pending") == "pending"
     (attempt,) = run.store().attempts(TaskKey("t", "BAD"))
     assert attempt.state == "interrupted"
