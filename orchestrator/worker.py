@@ -560,9 +560,12 @@ def _previous_failure(engine: Engine, key: TaskKey) -> str:
 def _loop_ended(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
     """A task's Ralph loop is over, however it ended: record it if it was cut short (its
     attempt ``attempt_id``, if one was under way), and free its slot. Synchronous on purpose:
-    nothing here can be cancelled half-way."""
-    _interrupted(engine, key, attempt_id)
-    engine.finished(key)
+    nothing here can be cancelled half-way. The slot frees even if recording fails: the
+    error goes on to the runner (which contains it), and the track is not stuck."""
+    try:
+        _interrupted(engine, key, attempt_id)
+    finally:
+        engine.finished(key)
 
 
 def _contain(engine: Engine, key: TaskKey, exc: Exception) -> None:

@@ -556,6 +556,33 @@ async def test_a_defect_in_one_tasks_loop_blocks_that_task_and_the_daemon_goes_o
     assert attempt.state == "interrupted"
 
 
+async def test_a_defect_as_a_tasks_loop_ends_still_frees_its_slot(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect while the end of a Ralph loop is recorded does not keep the track's only slot
+    taken: the next task runs, and the task whose verdict was recorded keeps it."""
+    interrupted = worker._interrupted
+
+    def faulty(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
+        interrupted(engine, key, attempt_id)
+        if key.id == "FIRST":
+            raise RuntimeError("a defect")
+
+    monkeypatch.setattr(worker, "_interrupted", faulty)
+    write_track(
+        "t",
+        [
+            {"id": "FIRST", "command": note("FIRST", tmp_path)},
+            {"id": "NEXT", "command": note("NEXT", tmp_path)},
+        ],
+    )
+    with anyio.fail_after(20):  # a slot left taken: the run never ends
+        run = await run_once(tracks_dir, max_parallel=1)
+    assert run.code == 0
+    assert ledger(tmp_path) == ["FIRST", "NEXT"]
+    assert run.task("t", "FIRST")["status"] == "complete"  # its verdict stands
+
+
 async def test_a_defect_while_the_daemon_stops_leaves_the_task_for_the_next_start(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
