@@ -13,9 +13,11 @@ import pytest
 
 from orchestrator import lock, procs, worker
 from orchestrator.attempt import AttemptPlan
+from orchestrator.clock import SystemClock
 from orchestrator.daemon import Engine
 from orchestrator.errors import AlreadyRunningError
 from orchestrator.model import TaskKey
+from orchestrator.store import Store
 from orchestrator.supervisor import Control
 
 from .conftest import WriteTrack
@@ -461,6 +463,59 @@ async def test_services_are_ready_before_the_daemon_is(
         )
     assert code == 0
     assert seen == ["service started with workers ['t']", "ready"]
+
+
+async def test_a_task_given_to_a_runner_that_ends_before_taking_it_is_pending_again(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The daemon is cancelled from outside (a service failed) just as a task is handed to an
+    idle runner: the runner ends without taking it, and the task's loop counts as begun and
+    cut short. Its slot frees and it is pending again, with no attempt made."""
+    from anyio.abc import TaskStatus
+
+    from orchestrator.executors.local import LocalExecutor
+    from orchestrator.states import Event
+    from orchestrator.supervisor import Runtime, serve
+
+    from .daemon_harness import settings
+
+    write_track("t", [{"id": "A", "command": "true"}])
+    key = TaskKey("t", "A")
+    engines: list[Engine] = []
+
+    async def service(
+        rt: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        engine = rt.engine
+        while engine.states[key].status.value != "complete" or engine.busy():  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # A ran, and its runner waits for the track's next task
+        rt.tg.cancel_scope.cancel()  # as a failing service does
+        # A retry order slips in during the unwinding (shielded: the caller's own scope is
+        # cancelled, and the engine starts nothing from a cancelled one).
+        with anyio.CancelScope(shield=True):  # noqa: ASYNC100
+            engine.order(key, Event.ORDER_RETRY, "again")
+        assert engine.running["t"] == 1  # handed to the idle runner, not taken yet
+
+    state = tracks_dir.parent / "state"
+    async with LocalExecutor(1.0) as executor:
+        await serve(
+            settings(tracks_dir, state),
+            executor,
+            handle_signals=False,
+            services=[service],
+            on_ready=engines.append,
+        )
+    (engine,) = engines
+    assert engine.running["t"] == 0
+    assert engine.states[key].status.value == "pending"
+    store = Store.open(state, SystemClock())
+    stored = store.task(key)
+    assert stored is not None
+    assert stored.status.value == "pending"
+    assert len(store.attempts(key)) == 1  # the run before the order only
+    kinds = [e.type for e in store.events() if e.key == key]
+    assert kinds[-2:] == ["task_retry", "attempt_interrupted"]
 
 
 async def test_a_process_record_kept_for_later_is_committed_while_the_process_runs(
