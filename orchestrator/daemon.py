@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -397,6 +397,23 @@ class Engine:
         """Record an event that goes with no task state change, and announce it."""
         self.store.add_events((kind, subject, data))
         self.announce(kind, subject, **data)
+
+    def report_invalid(
+        self,
+        track: str | None,
+        file: str,
+        problems: Sequence[Problem],
+        reported: Sequence[Problem],
+        message: str,
+    ) -> None:
+        """Log and journal the problems of a file that does not read or validate, unless they
+        are those ``reported`` already (``track``: None for a file that is not a track)."""
+        rendered = [p.render() for p in problems]
+        if [p.render() for p in reported] == rendered:
+            return
+        for line in rendered:
+            log.warning(message, problem=line)
+        self.journal("queue_file_invalid", track, file=file, problems=rendered)
 
     def cancel_running(self, key: TaskKey, reason: str) -> None:
         scope = self._scopes.get(key)

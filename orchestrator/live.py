@@ -295,7 +295,7 @@ class Reloader:
             return
         display = queuefile.display_path(path)
         reported = self._problems.get(path, ())
-        self.writeback.report_invalid(None, display, problems, reported, "queue file not loaded")
+        self.engine.report_invalid(None, display, problems, reported, "queue file not loaded")
         self._problems[path] = problems
         self._publish()
 

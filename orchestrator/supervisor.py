@@ -111,7 +111,7 @@ def _load_tracks(
     engine.problems.extend(p for p in ws.report.problems if p.is_error)
     for file in sorted(invalid):
         problems = [p for p in ws.problems if p.file == file]
-        writeback.report_invalid(None, file, problems, (), "queue file not loaded")
+        engine.report_invalid(None, file, problems, (), "queue file not loaded")
     engine.states.update(states)
     for track in tracks:
         engine.import_tasks(track.definition.tasks)

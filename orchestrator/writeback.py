@@ -17,7 +17,7 @@ the next read take it again.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -470,26 +470,11 @@ class Writeback:
             self._settling.add(track.name)
             return []
         message = "queue file not applied; the last good version stays"
-        self.report_invalid(track.name, track.definition.path, problems, track.problems, message)
+        self.engine.report_invalid(
+            track.name, track.definition.path, problems, track.problems, message
+        )
         track.problems = problems
         return problems
-
-    def report_invalid(
-        self,
-        track: str | None,
-        file: str,
-        problems: Sequence[Problem],
-        reported: Sequence[Problem],
-        message: str,
-    ) -> None:
-        """Log and journal the problems of a file that does not read or validate, unless they
-        are those ``reported`` already (``track``: None for a file that is not a track)."""
-        rendered = [p.render() for p in problems]
-        if [p.render() for p in reported] == rendered:
-            return
-        for line in rendered:
-            log.warning(message, problem=line)
-        self.engine.journal("queue_file_invalid", track, file=file, problems=rendered)
 
     def _orders(self, track: Track, changes: dict[str, merge.UserChanges]) -> None:
         """Apply the status orders a person wrote."""
