@@ -109,6 +109,10 @@ class Engine:
         self._idle = anyio.Event()
         self._changed: anyio.Event | None = None
         self._scopes: dict[TaskKey, anyio.CancelScope] = {}
+        self._loops: set[TaskKey] = set()
+        """Tasks whose Ralph loop was launched and has not ended."""
+        self._queued: set[TaskKey] = set()
+        """Tasks dispatched again while their loop was ending (see ``dispatch``)."""
         self._log_dirs: dict[str, str] = {}
         self._prefixes: dict[TaskKey, str] = {}
         self.running_logs: set[str] = set()
@@ -255,11 +259,24 @@ class Engine:
     def _stop(self, key: TaskKey, reason: str) -> None:
         """Stop a task that leaves the schedule: cancel its attempt, or its launch."""
         state = self.states.get(key)
+        if key in self._queued:
+            self._unqueue(key)
         if key in self._scopes:
             self.cancel_running(key, reason)
         elif state is not None and state.status is Status.IN_PROGRESS:
             # Dispatched but its Ralph loop has not begun: it finds itself pending and ends.
             self.states[key] = state.with_owned(status=transition(state.status, Event.INTERRUPT))
+
+    def _unqueue(self, key: TaskKey) -> None:
+        """A launch queued behind the task's ending loop will not happen: it is pending again
+        (nothing of it was recorded) and its slot is free."""
+        self._queued.discard(key)
+        self.running[key.track] -= 1
+        state = self.states.get(key)
+        if state is not None and state.status is Status.IN_PROGRESS:
+            self.states[key] = state.with_owned(status=transition(state.status, Event.INTERRUPT))
+        if key in self.graph and self.graph.status(key) is Status.IN_PROGRESS:
+            self._handle(self.graph.set_status(key, Status.PENDING))
 
     def settings_for(self, key: TaskKey) -> tuple[TaskDef, Track]:
         return self.defs[key], self.tracks[key.track]
@@ -456,17 +473,43 @@ class Engine:
             state = self.states[key]
             self.states[key] = state.with_owned(status=transition(state.status, Event.START))
             self.running[key.track] += 1
-            self._launch(key)
+            if key in self._loops:
+                # Its last Ralph loop is still ending (an order cut it short and another made
+                # it runnable again, or it left its file and came back): one loop per task,
+                # so this one begins when that one has ended.
+                self._queued.add(key)
+            else:
+                self._loops.add(key)
+                self._launch(key)
         self._check_idle()
+
+    def resuming(self, key: TaskKey) -> None:
+        """A Ralph loop launched at start-up to resume an attempt (not dispatched) runs."""
+        self.running[key.track] = self.running.get(key.track, 0) + 1
+        self._loops.add(key)
+
+    def loop_queued(self, key: TaskKey) -> bool:
+        """The task was dispatched again while its Ralph loop was ending: its state belongs to
+        the loop to come, not to the one ending."""
+        return key in self._queued
 
     def track_scope(self, key: TaskKey, scope: anyio.CancelScope) -> None:
         self._scopes[key] = scope
 
     def finished(self, key: TaskKey) -> None:
-        """A task's Ralph loop has ended (whatever the reason): free its slot."""
+        """A task's Ralph loop has ended (whatever the reason): free its slot, and begin the
+        task's next loop if it was dispatched again meanwhile."""
         self._scopes.pop(key, None)
         self.cancel_reasons.pop(key, None)
         self.running[key.track] -= 1
+        self._loops.discard(key)
+        if key in self._queued:
+            if self._launch is None or anyio.current_effective_deadline() == -math.inf:
+                self._unqueue(key)  # going down (see dispatch): it stays pending
+            else:
+                self._queued.discard(key)
+                self._loops.add(key)
+                self._launch(key)
         if self._changed is not None:
             self._changed.set()
             self._changed = None

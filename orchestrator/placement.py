@@ -314,7 +314,7 @@ async def reattach(
             gone.append(resume.attempt_id)
             continue
         keep.update(resume.runs)
-        engine.running[key.track] = engine.running.get(key.track, 0) + 1
+        engine.resuming(key)
         engine.journal("attempt_reattached", key, attempt=resume.number)
         log.info("re-attaching", task=str(key), attempt=resume.number, runs=sorted(resume.runs))
         launch(key, resume)

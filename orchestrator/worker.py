@@ -599,7 +599,10 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
         return
     state = engine.states.get(key)
     reason = engine.cancel_reasons.get(key, "the daemon stopped during the attempt")
-    still_running = state is not None and state.status is Status.IN_PROGRESS
+    # In progress again for a loop queued behind this one (a new order): that loop's state.
+    still_running = (
+        state is not None and state.status is Status.IN_PROGRESS and not engine.loop_queued(key)
+    )
     resets = (
         {key: state.with_owned(status=transition(state.status, Event.INTERRUPT))}
         if still_running and state
