@@ -156,7 +156,12 @@ class AgentRuntime:
         try:
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
-            attempt = GitAttempt(self.trees, tree, task, number, self.guardrails, scratch, stamp)
+            resumed = any(
+                a.number == number and a.state == "interrupted" for a in engine.store.attempts(key)
+            )
+            attempt = GitAttempt(
+                self.trees, tree, task, number, self.guardrails, scratch, stamp, resumed
+            )
             try:
                 notes = await attempt.begin()
             except (GitError, OSError) as exc:

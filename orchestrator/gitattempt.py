@@ -13,6 +13,11 @@ task's id and summary as the message and ``Task:``, ``Track:``, ``Verification: 
 so (a conflict blocks the task). Any other verdict keeps the changes on
 ``refs/orchestratord/attempts/TRACK/ID/N`` and puts the tree back as it was, so nothing leaks
 into the next commit.
+
+A daemon killed after git made an attempt's verified commit and before the store recorded the
+PASS leaves that commit at the tree's HEAD. The attempt runs again (at the same number) and
+finds it there (by its trailers): its changes count as the new run's, so that the same work is
+not "no changes", and a PASS with the same tree keeps that commit instead of making another.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class GitAttempt:
         guardrails: Guardrails,
         scratch: Path,
         stamp: str,
+        resumed: bool = False,
     ) -> None:
         self.trees = trees
         self.tree = tree
@@ -93,7 +99,11 @@ class GitAttempt:
         self.guardrails = guardrails
         self.scratch = scratch
         self.stamp = stamp
+        self.resumed = resumed
+        """The task's attempt of this number was interrupted: it is run again."""
         self.start: str | None = None
+        self.adopted: str | None = None
+        """This attempt's verified commit, made before an unclean stop (see the docstring)."""
         self.t0 = gitwork.EMPTY_TREE
         self.t1: str | None = None
         self.changed: list[Change] = []
@@ -115,23 +125,57 @@ class GitAttempt:
         tree = self.tree
         if tree.own:
             dirty = gitwork.dirty_files(self.root)
-            if dirty:
-                ref = self._keep_leftovers()
+            ref = self._keep_leftovers() if dirty else None
+            if ref is not None:
                 notes.append(
                     f"git: the tree had uncommitted changes ({len(dirty)} files), kept on {ref}; "
                     "the tree was reset"
                 )
+        else:
+            self._keep_index()
+        orphan = self._unrecorded_commit()
+        if orphan is None:  # (else the branch is brought up to date next time)
             synced = self.trees.sync(tree)
             if synced:
                 notes.append(f"git: {synced}")
-        else:
-            self._keep_index()
         self.start = gitwork.head(self.root)
         self.t0 = self._snapshot()
+        if orphan is not None:
+            self._adopt(orphan)
+            notes.append(
+                f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
+                "daemon stopped and never recorded: its changes count as this attempt's"
+            )
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
         notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
         return notes
+
+    def _unrecorded_commit(self) -> str | None:
+        """HEAD, when it is a PASS commit of this very attempt (a resumed one: its number was
+        interrupted, so no recorded attempt made it)."""
+        if not self.resumed:
+            return None
+        head = gitwork.head(self.root)
+        if head is None:
+            return None
+        lines = gitwork.out(self.root, "log", "-1", "--format=%B", head).splitlines()
+        key = self.task.key
+        wanted = (f"Task: {key.id}", f"Track: {key.track}", "Verification: PASS")
+        if all(w in lines for w in wanted) and f"Attempts: {self.number}" in lines:
+            return head
+        return None
+
+    def _adopt(self, orphan: str) -> None:
+        """Start from the commit before ``orphan``, with its changes as this attempt's."""
+        parent = gitwork.run(
+            self.root, "rev-parse", "--verify", "--quiet", f"{orphan}^1", check=False
+        )
+        self.start = parent.stdout.decode().strip() or None
+        self.adopted = orphan
+        base = gitwork.tree_of(self.root, self.start)
+        undone = gitwork.changes(self.root, gitwork.tree_of(self.root, orphan), base)
+        self.t0 = gitwork.apply_changes(self.root, self.t0, base, undone, self.scratch)
 
     @property
     def _kept_index(self) -> Path:
@@ -153,9 +197,14 @@ class GitAttempt:
         if kept.exists():
             os.replace(kept, self.tree.index)
 
-    def _keep_leftovers(self) -> str:
+    def _keep_leftovers(self) -> str | None:
+        """Keep what differs from HEAD on a ref, and reset; None: nothing did (an index out
+        of date: the daemon was killed between moving HEAD and resetting the tree)."""
         head = gitwork.head(self.root)
         snap = self._snapshot()
+        if head is not None and snap == gitwork.tree_of(self.root, head):
+            gitwork.reset_hard(self.root, head)
+            return None
         env = gitwork.ident_env(self.tree.repo)
         message = (
             f"Uncommitted changes found before attempt {self.number} of {self.task.key.id}\n\n"
@@ -289,7 +338,11 @@ class GitAttempt:
         )
         message = commit_message(self.task, self.number)
         env = gitwork.ident_env(self.tree.repo)
-        commit = gitwork.commit_tree(root, tree, [self.start] if self.start else [], message, env)
+        if self.adopted is not None and tree == gitwork.tree_of(root, self.adopted):
+            commit = self.adopted  # the same work, verified again: its commit stands
+        else:
+            parents = [self.start] if self.start else []
+            commit = gitwork.commit_tree(root, tree, parents, message, env)
         gitwork.update_ref(root, "HEAD", commit, gitwork.head(root))
         if self.tree.own:
             gitwork.reset_hard(root, commit)  # also clears what verification left behind

@@ -294,6 +294,8 @@ class Trees:
         assert base is not None
         ref = f"refs/heads/{base}"
         old = gitwork.rev(top, ref)
+        if gitwork.is_ancestor(top, commit, old):
+            return None  # merged already (by a daemon stopped before it recorded the PASS)
         if gitwork.is_ancestor(top, old, commit):
             new = commit
         else:

@@ -1,0 +1,81 @@
+"""Races around git working trees and agent attempts: orders, removals and stops that come
+while git works on an attempt's changes (in threads, which no cancellation interrupts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from orchestrator.clock import SystemClock
+from orchestrator.model import TaskKey
+from orchestrator.store import Store
+
+from . import process_harness as ph
+from .agent_harness import git, make_repo, needs_git, write_config
+from .conftest import WriteTrack
+
+pytestmark = [pytest.mark.anyio, needs_git]
+
+
+def pause_at_ref_update(repo: Path, ref: str, marker: Path) -> None:
+    """A ``reference-transaction`` hook: once git has moved ``ref`` (not created it), note the
+    hook's pid in ``marker`` and wait there (the daemon waits on git meanwhile) until killed."""
+    hook = repo / ".git" / "hooks" / "reference-transaction"
+    hook.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = committed ] || exit 0\n'
+        "moved=\n"
+        "while read old new name; do\n"
+        f'  [ "$name" = {ref} ] && [ "$old" != "$new" ] && [ "${{old#0000}}" = "$old" ] '
+        "&& moved=1\n"
+        "done\n"
+        '[ -n "$moved" ] || exit 0\n'
+        f"echo $$ > {marker}.tmp && mv {marker}.tmp {marker}\n"
+        "exec sleep 60\n"
+    )
+    hook.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("worktrees", "ref"),
+    [
+        (True, "refs/heads/orchestratord/t"),  # committed on the track's branch, not merged
+        (True, "refs/heads/main"),  # merged too
+        (False, "refs/heads/main"),  # committed in the checkout
+    ],
+)
+def test_a_daemon_killed_once_its_verified_commit_is_made_records_it_after_restart(
+    worktrees: bool, ref: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """SIGKILL right after git moved a branch to an attempt's verified commit, before the store
+    recorded the PASS. The attempt runs again after the restart and makes the same change: that
+    must not be "no changes" (the task failed, its work committed and perhaps never merged),
+    nor a second commit of the same work."""
+    repo = make_repo(tmp_path / "repo")
+    write_config(tmp_path, f"[git]\nworktrees = {str(worktrees).lower()}\n")
+    write_track("t", [{"id": "K", "command": "echo done > a.txt"}], track={"workdir": "../repo"})
+    marker = tmp_path / "hook.pid"
+    pause_at_ref_update(repo, ref, marker)
+    state = tmp_path / "state"
+    proc = ph.daemon(tracks_dir, state)
+    try:
+        ph.wait_for(marker.exists)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    store = Store.open(state, SystemClock())
+    attempts = store.attempts(TaskKey("t", "K"))
+    assert [(a.state, a.verdict) for a in attempts] == [("interrupted", None), ("finished", "PASS")]
+    commit = attempts[-1].details.commit_id
+    assert git(repo, "log", "--format=%H", "--grep=^Task: K$", "--all") == commit
+    assert git(repo, "rev-parse", "main") == commit
+    assert git(repo, "show", "main:a.txt") == "done"
+    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "for-each-ref", "refs/orchestratord/") == ""  # nothing was put aside
