@@ -146,6 +146,15 @@ class GitAttempt:
                 f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
                 "daemon stopped and never recorded: its changes count as this attempt's"
             )
+        if not tree.own:
+            before = self._recorded_t0() if self.resumed else None
+            if before is not None and before != self.t0:
+                self.t0 = before
+                notes.append(
+                    "git: what this attempt's first run changed in the checkout before the daemon "
+                    "stopped counts as this attempt's"
+                )
+            self._record_t0()
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
         notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
@@ -176,6 +185,27 @@ class GitAttempt:
         base = gitwork.tree_of(self.root, self.start)
         undone = gitwork.changes(self.root, gitwork.tree_of(self.root, orphan), base)
         self.t0 = gitwork.apply_changes(self.root, self.t0, base, undone, self.scratch)
+
+    @property
+    def _t0_file(self) -> Path:
+        """In a checkout, the tree before the attempt, until it ends: an attempt cut short
+        (the daemon stopped) and run again counts what its first run changed as its own, not
+        as the user's changes from before."""
+        return self.scratch.with_suffix(".t0")
+
+    def _record_t0(self) -> None:
+        key = self.task.key
+        self._t0_file.write_text(f"{key.id}\n{self.number}\n{self.t0}\n", encoding="utf-8")
+
+    def _recorded_t0(self) -> str | None:
+        try:
+            lines = self._t0_file.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        if len(lines) != 3 or lines[:2] != [self.task.key.id, str(self.number)]:
+            return None
+        found = gitwork.run(self.root, "cat-file", "-e", f"{lines[2]}^{{tree}}", check=False)
+        return lines[2] if found.returncode == 0 else None
 
     @property
     def _kept_index(self) -> Path:
@@ -286,6 +316,7 @@ class GitAttempt:
                 else:
                     reason = f"{result.reason}; git: the changes were not kept and reset: {exc}"
                     outcome = Outcome(replace(result, reason=reason), files)
+            self._t0_file.unlink(missing_ok=True)
         return outcome
 
     async def _conclude(self, result: AttemptResult, commit: bool) -> Outcome:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.clock import SystemClock
-from orchestrator.model import TaskKey
+from orchestrator.model import Status, TaskKey
 from orchestrator.store import Store
 
+from . import live_harness as lh
 from . import process_harness as ph
 from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
@@ -79,3 +80,34 @@ def test_a_daemon_killed_once_its_verified_commit_is_made_records_it_after_resta
     assert git(repo, "show", "main:a.txt") == "done"
     assert git(repo, "status", "--porcelain") == ""
     assert git(repo, "for-each-ref", "refs/orchestratord/") == ""  # nothing was put aside
+
+
+async def test_an_attempt_cut_short_by_a_stop_in_a_checkout_counts_its_changes_when_run_again(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The daemon stops (gracefully) while an attempt runs in the checkout itself (a track
+    alone in its repository); the attempt runs again after the restart. What its first run
+    wrote must be part of the commit, not taken for the user's own changes and left out (the
+    commit lacked files its verification used; they stayed uncommitted in the checkout)."""
+    repo = make_repo(tmp_path / "repo")
+    started = tmp_path / "started"
+    command = (
+        f"if [ -f a.txt ]; then echo b > b.txt; else echo a > a.txt; touch {started}; sleep 30; fi"
+    )
+    write_track(
+        "t",
+        [{"id": "K", "command": command, "verify": "test -f a.txt -a -f b.txt"}],
+        track={"workdir": "../repo"},
+    )
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(started.exists)
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:K") is Status.COMPLETE)
+        attempts = live.engine.store.attempts(key)
+    assert [(a.state, a.verdict) for a in attempts] == [("interrupted", None), ("finished", "PASS")]
+    assert git(repo, "status", "--porcelain") == ""
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
+        "a.txt",
+        "b.txt",
+    ]
