@@ -7,7 +7,8 @@ one attempt per tree at a time. After each attempt, :meth:`after_attempt` checks
 limit, :meth:`limit_hit` pauses every track whose pending work uses that agent until the reset
 time; :func:`service` (a daemon service) resumes them then, by itself, and restores waits that
 were under way when the daemon last stopped. A track paused this way runs no further attempt
-of a task already running: that task goes back to pending, at the same iteration.
+of a task already running, nor the attempt of one that waits for the track's tree: that
+task goes back to pending, at the same iteration.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class AgentRuntime:
             if tree is None:
                 yield Session()
                 return
+            waited = tree.lock.locked()
             await tree.lock.acquire()
             if self.trees.tree(key.track) is tree:
                 break
@@ -154,6 +156,12 @@ class AgentRuntime:
             # worktree cleaned up), or replaced: the track's tree now, made again if need be.
             tree.lock.release()
         try:
+            if waited and (stop := self.stop_reason(key)) is not None:
+                # The track was held (a budget crossed, a usage limit) while this waited for
+                # the tree another attempt held: this one does not start either; the task is
+                # pending again, at the same iteration.
+                engine.cancel_running(key, stop)
+                await anyio.lowlevel.checkpoint()
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
             resumed = any(

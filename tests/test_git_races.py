@@ -15,7 +15,7 @@ from orchestrator.store import Store
 
 from . import live_harness as lh
 from . import process_harness as ph
-from .agent_harness import git, make_repo, needs_git, write_config
+from .agent_harness import fake_agent, git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 
 pytestmark = [pytest.mark.anyio, needs_git]
@@ -111,3 +111,28 @@ async def test_an_attempt_cut_short_by_a_stop_in_a_checkout_counts_its_changes_w
         "a.txt",
         "b.txt",
     ]
+
+
+async def test_an_attempt_waiting_for_its_tree_does_not_start_once_the_track_is_over_budget(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Two tasks of a track with two slots share the track's tree: one runs, the other waits
+    for the tree. The first crosses the track's budget, which pauses the track: the waiting one
+    must not start its agent then (nothing new starts), but go back to pending."""
+    make_repo(tmp_path / "repo")
+    steps = {i: [{"write": {f"{i}.txt": "x\n"}, "json": True, "cost": 0.3}] for i in "KL"}
+    agent = fake_agent(tmp_path / "agent", {"tasks": steps})
+    write_config(tmp_path, f'[budgets]\ntrack_usd = 0.1\n\n[agents.claude]\nbinary = "{agent}"\n')
+    write_track(
+        "t",
+        [{"id": i, "agent": "claude", "description": f"make {i}"} for i in "KL"],
+        track={"workdir": "../repo", "concurrency": 2},
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: bool(live.kinds("budget_exceeded")))
+        await live.until(lambda: not live.engine.busy())
+        ran = sorted(p.name for p in (tmp_path / "agent" / "records").iterdir())
+        assert len(ran) == 1, ran
+        waited = TaskKey("t", "L" if ran[0].startswith("K") else "K")
+        assert live.engine.states[waited].status is Status.PENDING
+        assert [a.state for a in live.engine.store.attempts(waited)] in ([], ["interrupted"])
