@@ -463,6 +463,10 @@ async def test_finished_runs_are_forgotten_beyond_the_limit(
 
 @pytest.mark.skipif(not LINUX, reason="needs /proc")
 def test_start_ticks_taken_after_spawning_match_the_kernels() -> None:
+    """Never before the kernel's, and within TICK_SLACK as a rule: on a loaded machine this
+    process may be descheduled between the spawn and the clock (a late record is then refused,
+    and the launch marker proves the group; see test_recovery)."""
+    late: list[int] = []
     for _ in range(20):
         child = subprocess.Popen(["sleep", "5"], start_new_session=True)
         estimate = procs.start_ticks_now()
@@ -470,7 +474,9 @@ def test_start_ticks_taken_after_spawning_match_the_kernels() -> None:
             actual = procs.process_start_ticks(child.pid)
             assert estimate is not None
             assert actual is not None
-            assert 0 <= estimate - actual <= procs.TICK_SLACK
+            assert estimate >= actual
+            late.append(estimate - actual)
         finally:
             child.kill()
             child.wait()
+    assert sorted(late)[len(late) // 2] <= procs.TICK_SLACK, late
