@@ -358,6 +358,11 @@ class Engine:
         elif event is Event.ORDER_BLOCK:
             owned["error"] = reason
         new = TaskState(state.with_owned(**owned).owned, budget_base=budget)
+        if key in self._queued:
+            # Waiting for its last loop to end (see ``dispatch``): that launch will not happen,
+            # and its slot is free (a later retry dispatches it again).
+            self._queued.discard(key)
+            self.running[key.track] -= 1
         kind = {
             Event.ORDER_RETRY: "task_retry",
             Event.ORDER_SKIP: "task_skipped",
@@ -498,18 +503,15 @@ class Engine:
 
     def finished(self, key: TaskKey) -> None:
         """A task's Ralph loop has ended (whatever the reason): free its slot, and begin the
-        task's next loop if it was dispatched again meanwhile."""
+        task's next loop if it was dispatched again meanwhile and may still start."""
         self._scopes.pop(key, None)
         self.cancel_reasons.pop(key, None)
         self.running[key.track] -= 1
         self._loops.discard(key)
         if key in self._queued:
-            if self._launch is None or anyio.current_effective_deadline() == -math.inf:
-                self._unqueue(key)  # going down (see dispatch): it stays pending
-            else:
-                self._queued.discard(key)
-                self._loops.add(key)
-                self._launch(key)
+            # Pending again, and dispatched below like any other task if it may start now: a
+            # pause, a new dependency or the daemon going down since it was queued holds it.
+            self._unqueue(key)
         if self._changed is not None:
             self._changed.set()
             self._changed = None

@@ -1,0 +1,83 @@
+"""Orders and edits at awkward moments of a running daemon: while an attempt ends, while a
+task waits for its last loop to end, twice in quick succession, on paused tracks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.clock import SystemClock
+from orchestrator.model import Status, TaskKey
+from orchestrator.states import Event
+from orchestrator.store import Store
+
+from . import live_harness as lh
+from .conftest import WriteTrack
+from .test_one_loop import GRACE, stubborn
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_skip_retry_twice_while_the_attempt_ends_frees_every_slot(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 3})
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
+        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
+        engine = live.engine
+        engine.order(key, Event.ORDER_SKIP, "skip it")
+        engine.order(key, Event.ORDER_RETRY, "run it after all")
+        engine.order(key, Event.ORDER_SKIP, "skip it again")
+        engine.order(key, Event.ORDER_RETRY, "run it after all, really")
+        await live.until(lambda: live.status("t:K") is Status.COMPLETE)
+        await live.until(lambda: lh.ledger(tmp_path)[-1:] == ["end"])
+        assert lh.ledger(tmp_path) == ["start", "start", "end"]
+        await live.until(lambda: not engine.busy())
+        assert engine.running["t"] == 0
+
+
+@pytest.mark.parametrize("pause", ["track", "daemon"])
+async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, pause: str
+) -> None:
+    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
+        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
+        engine = live.engine
+        engine.order(key, Event.ORDER_SKIP, "skip it")
+        engine.order(key, Event.ORDER_RETRY, "run it after all")
+        if pause == "track":
+            engine.pause_track("t", "hold on")
+        else:
+            engine.pause_daemon("hold on")
+        await live.until(lambda: not engine.busy())
+        assert lh.ledger(tmp_path) == ["start"]
+        assert live.status("t:K") is Status.PENDING
+        if pause == "track":
+            engine.resume_track("t")
+        else:
+            engine.resume_daemon()
+        await live.until(lambda: live.status("t:K") is Status.COMPLETE)
+        assert lh.ledger(tmp_path) == ["start", "start", "end"]
+
+
+async def test_a_retry_waiting_for_the_last_attempt_is_not_an_attempt_when_the_daemon_stops(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
+        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
+        live.engine.order(key, Event.ORDER_SKIP, "skip it")
+        live.engine.order(key, Event.ORDER_RETRY, "run it after all")
+        live.control.request_stop()
+        await live.until(lambda: not live.engine.busy())
+        assert live.status("t:K") is Status.PENDING
+    # The skipped attempt is recorded interrupted (the skip says why); the retry waiting for it
+    # never began a loop, so nothing says an attempt of it was interrupted.
+    store = Store.open(live.state, SystemClock())
+    assert [a.state for a in store.attempts(key)] == ["interrupted"]
+    assert [e for e in store.events() if e.type == "attempt_interrupted"] == []
