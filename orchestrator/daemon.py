@@ -275,6 +275,7 @@ class Engine:
         state = self.states.get(key)
         if state is not None and state.status is Status.IN_PROGRESS:
             self.states[key] = state.with_owned(status=transition(state.status, Event.INTERRUPT))
+            self._dirty(key.track, key)  # the file said in_progress
         if key in self.graph and self.graph.status(key) is Status.IN_PROGRESS:
             self._handle(self.graph.set_status(key, Status.PENDING))
 

@@ -31,6 +31,8 @@ from .daemon_harness import settings
 
 DEADLINE = 20.0
 QUIET = 0.3
+STUBBORN_GRACE = 2.0
+"""The kill grace for :func:`stubborn` runs: how long a cut-short first run takes to end."""
 
 
 @dataclass
@@ -146,6 +148,32 @@ def ledger(tmp_path: Path) -> list[str]:
 def note(ident: str, tmp_path: Path) -> str:
     """A task command that writes ``ident`` to the ledger (see :func:`ledger`)."""
     return f"echo {ident} >> {tmp_path / 'ledger'}"
+
+
+def stubborn(tmp_path: Path) -> str:
+    """A run that notes ``start`` in the ledger (``overlap`` first if an earlier run of it is
+    still alive). The first run ignores SIGTERM from before it notes ``start``, and sleeps: a cut
+    ends it only when it is killed, :data:`STUBBORN_GRACE` later (give the daemon that
+    ``kill_grace``). The others note ``end`` at once."""
+    pids, ledger = tmp_path / "pids", tmp_path / "ledger"
+    return (
+        f"touch {pids}; "
+        f"for p in $(cat {pids}); do kill -0 $p 2>/dev/null && echo overlap >> {ledger}; done; "
+        f"echo $$ >> {pids}; n=$(wc -l < {pids}); if [ $n -eq 1 ]; then trap '' TERM; fi; "
+        f"echo start >> {ledger}; if [ $n -eq 1 ]; then sleep 30; fi; echo end >> {ledger}"
+    )
+
+
+def set_status(path: Path, ident: str, status: str | None) -> None:
+    """Save the file with the task's status set (None: the task removed)."""
+    doc = json.loads(path.read_text())
+    items: list[dict[str, Any]] = doc["features"]
+    index = next(i for i, t in enumerate(items) if t["id"] == ident)
+    if status is None:
+        del items[index]
+    else:
+        items[index]["status"] = status
+    write_and_rename(path, dump(doc))
 
 
 def dump(doc: dict[str, Any]) -> str:

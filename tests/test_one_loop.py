@@ -4,9 +4,7 @@ its track has."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,45 +18,21 @@ from .conftest import WriteTrack
 
 pytestmark = pytest.mark.anyio
 
-GRACE = 2.0
-"""The kill grace: how long a cut-short attempt that ignores SIGTERM takes to end."""
-
-
-def stubborn(tmp_path: Path) -> str:
-    """A run that notes ``start`` in the ledger (``overlap`` first if an earlier run of it is
-    still alive). The first run then ignores SIGTERM and sleeps (so a cut ends it only when it
-    is killed, GRACE later); the others note ``end`` at once."""
-    pids, ledger = tmp_path / "pids", tmp_path / "ledger"
-    return (
-        f"touch {pids}; "
-        f"for p in $(cat {pids}); do kill -0 $p 2>/dev/null && echo overlap >> {ledger}; done; "
-        f"echo $$ >> {pids}; echo start >> {ledger}; "
-        f"if [ $(wc -l < {pids}) -eq 1 ]; then trap '' TERM; sleep 30; fi; echo end >> {ledger}"
-    )
-
-
-def set_status(path: Path, ident: str, status: str | None) -> None:
-    """Save the file with the task's status set (None: the task removed)."""
-    doc = json.loads(path.read_text())
-    items: list[dict[str, Any]] = doc["features"]
-    index = next(i for i, t in enumerate(items) if t["id"] == ident)
-    if status is None:
-        del items[index]
-    else:
-        items[index]["status"] = status
-    lh.write_and_rename(path, lh.dump(doc))
+GRACE = lh.STUBBORN_GRACE
 
 
 async def test_skipped_then_pending_again_runs_once_more_after_the_attempt_ends(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    path = write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    path = write_track(
+        "t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2}
+    )
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
         await live.until(lambda: lh.ledger(tmp_path) == ["start"])
-        set_status(path, "K", "skipped")
+        lh.set_status(path, "K", "skipped")
         await live.until(lambda: live.status("t:K") is Status.SKIPPED)
-        set_status(path, "K", "pending")
+        lh.set_status(path, "K", "pending")
         await live.until(lambda: live.engine.states[key].budget_base == 0 and live.engine.busy())
         await live.until(lambda: live.status("t:K") is Status.COMPLETE)
         assert lh.ledger(tmp_path) == ["start", "start", "end"]  # no overlap
@@ -73,11 +47,13 @@ async def test_skipped_then_pending_again_runs_once_more_after_the_attempt_ends(
 async def test_a_task_removed_and_put_back_runs_again_after_its_attempt_ends(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    path = write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    path = write_track(
+        "t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2}
+    )
     original = path.read_text()
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
         await live.until(lambda: lh.ledger(tmp_path) == ["start"])
-        set_status(path, "K", None)
+        lh.set_status(path, "K", None)
         await live.until(lambda: TaskKey("t", "K") not in live.engine.graph)
         lh.write_and_rename(path, original)
         await live.until(lambda: lh.ledger(tmp_path)[-1:] == ["end"])
@@ -90,7 +66,7 @@ async def test_a_run_waiting_for_its_last_attempt_is_dropped_if_the_task_goes(
 ) -> None:
     path = write_track(
         "t",
-        [{"id": "K", "command": stubborn(tmp_path)}, {"id": "L", "command": "true"}],
+        [{"id": "K", "command": lh.stubborn(tmp_path)}, {"id": "L", "command": "true"}],
         track={"concurrency": 2},
     )
     key = TaskKey("t", "K")
@@ -99,7 +75,7 @@ async def test_a_run_waiting_for_its_last_attempt_is_dropped_if_the_task_goes(
         live.engine.order(key, Event.ORDER_SKIP, "skip it")
         live.engine.order(key, Event.ORDER_RETRY, "run it after all")
         assert live.engine.running["t"] == 2  # the ending attempt, and the run after it
-        set_status(path, "K", None)
+        lh.set_status(path, "K", None)
         await live.until(lambda: key not in live.engine.graph)
         await live.until(lambda: not live.engine.busy())
         assert lh.ledger(tmp_path) == ["start"]
@@ -109,7 +85,7 @@ async def test_a_run_waiting_for_its_last_attempt_is_dropped_if_the_task_goes(
 async def test_a_run_waiting_for_its_last_attempt_stays_pending_when_the_daemon_stops(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
         await live.until(lambda: lh.ledger(tmp_path) == ["start"])

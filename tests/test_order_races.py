@@ -14,15 +14,16 @@ from orchestrator.store import Store
 
 from . import live_harness as lh
 from .conftest import WriteTrack
-from .test_one_loop import GRACE, stubborn
 
 pytestmark = pytest.mark.anyio
+
+GRACE = lh.STUBBORN_GRACE
 
 
 async def test_skip_retry_twice_while_the_attempt_ends_frees_every_slot(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 3})
+    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 3})
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
         await live.until(lambda: lh.ledger(tmp_path) == ["start"])
@@ -42,7 +43,7 @@ async def test_skip_retry_twice_while_the_attempt_ends_frees_every_slot(
 async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, pause: str
 ) -> None:
-    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
         await live.until(lambda: lh.ledger(tmp_path) == ["start"])
@@ -56,6 +57,8 @@ async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
         await live.until(lambda: not engine.busy())
         assert lh.ledger(tmp_path) == ["start"]
         assert live.status("t:K") is Status.PENDING
+        doc = await live.settled("t")  # the file says so too
+        assert doc["summary"]["pending"] == 1
         if pause == "track":
             engine.resume_track("t")
         else:
@@ -67,7 +70,7 @@ async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
 async def test_a_retry_waiting_for_the_last_attempt_is_not_an_attempt_when_the_daemon_stops(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    write_track("t", [{"id": "K", "command": stubborn(tmp_path)}], track={"concurrency": 2})
+    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
         await live.until(lambda: lh.ledger(tmp_path) == ["start"])
@@ -78,6 +81,7 @@ async def test_a_retry_waiting_for_the_last_attempt_is_not_an_attempt_when_the_d
         assert live.status("t:K") is Status.PENDING
     # The skipped attempt is recorded interrupted (the skip says why); the retry waiting for it
     # never began a loop, so nothing says an attempt of it was interrupted.
+    assert live.task("t", "K")["status"] == "pending"
     store = Store.open(live.state, SystemClock())
     assert [a.state for a in store.attempts(key)] == ["interrupted"]
     assert [e for e in store.events() if e.type == "attempt_interrupted"] == []
