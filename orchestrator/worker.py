@@ -389,11 +389,14 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
             first = True
             # The scope's own check: a cancellation that came while the last attempt's end
             # waited on a thread (which nothing interrupts) is not delivered until the next
-            # wait, and the task may be gone from its file by now.
+            # wait, and the task may be gone from its file by now. A loop whose task was
+            # dispatched again before it began (orders in quick succession) gives way to the
+            # loop queued behind it: that one's start is the one that counts.
             while (
                 engine.states[key].status is Status.IN_PROGRESS
                 and not engine.draining
                 and not scope.cancel_called
+                and not engine.loop_queued(key)
             ):
                 if not first and (stop := runtime.stop_reason(key)):
                     engine.cancel_reasons[key] = stop  # pending again, at this iteration

@@ -85,3 +85,30 @@ async def test_a_retry_waiting_for_the_last_attempt_is_not_an_attempt_when_the_d
     store = Store.open(live.state, SystemClock())
     assert [a.state for a in store.attempts(key)] == ["interrupted"]
     assert [e for e in store.events() if e.type == "attempt_interrupted"] == []
+
+
+async def test_orders_on_a_task_launched_but_not_begun_leave_the_store_true_when_it_stops(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Retry, skip, retry in one go on a failed task: the first retry hands it to a runner
+    that has not taken it yet when the second retry comes. Whatever runs it, a stop during its
+    attempt leaves it pending in the store, as a clean stop does."""
+    first, ledger = tmp_path / "first", tmp_path / "ledger"
+    command = f"[ -e {first} ] || {{ touch {first}; exit 1; }}; echo start >> {ledger}; sleep 30"
+    write_track(
+        "t", [{"id": "K", "command": command, "max_iterations": 1}], track={"concurrency": 2}
+    )
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir) as live:
+        engine = live.engine
+        await live.until(lambda: live.status("t:K") is Status.FAILED)
+        engine.order(key, Event.ORDER_RETRY, "again")
+        engine.order(key, Event.ORDER_SKIP, "no")
+        engine.order(key, Event.ORDER_RETRY, "yes, again")
+        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
+        live.control.request_stop()
+        await live.until(lambda: not engine.busy())
+        assert live.status("t:K") is Status.PENDING
+    stored = Store.open(live.state, SystemClock()).task(key)
+    assert stored is not None
+    assert stored.status is Status.PENDING
