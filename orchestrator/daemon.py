@@ -499,6 +499,16 @@ class Engine:
         the loop to come, not to the one ending."""
         return key in self._queued
 
+    def held_back(self, key: TaskKey) -> str | None:
+        """Why a running task must not begin another attempt: an edit gave it (or its track)
+        something to wait for that is not done. None when nothing holds it back."""
+        if key in self.graph and self.graph.waits(key):
+            return (
+                "its dependencies or its track's start_after changed and are not all done: "
+                "it waits for them (pending again, at this iteration)"
+            )
+        return None
+
     def track_scope(self, key: TaskKey, scope: anyio.CancelScope) -> None:
         self._scopes[key] = scope
 

@@ -453,6 +453,11 @@ class Graph:
     def track_paused(self, track: str) -> bool:
         return track in self._track_paused
 
+    def waits(self, key: TaskKey) -> bool:
+        """Whether ``key`` waits for a dependency or its track's trigger, whatever its status
+        (a running task whose dependencies were edited)."""
+        return self._unmet[key] > 0 or self._trigger_unmet[key.track] > 0
+
     def status_counts(self, track: str) -> Mapping[Status, int]:
         """How many of the track's tasks have each status (every status, zeros included)."""
         return dict(self._counts[track])

@@ -3,6 +3,7 @@ task waits for its last loop to end, twice in quick succession, on paused tracks
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,36 @@ async def test_orders_on_a_task_launched_but_not_begun_leave_the_store_true_when
     stored = Store.open(live.state, SystemClock()).task(key)
     assert stored is not None
     assert stored.status is Status.PENDING
+
+
+@pytest.mark.parametrize("edit", ["dependencies", "start_after"])
+async def test_a_running_task_given_a_dependency_not_done_waits_for_it_between_attempts(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, edit: str
+) -> None:
+    """The edit does not cut the running attempt short; the next attempt waits for L, then
+    goes on in the same iteration budget."""
+    go, ledger = tmp_path / "go", tmp_path / "ledger"
+    command = f"echo K >> {ledger}; while [ ! -e {go} ]; do sleep 0.02; done; exit 1"
+    path = write_track("t", [{"id": "K", "command": command, "max_iterations": 2}])
+    write_track("u", [{"id": "L", "command": "true", "paused": True}])
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: lh.ledger(tmp_path) == ["K"])
+        doc = json.loads(path.read_text())
+        if edit == "dependencies":
+            doc["features"][0]["dependencies"] = ["u:L"]
+        else:
+            doc["track"] = {"start_after": ["u:L"]}
+        lh.write_and_rename(path, lh.dump(doc))
+        await live.until(lambda: bool(live.kinds("reload_plan")))
+        go.touch()
+        await live.until(lambda: live.status("t:K") is Status.PENDING)
+        assert lh.ledger(tmp_path) == ["K"]
+        live.engine.order(TaskKey("u", "L"), Event.ORDER_SKIP, "not needed")
+        await live.until(lambda: live.status("t:K") is Status.FAILED)
+        assert lh.ledger(tmp_path) == ["K", "K"]
+        attempts = live.engine.store.attempts(key)
+        assert [(a.number, a.iteration, a.verdict) for a in attempts] == [
+            (1, 1, "FAIL"),
+            (2, 2, "FAIL"),
+        ]
