@@ -1,5 +1,9 @@
-"""Orders and edits at awkward moments of a running daemon: while an attempt ends, while a
-task waits for its last loop to end, twice in quick succession, on paused tracks."""
+"""Orders and edits at awkward moments of a running daemon: while a cut-short attempt ends,
+while a task waits for its last loop to end (a retry queued behind it), in quick succession,
+with a pause or a stop in between, and dependencies edited while a task runs.
+
+The slow-to-end attempts are :func:`live_harness.stubborn` runs (they ignore SIGTERM and end
+at the kill grace); overlapping runs would show in its ledger."""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ GRACE = lh.STUBBORN_GRACE
 async def test_skip_retry_twice_while_the_attempt_ends_frees_every_slot(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
+    """Three slots: the second skip and retry find the task queued behind its ending attempt;
+    each order must give back the slot of the launch it drops."""
     write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 3})
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
@@ -44,6 +50,7 @@ async def test_skip_retry_twice_while_the_attempt_ends_frees_every_slot(
 async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, pause: str
 ) -> None:
+    """A pause given while the retry waits holds it, pending (in the file too), until resumed."""
     write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
     key = TaskKey("t", "K")
     async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
