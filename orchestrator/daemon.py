@@ -500,8 +500,13 @@ class Engine:
         return key in self._queued
 
     def held_back(self, key: TaskKey) -> str | None:
-        """Why a running task must not begin another attempt: an edit gave it (or its track)
-        something to wait for that is not done. None when nothing holds it back."""
+        """Why a running task must not begin another attempt: a pause (nothing new starts),
+        or an edit gave it (or its track) something to wait for that is not done. None when
+        nothing holds it back."""
+        if self.paused:
+            return "the daemon is paused: pending again, at this iteration, until resumed"
+        if self.graph.track_paused(key.track):
+            return "the track is paused: pending again, at this iteration, until resumed"
         if key in self.graph and self.graph.waits(key):
             return (
                 "its dependencies or its track's start_after changed and are not all done: "

@@ -153,3 +153,40 @@ async def test_a_running_task_given_a_dependency_not_done_waits_for_it_between_a
             (1, 1, "FAIL"),
             (2, 2, "FAIL"),
         ]
+
+
+@pytest.mark.parametrize("what", ["track", "daemon"])
+async def test_a_pause_holds_a_running_task_before_its_next_attempt(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, what: str
+) -> None:
+    """Paused while an attempt that fails runs: that attempt finishes, the next does not begin
+    (nothing new starts); resumed, the task goes on at its next iteration."""
+    go, ledger = tmp_path / "go", tmp_path / "ledger"
+    passing = tmp_path / "go.2"
+    command = (
+        f"echo K >> {ledger}; [ -e {passing} ] && exit 0; "
+        f"while [ ! -e {go} ]; do sleep 0.02; done; exit 1"
+    )
+    write_track("t", [{"id": "K", "command": command, "max_iterations": 3}])
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: lh.ledger(tmp_path) == ["K"])
+        if what == "track":
+            live.engine.pause_track("t", "a person")
+        else:
+            live.engine.pause_daemon("a person")
+        go.touch()
+        await live.until(lambda: live.status("t:K") is Status.PENDING)
+        assert not live.engine.busy()
+        assert lh.ledger(tmp_path) == ["K"]
+        passing.touch()
+        if what == "track":
+            live.engine.resume_track("t")
+        else:
+            live.engine.resume_daemon()
+        await live.until(lambda: live.status("t:K") is Status.COMPLETE)
+        attempts = live.engine.store.attempts(key)
+        assert [(a.number, a.iteration, a.verdict) for a in attempts] == [
+            (1, 1, "FAIL"),
+            (2, 2, "PASS"),
+        ]
