@@ -173,8 +173,10 @@ class AgentRuntime:
             try:
                 notes = await attempt.begin()
             except (GitError, OSError) as exc:
+                self.report_locks(key, attempt)
                 yield Session(error=f"git: {exc}")
                 return
+            self.report_locks(key, attempt)
             yield Session(
                 cwd=str(tree.cwd),
                 notes=tuple(notes),
@@ -184,6 +186,16 @@ class AgentRuntime:
             )
         finally:
             tree.lock.release()
+
+    def report_locks(self, key: TaskKey, attempt: GitAttempt) -> None:
+        """Log the git lock files found in an attempt's way; journal those removed."""
+        for found in attempt.locks:
+            data = {"path": str(found.path), "reason": found.why}
+            if found.removed:
+                self.engine.journal("git_lock_removed", key.track, **data)
+                log.warning("stale git lock file removed", task=str(key), **data)
+            else:
+                log.warning("git lock file left in place", task=str(key), **data)
 
     def stop_reason(self, key: TaskKey) -> str | None:
         """Why a running task must not start another attempt now (its track is held)."""

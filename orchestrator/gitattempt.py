@@ -30,7 +30,7 @@ from pathlib import Path
 
 import anyio
 
-from . import gitwork
+from . import gitlocks, gitwork
 from .attempt import AttemptResult, Note
 from .errors import GitError
 from .gitwork import Change
@@ -107,6 +107,8 @@ class GitAttempt:
         self.t0 = gitwork.EMPTY_TREE
         self.t1: str | None = None
         self.changed: list[Change] = []
+        self.locks: list[gitlocks.Found] = []
+        """Git lock files that were in the way before the attempt: removed (stale) or left."""
 
     @property
     def root(self) -> Path:
@@ -118,10 +120,37 @@ class GitAttempt:
     # ------------------------------------------------------------------ before the run
 
     async def begin(self) -> list[str]:
-        return await in_thread(self._begin)
+        try:
+            return await in_thread(self._begin)
+        except GitError as exc:
+            raise GitError(self._explained(str(exc))) from exc
+
+    def _explained(self, message: str) -> str:
+        """A git error, with what to do about a lock file it names."""
+        return gitlocks.explain(message, self.locks)
+
+    def _clear_locks(self) -> None:
+        """Remove the stale lock files a killed git left where this attempt's git works."""
+        tree = self.tree
+        saved = (
+            f"refs/orchestratord/attempts/{ref_part(tree.track)}/"
+            f"{ref_part(self.task.key.id)}/{self.number}"
+        )
+        found = gitlocks.candidates(
+            self.root,
+            tree.index.parent,
+            tree.repo.common,
+            tree.own,
+            tree.branch,
+            tree.base if tree.own and tree.integration == "merge" else None,
+            self.scratch,
+            [saved],
+        )
+        self.locks = gitlocks.sweep(found, self.trees.started) if found else []
 
     def _begin(self) -> list[str]:
-        notes: list[str] = []
+        self._clear_locks()
+        notes = [f"git: {found.describe()}" for found in self.locks]
         tree = self.tree
         if tree.own:
             dirty = gitwork.dirty_files(self.root)
@@ -259,7 +288,7 @@ class GitAttempt:
         try:
             diff = await in_thread(self._after_run)
         except (GitError, OSError) as exc:
-            reason = f"git: {exc}"
+            reason = f"git: {self._explained(str(exc))}"
             note(f"--- {reason}")
             return AttemptResult(Verdict.BLOCKED, reason, 0, reason + "\n")
         if self.changed:
@@ -308,13 +337,14 @@ class GitAttempt:
             try:
                 outcome = await self._conclude(result, commit)
             except (GitError, OSError) as exc:
+                problem = self._explained(str(exc))
                 files = tuple(sorted(c.path for c in self.changed))
                 if result.verdict is Verdict.PASS:
-                    reason = f"git: verified, but not committed: {exc}"
+                    reason = f"git: verified, but not committed: {problem}"
                     blocked = replace(result, verdict=Verdict.BLOCKED, reason=reason)
                     outcome = Outcome(blocked, files)
                 else:
-                    reason = f"{result.reason}; git: the changes were not kept and reset: {exc}"
+                    reason = f"{result.reason}; git: the changes were not kept and reset: {problem}"
                     outcome = Outcome(replace(result, reason=reason), files)
             self._t0_file.unlink(missing_ok=True)
         return outcome
@@ -331,6 +361,7 @@ class GitAttempt:
             )
             problem = await self.trees.integrate(self.tree, commit_id, message)
             if problem is not None:
+                problem = self._explained(problem)
                 blocked = replace(
                     result,
                     verdict=Verdict.BLOCKED,

@@ -30,7 +30,7 @@ from typing import TypeVar
 import anyio
 import structlog
 
-from . import gitwork
+from . import gitlocks, gitwork
 from .config import Config
 from .errors import GitError
 from .gitwork import Repo
@@ -111,6 +111,11 @@ class Trees:
             if configured
             else (self.cfg.state_dir / "worktrees")
         )
+
+    @cached_property
+    def started(self) -> float:
+        """When this daemon started: a git lock file in a checkout is stale only if older."""
+        return gitlocks.daemon_started(self.cfg.state_dir)
 
     def repo_of(self, workdir: Path) -> Repo | None:
         """The repository a workdir is in (cached: blocking, call from a thread)."""

@@ -21,13 +21,16 @@ from .conftest import WriteTrack
 pytestmark = [pytest.mark.anyio, needs_git]
 
 
-def pause_at_ref_update(repo: Path, ref: str, marker: Path) -> None:
+def pause_at_ref_update(repo: Path, ref: str, marker: Path, state: str = "committed") -> None:
     """A ``reference-transaction`` hook: once git has moved ``ref`` (not created it), note the
-    hook's pid in ``marker`` and wait there (the daemon waits on git meanwhile) until killed."""
+    hook's pid in ``marker`` and wait there (the daemon waits on git meanwhile) until killed.
+
+    ``state``: ``committed`` (the ref has moved) or ``prepared`` (git holds the ref's lock
+    files and has not moved it yet)."""
     hook = repo / ".git" / "hooks" / "reference-transaction"
     hook.write_text(
         "#!/bin/sh\n"
-        '[ "$1" = committed ] || exit 0\n'
+        f'[ "$1" = {state} ] || exit 0\n'
         "moved=\n"
         "while read old new name; do\n"
         f'  [ "$name" = {ref} ] && [ "$old" != "$new" ] && [ "${{old#0000}}" = "$old" ] '
