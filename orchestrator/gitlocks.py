@@ -42,6 +42,11 @@ from .lock import LOCK_NAME
 Kind = Literal["scratch", "own", "shared"]
 PROC = Path("/proc")
 _IN_THE_WAY = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+_ADVICE = re.compile(
+    r"\.?\s*Another git process seems to be running.*?remove the file manually to continue\.",
+    re.DOTALL,
+)
+"""Git's own advice after "File exists": the explanation replaces it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +268,24 @@ def _stale_reason(candidate: Candidate, started: float) -> str:
     )
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
 def sweep(found: list[Candidate], started: float) -> list[Found]:
     """Remove the stale ones of ``found``; what became of each."""
     out: list[Found] = []
     for candidate in found:
+        before = _identity(candidate.path)
         why = judge(candidate, started)
         if why is None:
             reason = _stale_reason(candidate, started)
+            if before is None or _identity(candidate.path) != before:
+                continue  # gone, or made again meanwhile (by a git that runs now): not ours
             try:
                 candidate.path.unlink()
             except FileNotFoundError:
@@ -296,8 +312,8 @@ def explain(message: str, left: Iterable[Found]) -> str:
             "it appeared after the attempt started: a git running now (yours, or in another "
             "worktree of this repository) may own it"
         )
-    said = message[: match.end()]  # git's advice that follows says the same, less exactly
+    rest = _ADVICE.sub("", message[match.end() :], count=1)
     return (
-        f"{said}; the daemon left it in place: {why}. If no git is running there, remove it "
-        f"(rm '{path}') and set the task back to pending"
+        f"{message[: match.end()]}; the daemon left it in place: {why}. If no git is running "
+        f"there, remove it (rm '{path}') and set the task back to pending{rest}"
     )

@@ -252,7 +252,10 @@ def test_a_git_error_naming_a_lock_says_which_file_and_why() -> None:
     path = Path("/r/.git/index.lock")
     message = (
         f"git reset --hard failed in /r: fatal: Unable to create '{path}': File exists.\n\n"
-        "Another git process seems to be running in this repository"
+        "Another git process seems to be running in this repository, e.g.\nan editor opened "
+        "by 'git commit'. Please make sure all processes\nare terminated then try again. If it "
+        "still fails, a git process\nmay have crashed in this repository earlier:\nremove the "
+        "file manually to continue."
     )
     left = [gitlocks.Found(path, False, "process 7 (git) has it open")]
     said = gitlocks.explain(message, left)
