@@ -309,8 +309,9 @@ def explain(message: str, left: Iterable[Found]) -> str:
     why = next((f.why for f in left if f.path == path and not f.removed), None)
     if why is None:
         why = (
-            "it appeared after the attempt started: a git running now (yours, or in another "
-            "worktree of this repository) may own it"
+            "it was not there when the attempt started (or is not one the daemon clears by "
+            "itself, such as the index of the checkout a merge updates): a git running now "
+            "(yours, or in another worktree of this repository) may own it"
         )
     rest = _ADVICE.sub("", message[match.end() :], count=1)
     return (

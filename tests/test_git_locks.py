@@ -132,7 +132,7 @@ def test_a_lock_that_appears_while_an_attempt_runs_is_explained(
     assert done.returncode == 1, done.stderr
     error = json.loads((tracks_dir / "t.json").read_text())["features"][0]["error"]
     assert error.startswith("git: verified, but not committed: ")
-    assert "appeared after the attempt started" in error
+    assert "it was not there when the attempt started" in error
     assert f"rm '{lock.resolve()}'" in error
     assert lock.exists()
 
