@@ -3,7 +3,7 @@
 In a chain (each task depends on the previous one) nothing overlaps: a link is the previous
 task's verdict, the next task's start, its child's whole life and its verdict. This bench marks
 six moments of every link (wall clock, ``time.perf_counter_ns``) and prints the median time
-between each and the next, then a reference measured in the same run: the same ``true``
+between each and the next, then a reference measured in the same run: the same ``/bin/true``
 child started by the same spawn function and waited for through a pidfd in a plain loop, which
 no daemon can beat. What the daemon adds to a link is the difference. Nothing is asserted.
 """
@@ -24,7 +24,7 @@ from typing import Any
 from orchestrator.executors import spawn
 
 from .common import patch, run_daemon, scratch_root
-from .gen import write_chain
+from .gen import TRUE, write_chain
 
 LINKS = 2000
 
@@ -83,7 +83,7 @@ def _stages(moments: list[tuple[str, int]]) -> dict[str, list[float]]:
 
 
 def _child_alone(directory: Path, runs: int) -> tuple[float, float]:
-    """Median microseconds in the spawn call, and from its return to seeing ``true`` exit,
+    """Median microseconds in the spawn call, and from its return to seeing the child exit,
     nothing else running."""
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     env = {"PATH": os.environ.get("PATH", os.defpath)}
@@ -94,10 +94,10 @@ def _child_alone(directory: Path, runs: int) -> tuple[float, float]:
             out = os.open(directory / f"alone-{i}.log", flags, 0o644)
             try:
                 began = time.perf_counter_ns()
-                pid = spawn.spawn(["true"], str(directory), env, stdin, out)
+                pid = spawn.spawn([TRUE], str(directory), env, stdin, out)
                 returned = time.perf_counter_ns()
                 if pid is None:
-                    raise RuntimeError("spawn could not start `true` here")
+                    raise RuntimeError(f"spawn could not start {TRUE} here")
                 pidfd = os.pidfd_open(pid)
                 select.select([pidfd], [], [])
                 lives.append((time.perf_counter_ns() - returned) / 1000)
@@ -112,7 +112,7 @@ def _child_alone(directory: Path, runs: int) -> tuple[float, float]:
 
 
 def run() -> None:
-    print(f"== chainpath: one link of a chain of {LINKS} `true` tasks, stage by stage")
+    print(f"== chainpath: one link of a chain of {LINKS} [{TRUE!r}] tasks, stage by stage")
     if not spawn.AVAILABLE or not hasattr(os, "pidfd_open"):
         print("  skipped: needs posix_spawn with new sessions and pidfds (Linux)")
         return
@@ -144,6 +144,6 @@ def run() -> None:
     alone_total = sum(alone.values())
     print(f"    {'sum':34s} {total:6.0f} {mean_total:6.0f} {alone_total:6.0f}")
     print(
-        "  alone: the same spawn of `true` in a plain loop, in this run. The daemon adds"
+        f"  alone: the same spawn of {TRUE} in a plain loop, in this run. The daemon adds"
         f" {own:.0f} us per link ({total / sum(alone.values()):.2f}x the child alone)."
     )

@@ -8,8 +8,15 @@ from typing import Any
 
 import orjson
 
+Command = str | list[str]
 
-def task(track: int, i: int, deps: list[str], command: str | None) -> dict[str, Any]:
+TRUE = "/bin/true"
+"""The benchmarks' task: the program, not the shell builtin. As a string a task runs it through
+``/bin/sh -c`` (as ninja runs every edge); as ``[TRUE]`` it is exec'd directly (as make runs a
+recipe with no shell syntax)."""
+
+
+def task(track: int, i: int, deps: list[str], command: Command | None) -> dict[str, Any]:
     """A task shaped like the old loop's, so file sizes are realistic."""
     body: dict[str, Any] = {
         "id": f"T{track:02d}-{i:04d}",
@@ -42,7 +49,7 @@ def write_tracks(
     per_track: int,
     *,
     seed: int = 7,
-    command: str | None = None,
+    command: Command | None = None,
     cross: float = 0.05,
 ) -> int:
     """Write ``tracks`` queue files of ``per_track`` tasks; return the number of edges."""
@@ -67,10 +74,12 @@ def write_tracks(
     return edges
 
 
-def write_chain(directory: Path, links: int) -> None:
-    """One track, ``chain``, of ``links`` ``true`` tasks, each depending on the previous."""
+def write_chain(directory: Path, links: int, command: Command | None = None) -> None:
+    """One track, ``chain``, of ``links`` tasks running ``command`` (by default ``[TRUE]``,
+    exec'd directly), each depending on the previous."""
+    command = command or [TRUE]
     items = [
-        {"id": f"C{i}", "command": "true", "dependencies": [f"C{i - 1}"] if i else []}
+        {"id": f"C{i}", "command": command, "dependencies": [f"C{i - 1}"] if i else []}
         for i in range(links)
     ]
     directory.mkdir(parents=True, exist_ok=True)
