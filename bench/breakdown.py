@@ -1,4 +1,4 @@
-"""Where the daemon's CPU per task goes, on the dispatch scenario (5,000 ``true`` tasks).
+"""Where the daemon's CPU per task goes, on the dispatch scenario (5,000 ``["/bin/true"]`` tasks).
 
 Runs the scenario twice in this process: once as it is (the reference), once with the main
 thread's CPU time (``time.thread_time``) counted around chosen functions, around every SQLite
@@ -27,7 +27,7 @@ from typing import Any
 from orchestrator import store as store_module
 
 from .common import patch, run_daemon, scratch_root
-from .gen import write_tracks
+from .gen import TRUE, write_tracks
 
 TASKS = 5000
 PARALLEL = 2
@@ -139,7 +139,7 @@ def _counting(counter: _Counter) -> Iterator[None]:
 
 def _scenario(root: Path) -> tuple[float, float]:
     """Run it; return the main thread's CPU per task and the whole process's (ms)."""
-    write_tracks(root / "tracks", 20, TASKS // 20, command="true", cross=0.05)
+    write_tracks(root / "tracks", 20, TASKS // 20, command=[TRUE], cross=0.05)
     before = time.thread_time()
     result = run_daemon(root / "tracks", root / "state", max_parallel=PARALLEL)
     assert result["code"] == 0, "the benchmark run did not complete every task"
@@ -148,7 +148,7 @@ def _scenario(root: Path) -> tuple[float, float]:
 
 
 def run() -> None:
-    print(f"== breakdown: daemon CPU per task, {TASKS} `true` tasks at parallelism {PARALLEL}")
+    print(f"== breakdown: daemon CPU per task, {TASKS} [{TRUE!r}] tasks at parallelism {PARALLEL}")
     with tempfile.TemporaryDirectory(dir=scratch_root()) as scratch:
         reference, whole = _scenario(Path(scratch) / "plain")
         counter = _Counter()
