@@ -417,11 +417,13 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                 current = _rebased(engine, key, current)
                 result = outcome.result
                 details = runtime.details(plan, outcome)
-                if engine.states[key].status is not Status.IN_PROGRESS:
+                if engine.states[key].status is not Status.IN_PROGRESS or engine.loop_queued(key):
                     # An order (skip, block, accept: each cancels the attempt) came while the
                     # attempt's end waited on a thread, which no cancellation interrupts: the
                     # order decides the task's fate, and the attempt is interrupted as if it had
-                    # come a moment earlier (what it spent is recorded all the same).
+                    # come a moment earlier (what it spent is recorded all the same). So too
+                    # when a later order made it runnable again (skip, then retry): the state
+                    # is that of the loop queued behind this one, not this attempt's to decide.
                     if details is not None:
                         engine.store.set_attempt_details(current.id, details)
                     await anyio.lowlevel.checkpoint_if_cancelled()

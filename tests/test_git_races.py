@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import gitattempt
 from orchestrator.clock import SystemClock
 from orchestrator.model import Status, TaskKey
+from orchestrator.states import Event
 from orchestrator.store import Store
 
 from . import live_harness as lh
@@ -139,3 +141,35 @@ async def test_an_attempt_waiting_for_its_tree_does_not_start_once_the_track_is_
         waited = TaskKey("t", "L" if ran[0].startswith("K") else "K")
         assert live.engine.states[waited].status is Status.PENDING
         assert [a.state for a in live.engine.store.attempts(waited)] in ([], ["interrupted"])
+
+
+async def test_skip_then_retry_while_git_concludes_runs_the_task_again(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skip, then retry, while git commits a passing attempt (in a thread, which no
+    cancellation interrupts): the retry's run is queued behind the ending loop, whose attempt
+    is interrupted by the skip; it must not record its PASS over the retry. The run after it
+    makes the same change and finds the commit already made: it is recorded, not made again."""
+    held = lh.hold(monkeypatch, gitattempt.GitAttempt, "_commit")
+    repo = make_repo(tmp_path / "repo")
+    write_track(
+        "t",
+        [{"id": "K", "command": f"echo done > a.txt; {lh.note('K', tmp_path)}"}],
+        track={"workdir": "../repo", "concurrency": 2},
+    )
+    key = TaskKey("t", "K")
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(held.entered.is_set)
+        live.engine.order(key, Event.ORDER_SKIP, "not now")
+        live.engine.order(key, Event.ORDER_RETRY, "after all")
+        assert live.engine.loop_queued(key)
+        held.release.set()
+        await live.until(lambda: live.status("t:K") is Status.COMPLETE)
+        await live.until(lambda: not live.engine.busy())
+        assert lh.ledger(tmp_path) == ["K", "K"]
+        attempts = live.engine.store.attempts(key)
+    assert [(a.state, a.verdict) for a in attempts] == [("interrupted", None), ("finished", "PASS")]
+    assert (
+        git(repo, "log", "--format=%H", "--grep=^Task: K$", "--all")
+        == attempts[-1].details.commit_id
+    )
