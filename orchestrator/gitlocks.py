@@ -12,9 +12,11 @@ git work runs on it) the lock files the attempt's git work would meet are looked
   running);
 - *own* locks, in a worktree the daemon made (its git directory, the track's branch) and the
   daemon's own refs (``refs/orchestratord/...``): stale unless a process has the file open or
-  a git process runs in that worktree (git closes some lock files while it still holds them,
-  and ``git commit`` holds ``index.lock`` closed while its editor is open). Without ``/proc``:
-  stale when older than the daemon's start;
+  a git process runs in that worktree, or for a ref (which any git of the repository may
+  update: ``git gc`` packing refs, ``git branch``) in any worktree of the repository (git
+  closes some lock files while it still holds them, and ``git commit`` holds ``index.lock``
+  closed while its editor is open). Without ``/proc``: stale when older than the daemon's
+  start;
 - *shared* locks, which a person's git may hold right now (the git directory of a checkout,
   the base branch, ``packed-refs.lock``): stale only when older than the daemon's start, not
   open in any process, and no git process runs in any worktree of the repository. Without
@@ -191,12 +193,10 @@ def candidates(
             shared_areas = (*own_areas, common.resolve(), *(t.resolve() for t in trees))
         return shared_areas
 
-    def add(path: Path, own_kind: bool) -> None:
+    def add(path: Path, own_kind: bool, ref: bool) -> None:
         if path.is_file() and all(c.path != path for c in found):
-            if own_kind:
-                found.append(Candidate(path, "own", own_areas))
-            else:
-                found.append(Candidate(path, "shared", shared()))
+            areas = own_areas if own_kind and not ref else shared()
+            found.append(Candidate(path, "own" if own_kind else "shared", areas))
 
     try:
         names = sorted(os.listdir(gitdir))
@@ -204,14 +204,14 @@ def candidates(
         names = []
     for name in names:
         if name.endswith(".lock"):
-            add(gitdir / name, own)
+            add(gitdir / name, own, ref=False)
     if branch:
-        add(common / "refs" / "heads" / f"{branch}.lock", own)
+        add(common / "refs" / "heads" / f"{branch}.lock", own, ref=True)
     if base:
-        add(common / "refs" / "heads" / f"{base}.lock", False)
-    add(common / "packed-refs.lock", False)
+        add(common / "refs" / "heads" / f"{base}.lock", False, ref=True)
+    add(common / "packed-refs.lock", False, ref=True)
     for ref in own_refs:
-        add(common / f"{ref}.lock", True)
+        add(common / f"{ref}.lock", True, ref=True)
     return found
 
 
@@ -259,8 +259,8 @@ def _stale_reason(candidate: Candidate, started: float) -> str:
         return f"in the daemon's own worktree or refs, and older than its start ({_clock(started)})"
     if candidate.kind == "own":
         return (
-            "in the daemon's own worktree or refs, no process has it open and no git runs in "
-            "that worktree"
+            "in the daemon's own worktree or refs, no process has it open and no git that may "
+            "own it runs (in that worktree; for a ref, in the repository)"
         )
     return (
         f"older than the daemon's start ({_clock(started)}), no process has it open and no git "

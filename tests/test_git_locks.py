@@ -267,3 +267,44 @@ def test_a_git_error_naming_a_lock_says_which_file_and_why() -> None:
     assert (
         gitlocks.explain("git add failed: no space left", left) == "git add failed: no space left"
     )
+
+
+@pytest.mark.skipif(not gitlocks.inspectable(), reason="needs /proc to see processes")
+def test_a_git_running_elsewhere_in_the_repository_keeps_the_locks_of_the_daemons_refs(
+    tmp_path: Path,
+) -> None:
+    """The track's branch and the daemon's refs are the repository's: any of its gits may be
+    updating them (``git gc`` packs refs, ``git branch -f``), with the lock file closed. A git
+    running in the person's checkout keeps them; the worktree's own files are still stale."""
+    repo, common = checkout(tmp_path)
+    tree = tmp_path / "state" / "worktrees" / "t"
+    git(repo, "worktree", "add", "-q", "-b", "orchestratord/t", str(tree), "main")
+    gitdir = common / "worktrees" / "t"
+    saved = "refs/orchestratord/attempts/t/K/1"
+    (common / "refs" / "orchestratord" / "attempts" / "t" / "K").mkdir(parents=True)
+    for path in (gitdir / "index.lock", common / "refs/heads/orchestratord/t.lock"):
+        path.write_text("")
+    (common / f"{saved}.lock").write_text("")
+    editor = tmp_path / "editor"
+    editor.write_text("#!/bin/sh\nexec sleep 60\n")
+    editor.chmod(0o755)
+    env = {**ph.clean_env(), "GIT_EDITOR": str(editor)}
+    (repo / "a.txt").write_text("b\n")
+    person = subprocess.Popen(
+        ["git", "commit", "-a", "-q"], cwd=repo, env=env, stdin=subprocess.DEVNULL
+    )
+    try:
+        ph.wait_for((common / "index.lock").exists)
+        cands = gitlocks.candidates(
+            tree, gitdir, common, True, "orchestratord/t", None, tmp_path / "s.index", [saved]
+        )
+        result = gitlocks.sweep(cands, time.time() - 60)
+    finally:
+        person.kill()
+        person.wait(10)
+    assert sorted((f.removed, f.path.name) for f in result) == [
+        (False, "1.lock"),
+        (False, "t.lock"),
+        (True, "index.lock"),
+    ]
+    assert all(f"git process {person.pid}" in f.why for f in result if not f.removed)
