@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.clock import SystemClock
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
-from orchestrator.store import Store
 
 from . import live_harness as lh
 from .conftest import WriteTrack
@@ -80,21 +78,3 @@ async def test_a_run_waiting_for_its_last_attempt_is_dropped_if_the_task_goes(
         await live.until(lambda: not live.engine.busy())
         assert lh.ledger(tmp_path) == ["start"]
         assert live.engine.running["t"] == 0
-
-
-async def test_a_run_waiting_for_its_last_attempt_stays_pending_when_the_daemon_stops(
-    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
-) -> None:
-    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
-    key = TaskKey("t", "K")
-    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
-        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
-        live.engine.order(key, Event.ORDER_BLOCK, "wait")
-        live.engine.order(key, Event.ORDER_RETRY, "go on")
-        live.control.request_stop()
-        await live.until(lambda: not live.engine.busy())
-        assert live.engine.states[key].status is Status.PENDING
-        assert lh.ledger(tmp_path) == ["start"]
-    stored = Store.open(live.state, SystemClock()).task(key)
-    assert stored is not None
-    assert stored.status is Status.PENDING

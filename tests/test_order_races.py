@@ -91,6 +91,9 @@ async def test_a_retry_waiting_for_the_last_attempt_is_not_an_attempt_when_the_d
     # never began a loop, so nothing says an attempt of it was interrupted.
     assert live.task("t", "K")["status"] == "pending"
     store = Store.open(live.state, SystemClock())
+    stored = store.task(key)
+    assert stored is not None
+    assert stored.status is Status.PENDING
     assert [a.state for a in store.attempts(key)] == ["interrupted"]
     assert [e for e in store.events() if e.type == "attempt_interrupted"] == []
 
