@@ -360,10 +360,9 @@ class Engine:
             owned["error"] = reason
         new = TaskState(state.with_owned(**owned).owned, budget_base=budget)
         if key in self._queued:
-            # Waiting for its last loop to end (see ``dispatch``): that launch will not happen,
-            # and its slot is free (a later retry dispatches it again).
-            self._queued.discard(key)
-            self.running[key.track] -= 1
+            # Waiting for its last loop to end (see ``dispatch``): that launch will not happen
+            # (a later retry dispatches it again); the order's state replaces its pending one.
+            self._unqueue(key)
         kind = {
             Event.ORDER_RETRY: "task_retry",
             Event.ORDER_SKIP: "task_skipped",
