@@ -35,7 +35,7 @@ from .attempt import AttemptResult, Note
 from .errors import GitError
 from .gitwork import Change
 from .guardrails import Guardrails, evidence
-from .model import TaskDef, Verdict
+from .model import TaskDef, TaskKey, Verdict
 from .worktrees import Tree, Trees, in_thread, ref_part
 
 SHOWN = 20
@@ -65,11 +65,12 @@ def commit_message(task: TaskDef, attempts: int, verdict: str = "PASS", reason: 
         paragraphs.append("\n".join(textwrap.fill(p, 72) for p in body.split("\n") if p.strip()))
     if reason:
         paragraphs.append(textwrap.fill(reason, 72))
-    trailers = (
-        f"Task: {task.key.id}\nTrack: {task.key.track}\nVerification: {verdict}\n"
-        f"Attempts: {attempts}"
-    )
-    return "\n\n".join([subject, *paragraphs, trailers]) + "\n"
+    return "\n\n".join([subject, *paragraphs, trailers(task.key, verdict, attempts)]) + "\n"
+
+
+def trailers(key: TaskKey, verdict: str, attempts: int) -> str:
+    """The lines that end an attempt's commit message and say whose commit it is."""
+    return f"Task: {key.id}\nTrack: {key.track}\nVerification: {verdict}\nAttempts: {attempts}"
 
 
 def _listed(changes: list[Change]) -> str:
@@ -198,18 +199,12 @@ class GitAttempt:
         if head is None:
             return None
         lines = gitwork.out(self.root, "log", "-1", "--format=%B", head).splitlines()
-        key = self.task.key
-        wanted = (f"Task: {key.id}", f"Track: {key.track}", "Verification: PASS")
-        if all(w in lines for w in wanted) and f"Attempts: {self.number}" in lines:
-            return head
-        return None
+        wanted = trailers(self.task.key, "PASS", self.number).splitlines()
+        return head if all(line in lines for line in wanted) else None
 
     def _adopt(self, orphan: str) -> None:
         """Start from the commit before ``orphan``, with its changes as this attempt's."""
-        parent = gitwork.run(
-            self.root, "rev-parse", "--verify", "--quiet", f"{orphan}^1", check=False
-        )
-        self.start = parent.stdout.decode().strip() or None
+        self.start = gitwork.commit_of(self.root, f"{orphan}^1")
         self.adopted = orphan
         base = gitwork.tree_of(self.root, self.start)
         undone = gitwork.changes(self.root, gitwork.tree_of(self.root, orphan), base)

@@ -113,11 +113,16 @@ def find_repo(path: Path) -> Repo | None:
     return Repo(top, (path / lines[1]).resolve())
 
 
+def commit_of(root: Path, ref: str) -> str | None:
+    """The commit ``ref`` names (a branch, ``HEAD``, ``X^1``); None when it names none."""
+    done = run(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode().strip() or None
+
+
 def ref_exists(root: Path, ref: str) -> bool:
-    return (
-        run(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False).returncode
-        == 0
-    )
+    return commit_of(root, ref) is not None
 
 
 def rev(root: Path, ref: str) -> str:
@@ -126,10 +131,7 @@ def rev(root: Path, ref: str) -> str:
 
 def head(root: Path) -> str | None:
     """The commit checked out at ``root``; None in a repository without commits."""
-    done = run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode().strip() or None
+    return commit_of(root, "HEAD")
 
 
 def tree_of(root: Path, commit: str | None) -> str:
