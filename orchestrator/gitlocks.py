@@ -37,12 +37,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from . import gitwork
+from . import gitwork, procs
 from .errors import GitError
 from .lock import LOCK_NAME
 
 Kind = Literal["scratch", "own", "shared"]
-PROC = Path("/proc")
 _IN_THE_WAY = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 _ADVICE = re.compile(
     r"\.?\s*Another git process seems to be running.*?remove the file manually to continue\.",
@@ -97,23 +96,18 @@ class Process:
 
 def inspectable() -> bool:
     """Whether other processes' open files and directories can be seen (``/proc``)."""
-    return (PROC / "self" / "fd").is_dir()
+    return (procs.PROC / "self" / "fd").is_dir()
 
 
 def _pids() -> Iterator[int]:
-    try:
-        names = os.listdir(PROC)
-    except OSError:
-        return
+    """Every other process's id."""
     me = os.getpid()
-    for name in names:
-        if name.isdigit() and int(name) != me:
-            yield int(name)
+    return (pid for pid in procs.pids() if pid != me)
 
 
 def _command(pid: int) -> str:
     try:
-        raw = (PROC / str(pid) / "cmdline").read_bytes()
+        raw = (procs.PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return "?"
     return " ".join(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)[:200]
@@ -126,7 +120,7 @@ def holders(paths: Iterable[Path]) -> dict[Path, Process]:
     if not wanted:
         return found
     for pid in _pids():
-        fd_dir = PROC / str(pid) / "fd"
+        fd_dir = procs.PROC / str(pid) / "fd"
         try:
             fds = os.listdir(fd_dir)
         except OSError:
@@ -145,7 +139,7 @@ def gits() -> list[tuple[Process, Path]]:
     """Every live git process (that this user may look at), with its working directory."""
     out: list[tuple[Process, Path]] = []
     for pid in _pids():
-        base = PROC / str(pid)
+        base = procs.PROC / str(pid)
         try:
             comm = (base / "comm").read_text().strip()
             if comm != "git" and not comm.startswith("git-"):

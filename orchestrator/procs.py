@@ -23,14 +23,14 @@ from pathlib import Path
 
 from .errors import ExecutorError
 
-_PROC = Path("/proc")
+PROC = Path("/proc")
 _LINUX = sys.platform.startswith("linux")
 _POLL = 0.02
 """Seconds between checks while :func:`end_leftovers` waits for processes to go."""
 
 LAUNCH_VAR = "ORCHESTRATORD_LAUNCH"
 """In the environment of every child the daemon starts: its :func:`launch_marker`."""
-ENVIRON_READABLE = _LINUX and os.access(_PROC / "self/environ", os.R_OK)
+ENVIRON_READABLE = _LINUX and os.access(PROC / "self/environ", os.R_OK)
 """Whether :func:`find_launched` can read other processes' environments here."""
 
 
@@ -70,7 +70,7 @@ def parse_stat(text: str) -> ProcStat | None:
 
 def _read_stat(pid: int) -> ProcStat | None:
     try:
-        text = (_PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+        text = (PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
     return parse_stat(text)
@@ -109,18 +109,23 @@ def process_start_ticks(pid: int) -> int | None:
 def boot_id() -> str | None:
     """This boot's id (Linux); ``None`` elsewhere."""
     try:
-        return (_PROC / "sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+        return (PROC / "sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
     except OSError:
         return None
 
 
-def _all_stats() -> list[ProcStat]:
-    """Every process's ``/proc/PID/stat`` that could be read (Linux)."""
+def pids() -> list[int]:
+    """Every process's id listed in ``/proc`` (Linux; none elsewhere)."""
     try:
-        names = os.listdir(_PROC)
+        names = os.listdir(PROC)
     except OSError:
         return []
-    return [stat for name in names if name.isdigit() and (stat := _read_stat(int(name)))]
+    return [int(name) for name in names if name.isdigit()]
+
+
+def _all_stats() -> list[ProcStat]:
+    """Every process's ``/proc/PID/stat`` that could be read (Linux)."""
+    return [stat for pid in pids() if (stat := _read_stat(pid))]
 
 
 def _members_linux(pgid: int) -> list[ProcStat]:
@@ -159,7 +164,7 @@ def group_members(pgid: int) -> list[int]:
     Zombies (ended, waiting for their parent to reap them) are not counted: they can no
     longer run, and signals do nothing to them.
     """
-    if _PROC.joinpath("self/stat").exists():
+    if PROC.joinpath("self/stat").exists():
         return sorted(stat.pid for stat in _members_linux(pgid))
     return sorted(_members_ps(pgid))
 
@@ -194,7 +199,7 @@ def find_launched(markers: Collection[str]) -> dict[int, int]:
         if stat.state == "Z" or stat.pgid in found or stat.pgid <= 1:
             continue  # a zombie's environment is gone; a group already found
         try:
-            environ = (_PROC / str(stat.pid) / "environ").read_bytes()
+            environ = (PROC / str(stat.pid) / "environ").read_bytes()
         except OSError:
             continue
         if not wanted.isdisjoint(environ.split(b"\0")):
