@@ -24,6 +24,7 @@ import anyio
 from orchestrator.daemon import Engine
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.model import Status, TaskKey
+from orchestrator.states import Event
 from orchestrator.supervisor import Control, serve, unwrap
 from orchestrator.watcher import watch_tracks
 
@@ -162,6 +163,34 @@ def stubborn(tmp_path: Path) -> str:
         f"echo $$ >> {pids}; n=$(wc -l < {pids}); if [ $n -eq 1 ]; then trap '' TERM; fi; "
         f"echo start >> {ledger}; if [ $n -eq 1 ]; then sleep 30; fi; echo end >> {ledger}"
     )
+
+
+QUEUED = TaskKey("t", "K")
+"""The task of :func:`retry_queued`."""
+
+
+@asynccontextmanager
+async def retry_queued(
+    tmp_path: Path,
+    tracks_dir: Path,
+    write_track: Callable[..., Path],
+    *,
+    concurrency: int = 2,
+    others: tuple[dict[str, Any], ...] = (),
+) -> AsyncIterator[tuple[Live, Path]]:
+    """A live daemon (and track ``t``'s file) whose task :data:`QUEUED` (:func:`stubborn`) was
+    skipped while it ran and retried at once: the retry waits, queued, behind the attempt the
+    skip is ending (for :data:`STUBBORN_GRACE`). ``others``: more tasks of the track."""
+    path = write_track(
+        "t",
+        [{"id": "K", "command": stubborn(tmp_path)}, *others],
+        track={"concurrency": concurrency},
+    )
+    async with live_daemon(tracks_dir, kill_grace=STUBBORN_GRACE) as live:
+        await live.until(lambda: ledger(tmp_path) == ["start"])
+        live.engine.order(QUEUED, Event.ORDER_SKIP, "skip it")
+        live.engine.order(QUEUED, Event.ORDER_RETRY, "run it after all")
+        yield live, path
 
 
 def set_status(path: Path, ident: str, status: str | None) -> None:

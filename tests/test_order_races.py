@@ -22,21 +22,15 @@ from .conftest import WriteTrack
 
 pytestmark = pytest.mark.anyio
 
-GRACE = lh.STUBBORN_GRACE
-
 
 async def test_skip_retry_twice_while_the_attempt_ends_frees_every_slot(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     """Three slots: the second skip and retry find the task queued behind its ending attempt;
     each order must give back the slot of the launch it drops."""
-    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 3})
-    key = TaskKey("t", "K")
-    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
-        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
+    key = lh.QUEUED
+    async with lh.retry_queued(tmp_path, tracks_dir, write_track, concurrency=3) as (live, _):
         engine = live.engine
-        engine.order(key, Event.ORDER_SKIP, "skip it")
-        engine.order(key, Event.ORDER_RETRY, "run it after all")
         engine.order(key, Event.ORDER_SKIP, "skip it again")
         engine.order(key, Event.ORDER_RETRY, "run it after all, really")
         await live.until(lambda: live.status("t:K") is Status.COMPLETE)
@@ -51,13 +45,8 @@ async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, pause: str
 ) -> None:
     """A pause given while the retry waits holds it, pending (in the file too), until resumed."""
-    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
-    key = TaskKey("t", "K")
-    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
-        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
+    async with lh.retry_queued(tmp_path, tracks_dir, write_track) as (live, _):
         engine = live.engine
-        engine.order(key, Event.ORDER_SKIP, "skip it")
-        engine.order(key, Event.ORDER_RETRY, "run it after all")
         if pause == "track":
             engine.pause_track("t", "hold on")
         else:
@@ -78,12 +67,8 @@ async def test_a_retry_waiting_for_the_last_attempt_does_not_start_once_paused(
 async def test_a_retry_waiting_for_the_last_attempt_is_not_an_attempt_when_the_daemon_stops(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    write_track("t", [{"id": "K", "command": lh.stubborn(tmp_path)}], track={"concurrency": 2})
-    key = TaskKey("t", "K")
-    async with lh.live_daemon(tracks_dir, kill_grace=GRACE) as live:
-        await live.until(lambda: lh.ledger(tmp_path) == ["start"])
-        live.engine.order(key, Event.ORDER_SKIP, "skip it")
-        live.engine.order(key, Event.ORDER_RETRY, "run it after all")
+    key = lh.QUEUED
+    async with lh.retry_queued(tmp_path, tracks_dir, write_track) as (live, _):
         live.control.request_stop()
         await live.until(lambda: not live.engine.busy())
         assert live.status("t:K") is Status.PENDING
