@@ -157,9 +157,9 @@ class AgentRuntime:
             tree.lock.release()
         try:
             if waited and (stop := self.stop_reason(key)) is not None:
-                # The track was held (a budget crossed, a usage limit) while this waited for
-                # the tree another attempt held: this one does not start either; the task is
-                # pending again, at the same iteration.
+                # The track was held (a budget crossed, a usage limit, a pause) while this
+                # waited for the tree another attempt held: this one does not start either;
+                # the task is pending again, at the same iteration.
                 engine.cancel_running(key, stop)
                 await anyio.lowlevel.checkpoint()
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -198,14 +198,15 @@ class AgentRuntime:
                 log.warning("git lock file left in place", task=str(key), **data)
 
     def stop_reason(self, key: TaskKey) -> str | None:
-        """Why a running task must not start another attempt now (its track is held)."""
+        """Why a running task must not start another attempt now: its track is held (a budget,
+        a usage limit), or anything else holds it back (:meth:`Engine.held_back`)."""
         if key.track in self.budget_paused:
             return f"{self.budget_paused[key.track]}; the track is paused"
         for hold in self.holds.values():
             if key.track in hold.tracks:
                 until = iso(hold.until)
                 return f"waiting for the usage limit of agent {hold.agent!r} to reset ({until})"
-        return None
+        return self.engine.held_back(key)
 
     def details(self, plan: AttemptPlan, outcome: Outcome) -> AttemptDetails | None:
         """What the store records beyond the verdict; None when there is nothing."""

@@ -398,7 +398,7 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                 and not scope.cancel_called
                 and not engine.loop_queued(key)
             ):
-                if not first and (stop := runtime.stop_reason(key) or engine.held_back(key)):
+                if not first and (stop := runtime.stop_reason(key)):
                     engine.cancel_reasons[key] = stop  # pending again, at this iteration
                     break
                 first = False

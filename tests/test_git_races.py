@@ -173,3 +173,32 @@ async def test_skip_then_retry_while_git_concludes_runs_the_task_again(
         git(repo, "log", "--format=%H", "--grep=^Task: K$", "--all")
         == attempts[-1].details.commit_id
     )
+
+
+async def test_an_attempt_waiting_for_its_tree_does_not_start_once_the_track_is_paused(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """As with a budget crossed: one task holds the track's tree, the other waits for it, and
+    the track is paused meanwhile. The first finishes; the other does not start (nothing new
+    starts) but is pending again, and runs once the track is resumed."""
+    make_repo(tmp_path / "repo")
+    go = tmp_path / "go"
+
+    def task(ident: str) -> dict[str, str]:
+        wait = f"while [ ! -e {go} ]; do sleep 0.02; done"
+        return {"id": ident, "command": f"{lh.note(ident, tmp_path)}; {wait}; echo > {ident}"}
+
+    write_track("t", [task("K"), task("L")], track={"workdir": "../repo", "concurrency": 2})
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: len(lh.ledger(tmp_path)) == 1)
+        (first,) = lh.ledger(tmp_path)
+        other = "L" if first == "K" else "K"
+        live.engine.pause_track("t", "a person")
+        go.touch()
+        await live.until(lambda: live.status(f"t:{first}") is Status.COMPLETE)
+        await live.until(lambda: not live.engine.busy())
+        assert live.status(f"t:{other}") is Status.PENDING
+        assert lh.ledger(tmp_path) == [first]
+        live.engine.resume_track("t")
+        await live.until(lambda: live.status(f"t:{other}") is Status.COMPLETE)
+        assert lh.ledger(tmp_path) == [first, other]
