@@ -113,6 +113,8 @@ class Engine:
         """Tasks whose Ralph loop was launched and has not ended."""
         self._queued: set[TaskKey] = set()
         """Tasks dispatched again while their loop was ending (see ``dispatch``)."""
+        self._requeues: dict[TaskKey, int] = {}
+        """How many times each task was queued so (see :meth:`requeues`)."""
         self._log_dirs: dict[str, str] = {}
         self._prefixes: dict[TaskKey, str] = {}
         self.running_logs: set[str] = set()
@@ -483,6 +485,7 @@ class Engine:
                 # it runnable again, or it left its file and came back): one loop per task,
                 # so this one begins when that one has ended.
                 self._queued.add(key)
+                self._requeues[key] = self._requeues.get(key, 0) + 1
             else:
                 self._loops.add(key)
                 self._launch(key)
@@ -497,6 +500,12 @@ class Engine:
         """The task was dispatched again while its Ralph loop was ending: its state belongs to
         the loop to come, not to the one ending."""
         return key in self._queued
+
+    def requeues(self, key: TaskKey) -> int:
+        """How many times the task was dispatched again while a loop of it was ending. A loop
+        that sees the count grow from its launch to its end was superseded: the task's fate
+        is no longer that loop's to decide (see ``worker._contain``)."""
+        return self._requeues.get(key, 0)
 
     def held_back(self, key: TaskKey) -> str | None:
         """Why a running task must not begin another attempt: a pause (nothing new starts),

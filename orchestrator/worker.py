@@ -71,23 +71,25 @@ class TrackWorker:
     def launch(self, key: TaskKey, resume: Resume | None = None) -> None:
         if self._tg is None:
             raise RuntimeError(f"worker of track {self.name!r} is not running")
+        requeues = self.engine.requeues(key)
         if self._idle:
-            self._idle.pop().give(key, resume)
+            self._idle.pop().give(key, resume, requeues)
             return
         runner = _Runner()
-        runner.give(key, resume)
+        runner.give(key, resume, requeues)
         self._tg.start_soon(self._serve, runner, name=f"runner of track {self.name}")
 
     async def _serve(self, runner: _Runner) -> None:
         try:
             while True:
-                key, resume = await runner.take()
+                key, resume, requeues = await runner.take()
                 try:
                     await run_task(self.engine, key, resume)
                 except StateError:
                     raise  # nothing can be recorded: the daemon stops, its state safe
                 except Exception as exc:  # a defect: it stops this task, not the daemon
-                    _contain(self.engine, key, exc)
+                    superseded = self.engine.requeues(key) != requeues
+                    _contain(self.engine, key, exc, superseded)
                 self._idle.append(runner)
         finally:
             if runner in self._idle:
@@ -103,14 +105,15 @@ class _Runner:
     __slots__ = ("_given", "_job")
 
     def __init__(self) -> None:
-        self._job: tuple[TaskKey, Resume | None] | None = None
+        self._job: tuple[TaskKey, Resume | None, int] | None = None
         self._given = anyio.Event()
 
-    def give(self, key: TaskKey, resume: Resume | None) -> None:
-        self._job = (key, resume)
+    def give(self, key: TaskKey, resume: Resume | None, requeues: int) -> None:
+        """``requeues``: the task's :meth:`Engine.requeues` at its launch."""
+        self._job = (key, resume, requeues)
         self._given.set()
 
-    async def take(self) -> tuple[TaskKey, Resume | None]:
+    async def take(self) -> tuple[TaskKey, Resume | None, int]:
         await self._given.wait()
         self._given = anyio.Event()
         job, self._job = self._job, None
@@ -573,12 +576,18 @@ def _loop_ended(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
         engine.finished(key)
 
 
-def _contain(engine: Engine, key: TaskKey, exc: Exception) -> None:
+def _contain(engine: Engine, key: TaskKey, exc: Exception, superseded: bool) -> None:
     """A defect of orchestratord ended a task's Ralph loop (which recorded the loop's end):
-    block the task, with the error as its reason, so that it is not run again and again."""
+    block the task, with the error as its reason, so that it is not run again and again.
+
+    Not when orders cut the loop short and made the task runnable again meanwhile
+    (``superseded``): the task's state is then that of the person's retry, and of the loop
+    that began (or waits to begin) behind this one."""
     log.error("internal error in a task's Ralph loop", task=str(key), exc_info=exc)
     if engine.draining:
         return  # the daemon is stopping (perhaps the cause): the next start runs the task again
+    if superseded:
+        return
     state = engine.states.get(key)
     if state is None or key not in engine.graph or state.status not in _UNDECIDED:
         return  # gone from the schedule, or its fate already recorded

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import worker
 from orchestrator.clock import SystemClock
+from orchestrator.daemon import Engine
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
 from orchestrator.store import Store
@@ -178,3 +180,34 @@ async def test_a_pause_holds_a_running_task_before_its_next_attempt(
             (1, 1, "FAIL"),
             (2, 2, "PASS"),
         ]
+
+
+@pytest.mark.parametrize("held", [False, True])
+async def test_a_defect_in_the_cut_short_loop_leaves_the_retry_queued_behind_it_alone(
+    tmp_path: Path,
+    tracks_dir: Path,
+    write_track: WriteTrack,
+    monkeypatch: pytest.MonkeyPatch,
+    held: bool,
+) -> None:
+    """A defect of orchestratord in a loop that orders cut short and superseded (skip, then
+    retry while its attempt ended) is logged, and does not block the task: the retry is a
+    person's, and its own loop runs (at once, or when the pause that held it is lifted)."""
+    interrupted = worker._interrupted
+
+    def faulty(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
+        interrupted(engine, key, attempt_id)
+        if engine.loop_queued(key):  # the old loop, its attempt ended, the retry behind it
+            raise RuntimeError("a defect")
+
+    monkeypatch.setattr(worker, "_interrupted", faulty)
+    async with lh.retry_queued(tmp_path, tracks_dir, write_track) as (live, _):
+        engine = live.engine
+        if held:
+            engine.pause_track("t", "hold on")
+            await live.until(lambda: not engine.busy())
+            assert live.status("t:K") is Status.PENDING
+            engine.resume_track("t")
+        await live.until(lambda: live.status("t:K") is Status.COMPLETE)
+        assert lh.ledger(tmp_path) == ["start", "start", "end"]
+        assert not live.kinds("task_blocked")
