@@ -3,7 +3,8 @@
 :func:`diff` compares a track's definition in force with the one just read (either may be
 missing: a new file, a removed file), together with the status orders found in the file, and
 returns a :class:`Plan`: tasks added, removed and changed (which fields), dependency and trigger
-changes, track settings changed, orders and what each will do. The daemon logs
+changes, track settings changed, orders and what each will do, and the orders refused (with
+the reason: the caller decides, with ``control.orders``, which are). The daemon logs
 :meth:`Plan.lines` and journals :meth:`Plan.data` (event ``reload_plan``) before it acts.
 
 Pure: definitions in, a value out.
@@ -70,9 +71,13 @@ class Order:
     """What the file asks for: pending, skipped, complete or blocked."""
     current: Status | None
     """What the daemon has now (None: a task it has not seen yet)."""
+    unchanged: str | None = None
+    """Why the order changes nothing (the task is so already), when it does not."""
 
     @property
     def effect(self) -> str:
+        if self.unchanged is not None:
+            return f"nothing to do: {self.unchanged}"
         running = self.current is Status.IN_PROGRESS
         if self.status is Status.PENDING:
             if running:
@@ -84,6 +89,26 @@ class Order:
         if self.status is Status.COMPLETE:
             return f"{cancel}accept it as complete without running it; its dependents proceed"
         return f"{cancel}stop it; its dependents keep waiting"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A status written in the file whose order is refused (it would undo finished work): not
+    applied, and the daemon's status is written back over it."""
+
+    id: str
+    status: Status
+    """What the file asks for."""
+    current: Status
+    """What the daemon has, and writes back."""
+    reason: str
+
+    @property
+    def line(self) -> str:
+        return (
+            f"x refused {self.id}: {self.current.value} -> {self.status.value}: {self.reason}; "
+            f"not applied, the file shows {self.current.value} again"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +138,7 @@ class Plan:
     dependencies: tuple[DepChange, ...] = ()
     reordered: bool = False
     orders: tuple[Order, ...] = ()
+    refused: tuple[Refused, ...] = ()
     ignored: tuple[Ignored, ...] = ()
     trigger: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     """``start_after`` before and after, when it changed."""
@@ -128,6 +154,7 @@ class Plan:
             or self.dependencies
             or self.reordered
             or self.orders
+            or self.refused
             or self.ignored
             or self.trigger
             or self.settings
@@ -149,6 +176,7 @@ class Plan:
             _n(len(self.dependencies), "dependency change") if self.dependencies else "",
             "reordered" if self.reordered else "",
             _n(len(self.orders), "order") if self.orders else "",
+            f"{_n(len(self.refused), 'order')} refused" if self.refused else "",
             _n(len(self.ignored), "status ignored") if self.ignored else "",
             "trigger changed" if self.trigger else "",
             "settings changed" if self.settings else "",
@@ -192,6 +220,8 @@ class Plan:
             was = order.current.value if order.current else "new"
             out.append(f"! order {order.id}: {was} -> {order.status.value}: {order.effect}")
         out += _more(len(self.orders), "order")
+        out += [item.line for item in self.refused[:SHOWN]]
+        out += _more(len(self.refused), "refused order")
         for item in self.ignored[:SHOWN]:
             out.append(
                 f"? {item.id}: status {item.written!r} is not an order (write pending, "
@@ -215,6 +245,10 @@ class Plan:
             },
             "reordered": self.reordered,
             "orders": {o.id: o.status.value for o in self.orders[:KEPT]},
+            "refused": {
+                r.id: {"written": r.status.value, "status": r.current.value, "reason": r.reason}
+                for r in self.refused[:KEPT]
+            },
             "ignored": {i.id: i.written for i in self.ignored[:KEPT]},
             "trigger": None if self.trigger is None else [list(t) for t in self.trigger],
             "settings": {s.name: [s.before, s.after] for s in self.settings},
@@ -223,6 +257,7 @@ class Plan:
                 "removed": len(self.removed),
                 "changed": len(self.changed),
                 "orders": len(self.orders),
+                "refused": len(self.refused),
             },
         }
 
@@ -232,6 +267,7 @@ def diff(
     new: TrackDef | None,
     *,
     orders: Sequence[Order] = (),
+    refused: Sequence[Refused] = (),
     ignored: Sequence[Ignored] = (),
     running: Collection[str] = (),
     paused_now: bool | None = None,
@@ -255,7 +291,14 @@ def diff(
             removed_running=tuple(i for i in ids if i in running),
         )
     if old is None:
-        return Plan(new.name, new.path, "add", added=tuple(_ids(new)), orders=tuple(orders))
+        return Plan(
+            new.name,
+            new.path,
+            "add",
+            added=tuple(_ids(new)),
+            orders=tuple(orders),
+            refused=tuple(refused),
+        )
     before = {t.key.id: t for t in _unique(old.tasks)}
     after = {t.key.id: t for t in _unique(new.tasks)}
     added = tuple(i for i in after if i not in before)
@@ -295,6 +338,7 @@ def diff(
         dependencies=tuple(deps),
         reordered=kept_before != kept_after,
         orders=tuple(orders),
+        refused=tuple(refused),
         ignored=tuple(ignored),
         trigger=None if trigger_before == trigger_after else (trigger_before, trigger_after),
         settings=_settings(old, new, paused_now),

@@ -29,6 +29,7 @@ from anyio.abc import TaskStatus
 
 from . import filelayout, jsonedit, merge, queuefile
 from . import plan as plans
+from .control import orders
 from .daemon import Engine, Track
 from .model import Status, TaskKey, TrackDef
 from .problems import Problem
@@ -297,11 +298,12 @@ class Writeback:
         if track.problems:
             log.info("queue file valid again: applying it", track=name, file=qf.display)
             track.problems = []
-        self.report_plan(self._plan(track, qf.track, changes))
+        decisions = self._decide(track, changes)
+        self.report_plan(self._plan(track, qf.track, changes, decisions))
         running = sum(self.engine.running.values())
         if changed:
             self.engine.reload_track(qf.track, track.path, spec)
-        self._orders(track, changes)
+        self._orders(track, changes, decisions)
         seen = _consumed(qf.track, qf.doc, base, changes)
         if sum(self.engine.running.values()) > running:
             # Something starts: its process first. The file is merged on the next round
@@ -334,17 +336,46 @@ class Writeback:
         written = self.engine.store.written(name)
         return dict(written.base) if written else {}
 
-    def _plan(
-        self, track: Track, definition: TrackDef, changes: dict[str, merge.UserChanges]
-    ) -> plans.Plan:
+    def _decide(
+        self, track: Track, changes: dict[str, merge.UserChanges]
+    ) -> dict[str, tuple[Status, orders.Decision]]:
+        """Task id -> its status now and the decision on the order its file gives, the same
+        as for that order given with the command (``control.orders``)."""
         engine = self.engine
-        orders: list[plans.Order] = []
-        ignored: list[plans.Ignored] = []
+        out: dict[str, tuple[Status, orders.Decision]] = {}
+        running: set[TaskKey] | None = None
         for ident, change in changes.items():
             key = TaskKey(track.name, ident)
-            if change.ordered_status is not None and key in engine.states:
-                current = engine.states[key].status
-                orders.append(plans.Order(ident, change.ordered_status, current))
+            if change.ordered_status is None or key not in engine.states:
+                continue
+            if running is None:
+                running = set(engine.running_keys())
+            status = engine.graph.status(key) if key in engine.graph else engine.states[key].status
+            order = orders.WRITTEN[change.ordered_status]
+            out[ident] = status, orders.decide(order, str(key), status, key in running)
+        return out
+
+    def _plan(
+        self,
+        track: Track,
+        definition: TrackDef,
+        changes: dict[str, merge.UserChanges],
+        decisions: dict[str, tuple[Status, orders.Decision]],
+    ) -> plans.Plan:
+        engine = self.engine
+        ordered: list[plans.Order] = []
+        refused: list[plans.Refused] = []
+        ignored: list[plans.Ignored] = []
+        for ident, change in changes.items():
+            if change.ordered_status is not None and ident in decisions:
+                current, decision = decisions[ident]
+                if decision.refused:
+                    refused.append(
+                        plans.Refused(ident, change.ordered_status, current, decision.message)
+                    )
+                else:
+                    unchanged = decision.message if decision.event is None else None
+                    ordered.append(plans.Order(ident, change.ordered_status, current, unchanged))
             if change.not_an_order is not None:
                 ignored.append(plans.Ignored(ident, change.not_an_order))
         running = {
@@ -355,7 +386,8 @@ class Writeback:
         return plans.diff(
             track.definition,
             definition,
-            orders=orders,
+            orders=ordered,
+            refused=refused,
             ignored=ignored,
             running=running,
             paused_now=engine.graph.track_paused(track.name),
@@ -476,13 +508,29 @@ class Writeback:
         track.problems = problems
         return problems
 
-    def _orders(self, track: Track, changes: dict[str, merge.UserChanges]) -> None:
-        """Apply the status orders a person wrote."""
-        for ident, change in changes.items():
+    def _orders(
+        self,
+        track: Track,
+        changes: dict[str, merge.UserChanges],
+        decisions: dict[str, tuple[Status, orders.Decision]],
+    ) -> None:
+        """Apply the status orders a person wrote, as decided (the plan told which are
+        refused: they are not applied, and the store's status is written back over them)."""
+        for ident, (status, decision) in decisions.items():
             key = TaskKey(track.name, ident)
-            if change.order is not None and key in self.engine.states:
-                reason = f"status set to {change.ordered_status} in the file"
-                self.engine.order(key, change.order, reason)
+            written = changes[ident].ordered_status
+            if decision.refused:
+                log.warning(
+                    "order in the queue file refused",
+                    file=queuefile.display_path(track.path),
+                    task=str(key),
+                    written=str(written),
+                    reason=decision.message,
+                    next=f"not applied; the file shows {status.value} again",
+                )
+            elif decision.event is not None and key in self.engine.states:
+                reason = f"status set to {written} in the file"
+                self.engine.order(key, decision.event, reason)
 
     def _merge(
         self,

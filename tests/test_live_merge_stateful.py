@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 
 from orchestrator import config, merge, queuefile
 from orchestrator.clock import SystemClock
+from orchestrator.control import orders
 from orchestrator.daemon import Engine
 from orchestrator.model import OWNED_FIELDS, Status, TaskKey
 from orchestrator.store import Store
@@ -48,6 +49,14 @@ from orchestrator.supervisor import _load_tracks
 from orchestrator.writeback import Writeback
 
 from .fakes import FakeExecutor
+
+
+def _refused_or_idle(key: TaskKey, written: Status, status: Status) -> bool:
+    """Whether the order ``written`` in the file is one the daemon does not apply to a task
+    that is ``status`` (the same decision as for the command; no attempt runs here)."""
+    decision = orders.decide(orders.WRITTEN[written], str(key), status, running=False)
+    return decision.event is None
+
 
 PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
 ORDERS = ("pending", "skipped", "complete", "blocked")
@@ -246,7 +255,10 @@ class LiveEditing(RuleBasedStateMachine):
             was = before.get(ident)
             if ident in consumed:
                 wanted = Status(consumed[ident])
-                if wanted is Status.PENDING:
+                if was is not None and _refused_or_idle(key, wanted, was.status):
+                    # Refused (it would undo finished work) or nothing to do: unchanged.
+                    assert state == was, (ident, was, state, wanted)
+                elif wanted is Status.PENDING:
                     assert state.status in (Status.PENDING, Status.IN_PROGRESS), (ident, state)
                     assert state.budget_base == state.owned.attempts, (ident, state)
                 else:
