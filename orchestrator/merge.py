@@ -8,7 +8,8 @@ For one task and one daemon-owned field:
 
 A field the user did not touch (file == base) takes the store's value. A ``status`` the user
 changed is an order (``pending`` run again, ``skipped`` skip, ``complete`` accept, ``blocked``
-stop); a status that is not an order (``in_progress``, ``failed``) is reported and overwritten.
+stop; whether it is applied is decided as for the command, by ``control.orders``); a status
+that is not an order (``in_progress``, ``failed``) is reported and overwritten.
 Any other daemon-owned field the user changed keeps the user's value until the daemon itself
 changes that field again (the later change wins). Fields a file did not have are added only
 once the daemon has something to say in them.

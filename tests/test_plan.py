@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.model import Status, TrackDef
-from orchestrator.plan import Ignored, Order, diff
+from orchestrator.plan import Ignored, Order, Refused, diff
 from orchestrator.schema import load_document
 
 
@@ -149,3 +149,38 @@ def test_the_progress_view_shows_reloads_in_one_line() -> None:
     bad = _event_line("queue_file_invalid", None, {"problems": ["t.json: $: broken", "more"]})
     assert bad is not None
     assert bad.plain == "not applied: t.json: $: broken (+1 more)"
+
+
+def test_a_refused_order_is_listed_with_its_reason_not_as_an_order() -> None:
+    plan = diff(
+        OLD,
+        OLD,
+        orders=[Order("B", Status.COMPLETE, Status.COMPLETE, "t:B is complete already")],
+        refused=[
+            Refused(
+                "A",
+                Status.SKIPPED,
+                Status.COMPLETE,
+                "A is complete: skipping it would change nothing",
+            )
+        ],
+    )
+    assert not plan.empty
+    assert plan.headline() == "1 order, 1 order refused"
+    assert plan.lines() == [
+        "! order B: complete -> complete: nothing to do: t:B is complete already",
+        "x refused A: complete -> skipped: A is complete: skipping it would change nothing; "
+        "not applied, the file shows complete again",
+    ]
+    data = plan.data()
+    assert data["orders"] == {"B": "complete"}
+    assert data["refused"] == {
+        "A": {
+            "written": "skipped",
+            "status": "complete",
+            "reason": "A is complete: skipping it would change nothing",
+        }
+    }
+    assert data["counts"]["refused"] == 1
+    only_refused = diff(OLD, OLD, refused=[Refused("A", Status.BLOCKED, Status.SKIPPED, "no")])
+    assert only_refused.headline() == "1 order refused"
