@@ -151,10 +151,12 @@ async def started(live: lh.Live, key: TaskKey) -> None:
 
 
 def refused(live: lh.Live) -> dict[str, Any]:
-    """The refused orders of every plan journaled so far, by task id."""
+    """The refused orders of every plan journaled so far (in the store: at start-up too), by
+    task id."""
     out: dict[str, Any] = {}
-    for _, _, data in live.kinds("reload_plan"):
-        out.update(data.get("refused", {}))
+    for event in live.engine.store.events():
+        if event.type == "reload_plan":
+            out.update(event.data.get("refused", {}))
     return out
 
 
@@ -318,3 +320,56 @@ async def test_orders_that_change_nothing_keep_what_the_daemon_recorded(
         assert not refused(live)
         plans = [d["orders"] for _, _, d in live.kinds("reload_plan")]
         assert sorted(plans, key=str) == [{"B": "blocked"}, {"C": "complete"}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("written", ["skipped", "blocked", "complete"])
+async def test_a_status_written_over_a_retry_queued_behind_its_ending_attempt_drops_it(
+    written: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The task was skipped while it ran and retried at once: the retry waits for the skipped
+    attempt to end. A status then written in the file is decided as for a running task: the
+    waiting launch never starts, and its slot is free."""
+    async with lh.retry_queued(tmp_path, tracks_dir, write_track) as (live, path):
+        engine = live.engine
+        assert engine.loop_queued(lh.QUEUED)
+        await live.settled("t")
+        edit(path, "K", status=written)
+        await live.until(lambda: live.status("t:K") is Status(written))
+        assert not engine.loop_queued(lh.QUEUED)
+        await live.until(lambda: not engine.busy())
+        assert lh.ledger(tmp_path) == ["start"]
+        assert engine.running["t"] == 0
+        doc = await live.settled("t")
+        assert doc["features"][0]["status"] == written
+        assert live.kinds("reload_plan")[-1][2]["orders"] == {"K": written}
+
+
+@pytest.mark.anyio
+async def test_an_order_written_while_the_daemon_was_stopped_is_decided_the_same(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """At start-up the edits made meanwhile are orders too: ``skipped`` over the complete C
+    is refused, ``pending`` over the failed F runs it again."""
+    marker = tmp_path / "fixed"
+    path = write_track(
+        "t",
+        [
+            {"id": "C", "command": lh.note("C", tmp_path)},
+            {"id": "F", "command": f"[ -e {marker} ]", "max_iterations": 1},
+        ],
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:F") is Status.FAILED)
+        await live.until(lambda: live.status("t:C") is Status.COMPLETE)
+        before = (await live.settled("t"))["features"][0]
+    edit(path, "C", status="skipped")
+    edit(path, "F", status="pending")
+    marker.touch()
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:F") is Status.COMPLETE)
+        doc = await live.settled("t")
+        assert doc["features"][0] == before
+        assert live.status("t:C") is Status.COMPLETE
+        assert refused(live)["C"]["reason"] == "t:C is complete: skipping it would change nothing"
+        assert lh.ledger(tmp_path) == ["C"]
