@@ -11,9 +11,9 @@ import orjson
 Command = str | list[str]
 
 TRUE = "/bin/true"
-"""The benchmarks' task: the program, not the shell builtin. As a string a task runs it through
-``/bin/sh -c`` (as ninja runs every edge); as ``[TRUE]`` it is exec'd directly (as make runs a
-recipe with no shell syntax)."""
+"""The benchmarks' task: the program, not the shell builtin. As ``[TRUE]``, and as the string
+(no shell syntax), the daemon execs it directly, as make runs a recipe with no shell syntax;
+``TRUE + ";"`` runs through ``/bin/sh -c``, as ninja runs every edge."""
 
 
 def task(track: int, i: int, deps: list[str], command: Command | None) -> dict[str, Any]:

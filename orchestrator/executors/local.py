@@ -4,7 +4,8 @@
 new session (its process group id is its pid) with stdin from ``/dev/null`` or a given file,
 and stdout and stderr appended to the run's log file. Spawning uses libc ``posix_spawn``
 (:mod:`.spawn`: about half the CPU of Popen) where it can do all of that, else, and for every
-command it does not start, :class:`subprocess.Popen`, whose result and errors then count. Both
+command it does not start, :class:`subprocess.Popen`, whose result and errors then count. A
+``sh -c`` command the shell would only exec is started without the shell (:mod:`.direct`). Both
 use ``vfork``: they do not copy the daemon, so spawning stays fast however large the daemon
 grows. Asyncio's and uvloop's subprocess support is not used.
 
@@ -55,7 +56,7 @@ import anyio.to_thread
 
 from .. import procs
 from ..errors import ExecutorError
-from . import spawn
+from . import direct, spawn
 from .base import Capacity, RunInfo, RunSpec, RunState
 from .runbook import RunBook
 from .spawn import Child
@@ -299,7 +300,9 @@ class LocalExecutor(RunBook[_Run]):
                     return _failed(run, reason, log_fd)
             proc: _Process | None = None
             if self._fast_spawn:
-                pid = spawn.spawn(spec.argv, spec.cwd, spec.env, stdin_fd, log_fd)
+                pid = _spawn_direct(spec, stdin_fd, log_fd)
+                if pid is None:
+                    pid = spawn.spawn(spec.argv, spec.cwd, spec.env, stdin_fd, log_fd)
                 if pid is not None:
                     proc = Child(pid)
             if proc is None:  # not fast here, or failed: Popen decides, and its error is told
@@ -575,6 +578,16 @@ def _failed(run: _Run, reason: str, log_fd: int | None) -> _Run:
     run.info = replace(run.info, state=RunState.FAILED_TO_START, reason=reason)
     run.done.set()
     return run
+
+
+def _spawn_direct(spec: RunSpec, stdin_fd: int, out_fd: int) -> int | None:
+    """A ``sh -c`` command the shell would only exec, started without the shell (see
+    :mod:`.direct`); None if it is not one, or did not start so (the shell then runs it)."""
+    argv = direct.exec_argv(spec.argv)
+    if argv is None:
+        return None
+    env = direct.exec_env(spec.env, spec.cwd)
+    return None if env is None else spawn.spawn(argv, spec.cwd, env, stdin_fd, out_fd)
 
 
 def _diagnose(spec: RunSpec, error: OSError | ValueError) -> str:
