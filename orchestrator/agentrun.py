@@ -9,6 +9,11 @@ time; :func:`service` (a daemon service) resumes them then, by itself, and resto
 were under way when the daemon last stopped. A track paused this way runs no further attempt
 of a task already running, nor the attempt of one that waits for the track's tree: that
 task goes back to pending, at the same iteration.
+
+When every task of a track is done, however that came (its last PASS, a skip or an accept, the
+last undone task removed from its file, or while the daemon was stopped), its worktree is
+removed once none of the track's Ralph loops runs any more, or kept and reported if it has
+uncommitted changes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from . import agentoutput, agents, budgets
 from .attempt import AttemptPlan, AttemptResult, Gate
@@ -36,7 +41,7 @@ from .gitattempt import GitAttempt, Outcome
 from .guardrails import Guardrails, NoTests
 from .model import TaskKey
 from .store import AttemptDetails, HoldRow, Spend
-from .worktrees import Trees
+from .worktrees import Trees, in_thread
 
 if TYPE_CHECKING:
     from .supervisor import Runtime
@@ -117,10 +122,16 @@ class AgentRuntime:
         """Tracks paused by a budget crossing, with the reason."""
         self.seen: set[tuple[str, str, str, float]] = set()
         self._wake = anyio.Event()
+        self._ending: set[str] = set()
+        """Finished tracks whose worktree is to be cleaned up."""
+        self._cleanups: TaskGroup | None = None
+        """Where clean-ups wait for the loops of their track to end (see :func:`service`)."""
         engine.listeners.append(self._on_event)
 
     def _on_event(self, kind: str, subject: TaskKey | str | None, data: Mapping[str, Any]) -> None:
-        if kind == "track_resumed" and isinstance(subject, str):
+        if kind == "track_complete" and isinstance(subject, str):
+            self._track_complete(subject)
+        elif kind == "track_resumed" and isinstance(subject, str):
             # A person's resume (or ours): the track is no longer held by us.
             self.budget_paused.pop(subject, None)
             for hold in self.holds.values():
@@ -223,28 +234,94 @@ class AgentRuntime:
             saved_ref=outcome.saved_ref,
         )
 
+    # ------------------------------------------------------------------ finished tracks
+
+    def _track_complete(self, track: str) -> None:
+        """Every task of ``track`` is done now, however that came (its last PASS, a skip or an
+        accept, the last task left undone removed from the file): its worktree goes once no
+        loop of the track runs any more."""
+        self._ending.add(track)
+        if self._cleanups is not None:
+            self._cleanups.start_soon(self._clean_up_after_loops, track)
+
     async def task_done(self, key: TaskKey) -> None:
-        """After a task's Ralph loop: a finished track's worktree is cleaned up."""
+        """After a task's Ralph loop that ended by itself: if that finished its track, the
+        track's worktree is cleaned up now (the others wait for the loops to end)."""
+        if key.track in self._ending:
+            await self._clean_up(key.track)
+
+    async def _clean_up_after_loops(self, track: str, adopt: bool = False) -> None:
+        """Clean the worktree of a finished track up once none of its Ralph loops runs (a
+        skipped attempt's ends when its processes have: up to ``kill_grace``). ``adopt``: a
+        worktree a daemon that stopped left, not known yet. Until then the daemon is not idle
+        (``--once`` does not end before it)."""
         engine = self.engine
-        tree = self.trees.tree(key.track)
-        if tree is None or not tree.own or key.track not in engine.tracks:
-            return
-        if not all(engine.graph.status(k).done for k in engine.graph.keys(key.track)):
-            return
+        wait = f"worktree clean-up: {track}"
+        engine.waiting.add(wait)
         try:
-            kept = await self.trees.finish(key.track)
+            while engine.running.get(track):
+                await engine.wait_changed()
+            if adopt:
+                done = self._finished(track)
+                if done is not None:
+                    try:
+                        await in_thread(self.trees.existing, track, *done)
+                    except (GitError, OSError) as exc:
+                        log.warning("worktree not removed", track=track, error=str(exc))
+                        self._ending.discard(track)
+            if track in self._ending:
+                await self._clean_up(track)
+        finally:
+            engine.waiting.discard(wait)
+            engine.dispatch()  # idle now, if that was all
+
+    def _finished(self, track: str) -> tuple[Path, str] | None:
+        """The workdir and integration of ``track`` when every one of its tasks is done."""
+        engine = self.engine
+        found = engine.tracks.get(track)
+        if found is None or not all(engine.graph.status(k).done for k in engine.graph.keys(track)):
+            return None
+        integration = found.definition.settings.integration or self.settings.git.integration
+        return found.workdir, integration
+
+    async def _clean_up(self, track: str) -> None:
+        self._ending.discard(track)
+        if self._finished(track) is None:
+            return  # work came back meanwhile (a retry, a new task), or the track left
+        engine = self.engine
+        try:
+            finished = await self.trees.finish(track)
         except (GitError, OSError) as exc:
-            log.warning("worktree not removed", track=key.track, error=str(exc))
+            log.warning("worktree not removed", track=track, error=str(exc))
             return
-        if kept is not None:
-            data = {"path": str(kept.path), "files": list(kept.files[:50])}
-            engine.journal("worktree_kept", key.track, **data)
-            log.warning(
-                "worktree kept: it has uncommitted changes",
-                track=key.track,
-                path=str(kept.path),
-                files=len(kept.files),
-            )
+        if finished is None:
+            return
+        path = str(finished.path)
+        if finished.removed:
+            engine.journal("worktree_removed", track, path=path, branch=finished.branch)
+            log.info("worktree removed", track=track, path=path, branch=finished.branch)
+            return
+        data = {"path": path, "files": list(finished.files[:50])}
+        engine.journal("worktree_kept", track, **data)
+        log.warning(
+            "worktree kept: it has uncommitted changes",
+            track=track,
+            path=path,
+            files=len(finished.files),
+        )
+
+    async def run_cleanups(self) -> None:
+        """Clean up the worktrees of finished tracks (those a daemon that stopped left too)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._cleanups = tg
+                for track in list(self.engine.tracks):
+                    if self._finished(track) is not None:
+                        self._ending.add(track)
+                        tg.start_soon(self._clean_up_after_loops, track, True)
+                await anyio.sleep_forever()
+        finally:
+            self._cleanups = None
 
     # ------------------------------------------------------------------ budgets
 
@@ -404,5 +481,7 @@ async def service(
     """The daemon service that ends usage-limit waits (``supervisor.Service``)."""
     runtime = of(rt.engine)
     runtime.restore()
-    task_status.started()
-    await runtime.run_timers()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runtime.run_cleanups)
+        task_status.started()
+        await runtime.run_timers()

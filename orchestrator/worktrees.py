@@ -85,10 +85,18 @@ class Tree:
 
 
 @dataclass(frozen=True, slots=True)
-class Kept:
+class Finished:
+    """What became of a finished track's worktree."""
+
     track: str
     path: Path
-    files: tuple[str, ...]
+    branch: str | None
+    files: tuple[str, ...] = ()
+    """The uncommitted files that kept it; none: it was removed."""
+
+    @property
+    def removed(self) -> bool:
+        return not self.files
 
 
 class Trees:
@@ -219,6 +227,23 @@ class Trees:
         self._trees[track] = tree
         return tree
 
+    def worktree_path(self, track: str, repo: Repo) -> Path:
+        """Where the worktree of ``track`` in ``repo`` is (or would be)."""
+        tag = hashlib.sha256(str(repo.common).encode()).hexdigest()[:8]
+        return self.worktree_root / f"{repo.top.name}-{tag}" / ref_part(track)
+
+    def existing(self, track: str, workdir: Path, integration: str) -> Tree | None:
+        """The track's own worktree if it is there, known or not (one a daemon that stopped
+        left), without making anything. Blocking."""
+        known = self._trees.get(track)
+        if known is not None:
+            return known if known.own else None
+        repo = self.repo_of(workdir) if self.git.enabled else None
+        if repo is None or not (self.worktree_path(track, repo) / ".git").is_file():
+            return None
+        tree = self._worktree(track, repo, workdir, integration)
+        return self._trees.setdefault(track, tree)
+
     def _worktree(self, track: str, repo: Repo, workdir: Path, integration: str) -> Tree:
         base = self.base_branch(repo)
         if not gitwork.ref_exists(repo.top, f"refs/heads/{base}"):
@@ -226,8 +251,7 @@ class Trees:
                 f"{repo.top}: base branch {base!r} does not exist (the repository needs a "
                 "first commit, or set git.base_branch)"
             )
-        tag = hashlib.sha256(str(repo.common).encode()).hexdigest()[:8]
-        path = self.worktree_root / f"{repo.top.name}-{tag}" / ref_part(track)
+        path = self.worktree_path(track, repo)
         branch = BRANCH_PREFIX + ref_part(track)
         if not (path / ".git").exists():
             gitwork.add_worktree(repo.top, path, branch, base)
@@ -330,19 +354,26 @@ class Trees:
 
     # ------------------------------------------------------------------ clean-up
 
-    async def finish(self, track: str) -> Kept | None:
-        """Remove the worktree of a finished track; keep (and return) one with changes."""
+    async def finish(self, track: str) -> Finished | None:
+        """Remove the worktree of a finished track, or keep one with uncommitted changes; None:
+        the track has no worktree of its own.
+
+        It waits for the tree: an attempt holds it until its processes have ended (a cut-short
+        attempt's take up to ``kill_grace``), so no worktree goes while anything runs in it.
+        """
         tree = self._trees.get(track)
         if tree is None or not tree.own:
             return None
         async with tree.lock:
+            if self._trees.get(track) is not tree:
+                return None  # removed (or replaced) while this waited
             if not tree.root.exists():
+                self._trees.pop(track, None)
                 return None
             dirty = await in_thread(gitwork.dirty_files, tree.root)
             if dirty:
-                return Kept(track, tree.root, tuple(dirty))
+                return Finished(track, tree.root, tree.branch, tuple(dirty))
             async with self.repo_lock(tree.repo):
                 await in_thread(gitwork.remove_worktree, tree.repo.top, tree.root)
             self._trees.pop(track, None)
-            log.info("worktree removed", track=track, path=str(tree.root), branch=tree.branch)
-        return None
+        return Finished(track, tree.root, tree.branch)

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from orchestrator.daemon import Engine
 from orchestrator.executors.local import LocalExecutor
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
-from orchestrator.supervisor import Control, serve, unwrap
+from orchestrator.supervisor import Control, Service, serve, unwrap
 from orchestrator.watcher import watch_tracks
 
 from .daemon_harness import settings
@@ -99,10 +99,15 @@ class Live:
 
 @asynccontextmanager
 async def live_daemon(
-    tracks: Path, state: Path | None = None, *, watch: bool = True, **extra: Any
+    tracks: Path,
+    state: Path | None = None,
+    *,
+    watch: bool = True,
+    services: Sequence[Service] = (),
+    **extra: Any,
 ) -> AsyncIterator[Live]:
     """The daemon, with its file watcher unless ``watch`` is false (then only an explicit
-    reload, ``live.control.reload``, looks at the files)."""
+    reload, ``live.control.reload``, looks at the files), and ``services``."""
     state = state or tracks.parent / "state"
     extra = {"watch_quiet": QUIET, "shutdown_grace": 1, "kill_grace": 0.5, **extra}
     cfg = settings(tracks, state, **extra)
@@ -122,7 +127,7 @@ async def live_daemon(
                 control=live.control,
                 on_ready=on_ready,
                 handle_signals=False,
-                services=[watch_tracks] if watch else [],
+                services=[*([watch_tracks] if watch else []), *services],
             )
 
     try:

@@ -202,8 +202,12 @@ async def test_own_worktrees_leftovers_and_clean_up(tmp_path: Path) -> None:
     kept = await trees.finish("a")
     assert kept is not None
     assert kept.files == ("app/stray.txt",)
+    assert not kept.removed
     assert tree.root.exists()
     (tree.cwd / "stray.txt").unlink()
-    assert await trees.finish("a") is None
+    removed = await trees.finish("a")
+    assert removed is not None
+    assert removed.removed
     assert not tree.root.exists()
+    assert await trees.finish("a") is None
     assert git(repo, "branch", "--list", "orchestratord/a") == "orchestratord/a"

@@ -60,6 +60,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "reload_plan",
     "attempt_reattached",
     "worktree_kept",
+    "worktree_removed",
     "git_lock_removed",
     "budget_exceeded",
     "usage_limit",
