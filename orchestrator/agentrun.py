@@ -41,7 +41,7 @@ from .gitattempt import GitAttempt, Outcome
 from .guardrails import Guardrails, NoTests
 from .model import TaskKey
 from .store import AttemptDetails, HoldRow, Spend
-from .worktrees import Trees, in_thread
+from .worktrees import Tree, Trees
 
 if TYPE_CHECKING:
     from .supervisor import Runtime
@@ -159,6 +159,7 @@ class AgentRuntime:
             if tree is None:
                 yield Session()
                 return
+            remade = self._report_remade(key.track, tree)
             waited = tree.lock.locked()
             await tree.lock.acquire()
             if self.trees.tree(key.track) is tree:
@@ -182,7 +183,7 @@ class AgentRuntime:
                 self.trees, tree, task, number, self.guardrails, scratch, stamp, resumed
             )
             try:
-                notes = await attempt.begin()
+                notes = [*remade, *await attempt.begin()]
             except (GitError, OSError) as exc:
                 self.report_locks(key, attempt)
                 yield Session(error=f"git: {exc}")
@@ -197,6 +198,15 @@ class AgentRuntime:
             )
         finally:
             tree.lock.release()
+
+    def _report_remade(self, track: str, tree: Tree) -> list[str]:
+        """Journal that a half-made worktree was removed and made again (once); the note for
+        the attempt's log."""
+        what, tree.remade = tree.remade, None
+        if what is None:
+            return []
+        self.engine.journal("worktree_remade", track, path=str(tree.root), reason=what)
+        return [f"git: {what}"]
 
     def report_locks(self, key: TaskKey, attempt: GitAttempt) -> None:
         """Log the git lock files found in an attempt's way; journal those removed."""
@@ -265,7 +275,9 @@ class AgentRuntime:
                 done = self._finished(track)
                 if done is not None:
                     try:
-                        await in_thread(self.trees.existing, track, *done)
+                        tree = await self.trees.existing(track, *done)
+                        if tree is not None:
+                            self._report_remade(track, tree)
                     except (GitError, OSError) as exc:
                         log.warning("worktree not removed", track=track, error=str(exc))
                         self._ending.discard(track)

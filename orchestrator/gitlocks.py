@@ -81,7 +81,7 @@ def daemon_started(state_dir: Path) -> float:
         return time.time()
 
 
-def _clock(stamp: float) -> str:
+def clock(stamp: float) -> str:
     return datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
@@ -135,14 +135,18 @@ def holders(paths: Iterable[Path]) -> dict[Path, Process]:
     return found
 
 
-def gits() -> list[tuple[Process, Path]]:
-    """Every live git process (that this user may look at), with its working directory."""
+def gits(theirs: bool = False) -> list[tuple[Process, Path]]:
+    """Every live git process (that this user may look at), with its working directory;
+    ``theirs``: leave out those this daemon runs itself."""
     out: list[tuple[Process, Path]] = []
+    me = str(os.getpid())
     for pid in _pids():
         base = procs.PROC / str(pid)
         try:
             comm = (base / "comm").read_text().strip()
             if comm != "git" and not comm.startswith("git-"):
+                continue
+            if theirs and (base / "stat").read_text().rpartition(")")[2].split()[1:2] == [me]:
                 continue
             cwd = Path(os.readlink(base / "cwd"))
         except OSError:
@@ -153,6 +157,16 @@ def gits() -> list[tuple[Process, Path]]:
 
 def _within(path: Path, areas: Iterable[Path]) -> bool:
     return any(path == area or path.is_relative_to(area) for area in areas)
+
+
+def git_at_work(areas: Iterable[Path], theirs: bool = False) -> str | None:
+    """Which git process runs in ``areas`` (a directory or below it), or None: none does.
+    ``theirs``: the daemon's own gits do not count."""
+    wanted = [area.resolve() for area in areas]
+    for proc, cwd in gits(theirs):
+        if _within(cwd, wanted):
+            return f"git process {proc.pid} ({proc.command}) runs in {cwd}"
+    return None
 
 
 # ------------------------------------------------------------------ what is in the way
@@ -223,23 +237,23 @@ def judge(candidate: Candidate, started: float) -> str | None:
         if candidate.kind == "own" and not young:
             return None
         return (
-            f"it was made at {_clock(made)} and this system does not show which processes "
+            f"it was made at {clock(made)} and this system does not show which processes "
             "hold files, so a git running now may own it"
             if candidate.kind == "shared"
-            else f"it was made at {_clock(made)}, after the daemon started "
-            f"({_clock(started)}), and this system does not show which processes hold files"
+            else f"it was made at {clock(made)}, after the daemon started "
+            f"({clock(started)}), and this system does not show which processes hold files"
         )
     held = holders([path]).get(path)
     if held is not None:
         return f"process {held.pid} ({held.command}) has it open"
     if candidate.kind == "scratch":
         return None
-    for proc, cwd in gits():
-        if _within(cwd, candidate.areas):
-            return f"git process {proc.pid} ({proc.command}) runs in {cwd} and may own it"
+    running = git_at_work(candidate.areas)
+    if running is not None:
+        return f"{running} and may own it"
     if candidate.kind == "shared" and young:
         return (
-            f"it was made at {_clock(made)}, after the daemon started ({_clock(started)}): "
+            f"it was made at {clock(made)}, after the daemon started ({clock(started)}): "
             "a git of yours that ran since may still own it"
         )
     return None
@@ -250,14 +264,14 @@ def _stale_reason(candidate: Candidate, started: float) -> str:
     if candidate.kind == "scratch":
         return "the daemon's own scratch index, which it is not using, and no process has it open"
     if not inspectable():
-        return f"in the daemon's own worktree or refs, and older than its start ({_clock(started)})"
+        return f"in the daemon's own worktree or refs, and older than its start ({clock(started)})"
     if candidate.kind == "own":
         return (
             "in the daemon's own worktree or refs, no process has it open and no git that may "
             "own it runs (in that worktree; for a ref, in the repository)"
         )
     return (
-        f"older than the daemon's start ({_clock(started)}), no process has it open and no git "
+        f"older than the daemon's start ({clock(started)}), no process has it open and no git "
         "runs in the repository"
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -236,6 +237,54 @@ def add_worktree(root: Path, path: Path, branch: str, start: str) -> None:
 
 def remove_worktree(root: Path, path: Path) -> None:
     run(root, "worktree", "remove", "--force", str(path))
+
+
+ADDING = "initializing"
+"""What ``git worktree add`` writes in the new worktree's ``locked`` file until it is done
+(in the C locale, which every git here runs in)."""
+
+
+def interrupted_add(common: Path, path: Path) -> Path | None:
+    """The ``locked`` file of a worktree at ``path`` whose ``git worktree add`` never finished
+    (killed: git locks the new entry "initializing" and unlocks it when the checkout is done);
+    None when there is none."""
+    try:
+        names = os.listdir(common / "worktrees")
+    except OSError:
+        return None
+    wanted = os.path.realpath(path / ".git")
+    for name in names:
+        admin = common / "worktrees" / name
+        try:
+            if (admin / "locked").read_text(encoding="utf-8", errors="replace").strip() != ADDING:
+                continue
+            gitdir = (admin / "gitdir").read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            continue
+        if os.path.realpath(gitdir) == wanted:
+            return admin / "locked"
+    return None
+
+
+def discard_worktree_command(root: Path, path: Path) -> str:
+    """The shell command that does :func:`discard_worktree`, for a person to run."""
+    return " && ".join(
+        shlex.join(argv)
+        for argv in (
+            ["rm", "-rf", str(path)],
+            ["git", "-C", str(root), "worktree", "unlock", str(path)],
+            ["git", "-C", str(root), "worktree", "prune"],
+        )
+    )
+
+
+def discard_worktree(root: Path, path: Path) -> None:
+    """Remove a half-made worktree at ``path``: its files, then git's record of it, whatever
+    git had made of it (``git worktree remove`` refuses one without its ``.git`` file)."""
+    if path.exists():
+        shutil.rmtree(path)
+    run(root, "worktree", "unlock", str(path))
+    run(root, "worktree", "prune")
 
 
 # ------------------------------------------------------------------ snapshots and changes

@@ -77,6 +77,8 @@ class Tree:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     workdir: Path = field(default_factory=Path)
     """The configured ``workdir`` this tree was made for."""
+    remade: str | None = None
+    """A half-made worktree found where this one is was removed (what, until reported)."""
 
     @cached_property
     def index(self) -> Path:
@@ -232,16 +234,17 @@ class Trees:
         tag = hashlib.sha256(str(repo.common).encode()).hexdigest()[:8]
         return self.worktree_root / f"{repo.top.name}-{tag}" / ref_part(track)
 
-    def existing(self, track: str, workdir: Path, integration: str) -> Tree | None:
+    async def existing(self, track: str, workdir: Path, integration: str) -> Tree | None:
         """The track's own worktree if it is there, known or not (one a daemon that stopped
-        left), without making anything. Blocking."""
+        left), without making one where there is none."""
         known = self._trees.get(track)
         if known is not None:
             return known if known.own else None
-        repo = self.repo_of(workdir) if self.git.enabled else None
+        repo = await in_thread(self.repo_of, workdir) if self.git.enabled else None
         if repo is None or not (self.worktree_path(track, repo) / ".git").is_file():
             return None
-        tree = self._worktree(track, repo, workdir, integration)
+        async with self.repo_lock(repo):
+            tree = await in_thread(self._worktree, track, repo, workdir, integration)
         return self._trees.setdefault(track, tree)
 
     def _worktree(self, track: str, repo: Repo, workdir: Path, integration: str) -> Tree:
@@ -253,6 +256,7 @@ class Trees:
             )
         path = self.worktree_path(track, repo)
         branch = BRANCH_PREFIX + ref_part(track)
+        remade = self._half_made(repo, path)
         if not (path / ".git").exists():
             gitwork.add_worktree(repo.top, path, branch, base)
             log.info("worktree made", track=track, path=str(path), branch=branch, base=base)
@@ -272,7 +276,45 @@ class Trees:
             excludes=self._excludes(repo.top),
             lock=self._tree_locks.setdefault(path, anyio.Lock()),
             workdir=workdir,
+            remade=remade,
         )
+
+    def _half_made(self, repo: Repo, path: Path) -> str | None:
+        """Remove the worktree at ``path`` if a ``git worktree add`` of it was cut short (the
+        daemon killed while it made it): it would block the track. What was done, or None.
+
+        Only when no git that may still be making it runs: none (but the daemon's own, which
+        make worktrees under the repository's lock, held here) in the repository's checkout
+        or git directory (where the add runs) or in the worktree (its checkout). Without
+        ``/proc``: when git began it before the daemon started. Otherwise the reason says what
+        to run.
+        """
+        locked = gitwork.interrupted_add(repo.common, path)
+        if locked is None:
+            return None
+        if gitlocks.inspectable():
+            busy = gitlocks.git_at_work((repo.top, repo.common, path), theirs=True)
+        else:
+            begun = locked.stat().st_mtime
+            busy = (
+                None
+                if begun < self.started
+                else f"it was begun after the daemon started ({gitlocks.clock(self.started)}) "
+                "and this system does not show which processes run"
+            )
+        what = (
+            f"the worktree {path} is half-made: a `git worktree add` of it was cut short "
+            f"({locked} says {gitwork.ADDING!r})"
+        )
+        if busy is not None:
+            command = gitwork.discard_worktree_command(repo.top, path)
+            raise GitError(
+                f"{what}, and the daemon left it: {busy}. If no git is making it any more, "
+                f"run: {command}; then set the task back to pending"
+            )
+        gitwork.discard_worktree(repo.top, path)
+        log.warning("half-made worktree removed", path=str(path), locked=str(locked))
+        return f"{what}; it was removed and made again"
 
     # ------------------------------------------------------------------ base branch
 

@@ -4,6 +4,10 @@ a lock file that stays in place."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,11 @@ from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
 
 from . import live_harness as lh
+from . import process_harness as ph
 from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 from .daemon_harness import run_once
+from .test_git_locks import events
 
 pytestmark = [pytest.mark.anyio, needs_git]
 
@@ -132,3 +138,96 @@ async def test_a_track_finished_while_the_daemon_was_stopped_loses_its_worktree_
         ("worktree_kept", "u"),
         ("worktree_removed", "t"),
     ]
+
+
+# ---------------------------------------------------------------------- a killed worktree add
+
+
+def stall_checkouts(repo: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A smudge filter on the repository's ``*.txt`` that, while the returned ``block`` file
+    exists, notes its pid in the returned ``hit`` file and stalls: a checkout (the one ``git
+    worktree add`` makes) waits there."""
+    block, hit = tmp_path / "block", tmp_path / "hit"
+    script = tmp_path / "stall"
+    script.write_text(
+        f"#!/bin/sh\nif [ -e {block} ]; then echo $$ > {hit}.tmp && mv {hit}.tmp {hit}; "
+        "sleep 60; fi\nexec cat\n"
+    )
+    script.chmod(0o755)
+    git(repo, "config", "filter.stall.smudge", str(script))
+    git(repo, "config", "filter.stall.clean", "cat")
+    block.touch()
+    return block, hit
+
+
+def kill_group_while_adding_the_worktree(
+    repo: Path, tracks: Path, state: Path, tmp_path: Path
+) -> None:
+    """Run a daemon until its ``git worktree add`` checks files out, then kill its whole
+    process group, git with it (as ``systemctl stop`` does with the daemon's cgroup)."""
+    block, hit = stall_checkouts(repo, tmp_path)
+    proc = ph.daemon(tracks, state)
+    try:
+        ph.wait_for(hit.exists)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    ph.wait_for(lambda: not ph.alive(int(hit.read_text())))
+    block.unlink()
+    locked = repo / ".git" / "worktrees" / "t" / "locked"
+    assert locked.read_text() == "initializing\n"
+
+
+def two_tracks(tmp_path: Path, write_track: WriteTrack) -> Path:
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n", ".gitattributes": "*.txt filter=stall\n"})
+    write_config(tmp_path, "[git]\nworktrees = true\n")
+    write_track("t", [{"id": "K", "command": "echo b > b.txt"}], track={"workdir": "../repo"})
+    return repo
+
+
+def test_a_worktree_whose_add_was_killed_is_made_again(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The daemon and its git are killed while git makes the track's worktree: git's entry
+    stays locked "initializing", the checkout half done. After a restart the daemon removes
+    it and makes it again (logged and journaled), and the task runs there."""
+    repo = two_tracks(tmp_path, write_track)
+    state = tmp_path / "state"
+    kill_group_while_adding_the_worktree(repo, tracks_dir, state, tmp_path)
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    (remade,) = events(state, "worktree_remade")
+    assert "a `git worktree add` of it was cut short" in str(remade["reason"])
+    assert "half-made worktree removed" in again.stderr
+    assert git(repo, "show", "main:b.txt") == "b"
+    assert worktrees(repo) == [str(repo)]  # made again, and removed with the track done
+    assert not (repo / ".git" / "worktrees").exists()
+    assert git(repo, "for-each-ref", "refs/orchestratord/") == ""  # no "leftovers" of it
+
+
+def test_a_half_made_worktree_where_a_git_runs_is_left_and_the_reason_says_what_to_run(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A git runs in the repository (it might be the one making the worktree): the daemon
+    leaves the half-made worktree, and the blocked task's reason gives the command that
+    removes it; run, it lets the task run."""
+    repo = two_tracks(tmp_path, write_track)
+    state = tmp_path / "state"
+    kill_group_while_adding_the_worktree(repo, tracks_dir, state, tmp_path)
+    argv = ["git", "cat-file", "--batch"]
+    with subprocess.Popen(argv, cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as busy:
+        try:
+            done = ph.start_once(tracks_dir, state)
+        finally:
+            busy.kill()
+    assert done.returncode == 1, done.stderr
+    error = json.loads((tracks_dir / "t.json").read_text())["features"][0]["error"]
+    assert f"git process {busy.pid} (git cat-file --batch) runs in {repo}" in error
+    command = error.split("run: ", 1)[1].split("; then set the task back to pending")[0]
+    assert "rm -rf" in command
+    subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+    lh.set_status(tracks_dir / "t.json", "K", "pending")
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    assert git(repo, "show", "main:b.txt") == "b"
+    assert not events(state, "worktree_remade")

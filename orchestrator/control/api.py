@@ -61,6 +61,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "attempt_reattached",
     "worktree_kept",
     "worktree_removed",
+    "worktree_remade",
     "git_lock_removed",
     "budget_exceeded",
     "usage_limit",
