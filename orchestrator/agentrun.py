@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentoutput, agents, budgets
+from . import agentoutput, agents, budgets, gitlocks
 from .attempt import AttemptPlan, AttemptResult, Gate
 from .clock import iso
 from .config import Settings
@@ -122,6 +122,7 @@ class AgentRuntime:
         """Tracks paused by a budget crossing, with the reason."""
         self.seen: set[tuple[str, str, str, float]] = set()
         self._wake = anyio.Event()
+        self.locks_reported = gitlocks.Reported()
         self._ending: set[str] = set()
         """Finished tracks whose worktree is to be cleaned up."""
         self._cleanups: TaskGroup | None = None
@@ -209,13 +210,15 @@ class AgentRuntime:
         return [f"git: {what}"]
 
     def report_locks(self, key: TaskKey, attempt: GitAttempt) -> None:
-        """Log the git lock files found in an attempt's way; journal those removed."""
-        for found in attempt.locks:
+        """Log and journal the git lock files found in an attempt's way: each removal, and a
+        lock left in place once while it stays (the attempt's own log notes it every time)."""
+        for found in self.locks_reported.new(attempt.locks):
             data = {"path": str(found.path), "reason": found.why}
             if found.removed:
                 self.engine.journal("git_lock_removed", key.track, **data)
                 log.warning("stale git lock file removed", task=str(key), **data)
             else:
+                self.engine.journal("git_lock_left", key.track, **data)
                 log.warning("git lock file left in place", task=str(key), **data)
 
     def stop_reason(self, key: TaskKey) -> str | None:

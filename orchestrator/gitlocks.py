@@ -23,7 +23,8 @@ git work runs on it) the lock files the attempt's git work would meet are looked
   ``/proc`` they are never removed.
 
 A stale lock is removed (the caller logs and journals it); any other is left, with the reason,
-which :func:`explain` adds to a git error that names the file.
+which :func:`explain` adds to a git error that names the file. One left is reported once while
+it stays in place (:class:`Reported`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class Found:
     removed: bool
     why: str
     """Why it was stale (removed), or why it was left."""
+    identity: tuple[int, int] | None = None
+    """The file's inode and modification time (ns) when it was looked at."""
 
     def describe(self) -> str:
         if self.removed:
@@ -301,10 +304,34 @@ def sweep(found: list[Candidate], started: float) -> list[Found]:
             except OSError as exc:
                 out.append(Found(candidate.path, False, f"it could not be removed: {exc}"))
                 continue
-            out.append(Found(candidate.path, True, reason))
+            out.append(Found(candidate.path, True, reason, before))
         else:
-            out.append(Found(candidate.path, False, why))
+            out.append(Found(candidate.path, False, why, before))
     return out
+
+
+class Reported:
+    """The lock files left in place that were reported (logged, journaled): each once while it
+    stays the same file (its path, inode and modification time), and again once it changed,
+    or came back after it was gone. Without this, a lock left in place for hours is reported
+    at every attempt of every track that meets it."""
+
+    def __init__(self) -> None:
+        self._left: dict[Path, tuple[int, int]] = {}
+
+    def new(self, found: Iterable[Found]) -> list[Found]:
+        """Those of ``found`` to report: every removal, and each left lock not reported yet."""
+        for path, identity in list(self._left.items()):
+            if _identity(path) != identity:
+                del self._left[path]  # gone or made again since: news when met again
+        out: list[Found] = []
+        for item in found:
+            if item.removed or item.identity is None:
+                out.append(item)
+            elif self._left.get(item.path) != item.identity:
+                self._left[item.path] = item.identity
+                out.append(item)
+        return out
 
 
 def explain(message: str, left: Iterable[Found]) -> str:

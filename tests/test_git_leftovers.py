@@ -231,3 +231,40 @@ def test_a_half_made_worktree_where_a_git_runs_is_left_and_the_reason_says_what_
     assert again.returncode == 0, again.stderr
     assert git(repo, "show", "main:b.txt") == "b"
     assert not events(state, "worktree_remade")
+
+
+# ---------------------------------------------------------------------- a lock left in place
+
+
+def test_a_lock_left_in_place_is_reported_once_while_it_stays(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A lock file in the checkout that a process holds open is in the way of every attempt
+    (``packed-refs.lock``: it does not stop a commit) and left in place each time: it is
+    logged and journaled once, not at every attempt; made again (another file), once more."""
+    repo = make_repo(tmp_path / "repo")
+    lock = repo / ".git" / "packed-refs.lock"
+    remake = f"rm {lock} && touch {lock}"
+    tasks = [
+        {"id": "A", "command": "echo a > a.txt"},
+        {"id": "B", "command": f"echo b > b.txt && {remake}", "dependencies": ["A"]},
+        {"id": "C", "command": "echo c > c.txt", "dependencies": ["B"]},
+        {"id": "D", "command": "echo d > d.txt", "dependencies": ["C"]},
+    ]
+    write_track("t", tasks, track={"workdir": "../repo"})
+    with lock.open("wb") as handle:
+        holder = subprocess.Popen(["sleep", "60"], stdout=handle, cwd=tmp_path)
+    with holder:
+        try:
+            done = ph.start_once(tracks_dir, tmp_path / "state")
+        finally:
+            holder.kill()
+    assert done.returncode == 0, done.stderr
+    assert git(repo, "log", "--format=%s", "-4").count("\n") == 3  # every task committed
+    left = events(tmp_path / "state", "git_lock_left")
+    assert [e["path"] for e in left] == [str(lock), str(lock)]
+    assert f"process {holder.pid} (sleep 60) has it open" in str(left[0]["reason"])
+    assert "after the daemon started" in str(left[1]["reason"])  # the one B made
+    assert done.stderr.count("git lock file left in place") == 2
+    log = (tmp_path / "state" / "logs" / "t" / "D.attempt-1.log").read_text()
+    assert f"left the git lock file {lock} in place" in log  # each attempt's log says so

@@ -63,6 +63,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "worktree_removed",
     "worktree_remade",
     "git_lock_removed",
+    "git_lock_left",
     "budget_exceeded",
     "usage_limit",
     "usage_limit_reset",
