@@ -175,6 +175,22 @@ def git_at_work(areas: Iterable[Path], theirs: bool = False) -> str | None:
 # ------------------------------------------------------------------ what is in the way
 
 
+def repository_areas(root: Path, common: Path) -> tuple[Path, ...]:
+    """Where a git that works on the repository of ``root`` runs: its git directory and every
+    worktree of it."""
+    try:
+        trees = [t.path for t in gitwork.worktrees(root)]
+    except GitError:
+        trees = []
+    return (common.resolve(), *(t.resolve() for t in trees))
+
+
+def in_the_way(message: str) -> Path | None:
+    """The lock file a git error says was in its way ("File exists"), if it says so."""
+    match = _IN_THE_WAY.search(message)
+    return Path(match.group(1)) if match else None
+
+
 def candidates(
     root: Path,
     gitdir: Path,
@@ -197,11 +213,7 @@ def candidates(
     def shared() -> tuple[Path, ...]:
         nonlocal shared_areas
         if shared_areas is None:
-            try:
-                trees = [t.path for t in gitwork.worktrees(root)]
-            except GitError:
-                trees = []
-            shared_areas = (*own_areas, common.resolve(), *(t.resolve() for t in trees))
+            shared_areas = (*own_areas, *repository_areas(root, common))
         return shared_areas
 
     def add(path: Path, own_kind: bool, ref: bool) -> None:

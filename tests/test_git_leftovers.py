@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import agentrun
+from orchestrator import agentrun, runbranch
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
 
@@ -268,3 +268,48 @@ def test_a_lock_left_in_place_is_reported_once_while_it_stays(
     assert done.stderr.count("git lock file left in place") == 2
     log = (tmp_path / "state" / "logs" / "t" / "D.attempt-1.log").read_text()
     assert f"left the git lock file {lock} in place" in log  # each attempt's log says so
+
+
+# ---------------------------------------------------------------------- a killed fetch of a run
+
+
+def hold_open(path: Path) -> subprocess.Popen[bytes]:
+    """A process that has ``path`` open (as a git writing it would)."""
+    with path.open("ab") as handle:
+        return subprocess.Popen(["sleep", "60"], stdout=handle)
+
+
+@pytest.mark.parametrize("live", [False, True])
+async def test_a_lock_a_killed_fetch_left_on_a_runs_branch(live: bool, tmp_path: Path) -> None:
+    """A daemon killed while it fetched a remote run's branch leaves the lock of that ref; the
+    next daemon fetches the same branch for the re-attached attempt. A stale lock is removed
+    and the fetch succeeds; one a process holds open is left, and the reason says so."""
+    remote = make_repo(tmp_path / "remote")
+    git(remote, "checkout", "-q", "-b", "orchestratord/a7-run")
+    (remote / "b.txt").write_text("b\n")
+    git(remote, "add", "b.txt")
+    git(remote, "commit", "-qm", "the run's work")
+    commit = git(remote, "rev-parse", "HEAD")
+    local = make_repo(tmp_path / "local")
+    lock = local / ".git" / "refs" / "heads" / "orchestratord" / "a7-run.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(b"0" * 40)
+    holder = hold_open(lock) if live else None
+    try:
+        if live:
+            with pytest.raises(runbranch.RunBranchError) as failed:
+                await runbranch.fetch(str(local), str(remote), "orchestratord/a7-run", commit)
+            assert holder is not None
+            assert f"left it in place: process {holder.pid} (sleep 60) has it open" in str(
+                failed.value
+            )
+            assert lock.exists()
+        else:
+            got = await runbranch.fetch(str(local), str(remote), "orchestratord/a7-run", commit)
+            assert got == "refs/heads/orchestratord/a7-run"
+            assert git(local, "rev-parse", got) == commit
+            assert not lock.exists()
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait(10)
