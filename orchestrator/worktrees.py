@@ -295,7 +295,10 @@ class Trees:
         if gitlocks.inspectable():
             busy = gitlocks.git_at_work((repo.top, repo.common, path), theirs=True)
         else:
-            begun = locked.stat().st_mtime
+            try:
+                begun = locked.stat().st_mtime
+            except FileNotFoundError:
+                return None  # the add has just finished
             busy = (
                 None
                 if begun < self.started
