@@ -16,12 +16,32 @@ from orchestrator.control.api import EVENT_TYPES
 from orchestrator.daemon import Engine
 from orchestrator.store import EventSpec, Store
 
+from . import leftovers
 from .ray_head import ray_head  # noqa: F401 - the session's Ray head, for the ``ray`` tests
 
 EXAMPLES = Path(__file__).parent / "fixtures" / "examples"
 REPO = Path(__file__).resolve().parent.parent
 
 WriteTrack = Callable[..., Path]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RUN] = leftovers.mark_this_run()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    left = leftovers.end_leftovers(session.config.stash[_RUN])
+    if left:
+        writer = session.config.pluginmanager.get_plugin("terminalreporter")
+        if writer is not None:
+            title = f"{len(left)} processes left running by the tests, now killed"
+            writer.write("\n")
+            writer.section(title, sep="-", red=True)
+            for line in left:
+                writer.write_line(f"  {line}")
+
+
+_RUN = pytest.StashKey[str]()
 
 
 @pytest.fixture
