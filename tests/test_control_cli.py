@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from orchestrator import lock
 from orchestrator.cli import cli
 from orchestrator.clock import SystemClock
 from orchestrator.control import api
@@ -234,6 +235,36 @@ def test_without_a_daemon_the_state_database_wins_over_the_queue_files(
         store.close()
     data = json.loads(run("status", "--json", *where)[1])
     assert data["daemon"]["paused"] is False  # the last of the pauses and resumes counts
+
+
+@pytest.mark.anyio
+async def test_resume_without_a_daemon_lifts_the_pause_a_stopped_daemon_kept(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A daemon paused when it stopped starts paused, and with --once it then exits at once:
+    `resume` must work without a daemon, or a --once user could never run the tasks again."""
+    write_track("t", [{"id": "A", "command": "true"}])
+    state = tmp_path / "state"
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+    store = Store.open(state, SystemClock())
+    try:
+        store.add_events(("daemon_paused", None, {"reason": "for the night"}))
+    finally:
+        store.close()
+    paused = await run_once(tracks_dir, state)
+    assert (paused.code, paused.task("t", "A").get("status")) == (1, None)
+
+    code, out, err = run("resume", *where)
+    assert (code, err) == (0, "")
+    assert out.startswith("the stopped daemon was paused (since ")
+    assert out.endswith(
+        ": for the night); it is resumed: the next `orchestratord start` starts tasks\n"
+    )
+    assert lock.holder(state) is None
+    assert run("resume", *where)[0] == 3  # not paused any more: there is nothing to resume
+
+    resumed = await run_once(tracks_dir, state)
+    assert (resumed.code, resumed.task("t", "A")["status"]) == (0, "complete")
 
 
 def test_status_watch_redraws_when_the_daemon_says_something_changed(

@@ -4,7 +4,8 @@ With a daemon running (one holds the state directory's lock) they ask it over it
 socket. Without one, the commands that only read answer from the queue files together with
 the state database a stopped daemon left, and say that the daemon is not running; the commands
 that change something fail with exit status 3 and say how to start the daemon (or which edit
-of the queue file gives the same order).
+of the queue file gives the same order), except `resume`, which resumes a stopped daemon that
+was paused so that it starts unpaused.
 
 Exit statuses: 0 success; 1 the order was refused, a ref names no task, or the daemon does
 not answer; 2 usage or configuration errors; 3 no daemon is running (for commands that change
@@ -253,6 +254,11 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
     def resume(cfg: Config, track: str | None) -> None:
         """Start tasks again in TRACK, or in the whole daemon."""
         hint = "; or set track.paused to false in its queue file" if track else ""
+        if track is None and lock.holder(cfg.state_dir) is None:
+            message = resume_stopped(cfg)
+            if message is not None:
+                click.echo(message)
+                return
         with daemon(cfg, hint) as client:
             click.echo(client.resume(track).message)
 
@@ -284,6 +290,39 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
                 raise OrchestratorError(f"the daemon (pid {pid}) is still stopping; try --force")
             time.sleep(0.1)
         click.echo("stopped")
+
+
+def resume_stopped(cfg: Config) -> str | None:
+    """Resume a stopped daemon that was paused, so that its next start starts tasks (a daemon
+    started with ``--once`` while paused exits at once, so it could never be told to resume).
+
+    The resume is journaled in the state database under the state directory's lock, so no
+    daemon starts meanwhile. None when there is no state database or the daemon was not paused.
+    """
+    from ..clock import SystemClock  # noqa: PLC0415  (only this command needs the store)
+    from ..store import Store  # noqa: PLC0415
+
+    if not (cfg.state_dir / "state.db").is_file():
+        return None
+    held = lock.StateLock(cfg.state_dir)
+    held.acquire()
+    try:
+        store = Store.open(cfg.state_dir, SystemClock())
+        try:
+            last = store.last_event(("daemon_paused", "daemon_resumed"))
+            if last is None or last.type != "daemon_paused":
+                return None
+            store.add_events(("daemon_resumed", None, {}))
+        finally:
+            store.close()
+    finally:
+        held.release()
+    reason = last.data.get("reason")
+    why = f": {reason}" if reason else ""
+    return (
+        f"the stopped daemon was paused (since {last.at}{why}); it is resumed: "
+        "the next `orchestratord start` starts tasks"
+    )
 
 
 def status_data(cfg: Config, track: str | None, *, quiet: bool = True) -> dict[str, Any]:
