@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .graph import Graph, Waiting
-from .model import Owned, Status, TaskKey, TrackAll
+from .model import FOR_A_PERSON, Owned, Status, TaskKey, TrackAll
 
 OwnedLookup = Callable[[TaskKey], Owned | None]
 
@@ -29,6 +29,11 @@ def _state(key: TaskKey, status: Status | None, owned: OwnedLookup) -> str:
     if status is Status.IN_PROGRESS:
         return "in progress"
     return status.value
+
+
+def _error(key: TaskKey, owned: OwnedLookup) -> str | None:
+    info = owned(key)
+    return info.error if info else None
 
 
 def _short(text: str | None, limit: int = 160) -> str:
@@ -49,9 +54,14 @@ def _waiting(item: Waiting, owned: OwnedLookup) -> str:
     return f"{target} ({_state(target, item.status, owned)})"
 
 
-def _advice(key: TaskKey, status: Status, ready: bool) -> str:
+def _advice(key: TaskKey, status: Status, ready: bool, error: str | None = None) -> str:
     if status is Status.FAILED:
         return f"retry it with `orchestratord retry {key}` or mark it pending in its file"
+    if status is Status.BLOCKED and FOR_A_PERSON in (error or ""):
+        return (
+            'once it is done, set its "status" to "complete" in its queue file (a retry only '
+            f"blocks it again; `orchestratord skip {key}` goes on without it)"
+        )
     if status is Status.BLOCKED:
         return f"fix the cause, then `orchestratord retry {key}` (or `skip {key}`)"
     if status is Status.IN_PROGRESS:
@@ -75,7 +85,8 @@ def describe(
         if status.done:
             lines.append("Its dependents may proceed.")
         elif status in (Status.FAILED, Status.BLOCKED):
-            lines.append(f"Its dependents wait for it; {_advice(key, status, False)}.")
+            advice = _advice(key, status, False, _error(key, owned))
+            lines.append(f"Its dependents wait for it; {advice}.")
         elif status is Status.IN_PROGRESS:
             lines.append("It is being worked on (or was, when the daemon last stopped).")
         return lines
@@ -104,7 +115,7 @@ def describe(
             root_status = graph.status(root)
             lines.append(
                 f"    {root} is {_state(root, root_status, owned)}: "
-                f"{_advice(root, root_status, graph.is_ready(root))}."
+                f"{_advice(root, root_status, graph.is_ready(root), _error(root, owned))}."
             )
         if len(roots) > 10:
             lines.append(f"    ... and {len(roots) - 10} more.")

@@ -31,6 +31,10 @@ class Status(StrEnum):
 
 STATUS_ORDER: tuple[Status, ...] = tuple(Status)
 
+FOR_A_PERSON = "marks this task for a person"
+"""Words of the reason a task for a person (role ``manual``) is blocked with, so that advice
+about a blocked task can tell it from one to fix and retry."""
+
 
 class Verdict(StrEnum):
     """The outcome of one attempt."""

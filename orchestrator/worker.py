@@ -37,7 +37,7 @@ from .daemon import Engine, Track
 from .errors import StateError
 from .executors.base import Executor, RunInfo, RunSpec
 from .gitattempt import Outcome
-from .model import Command, Status, TaskDef, TaskKey, Verdict
+from .model import FOR_A_PERSON, Command, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
 from .states import Event, TaskState, transition
 from .store import EventSpec
@@ -232,7 +232,7 @@ def plan_attempt(
             )
         if choice.manual:
             blocked = (
-                f"agent {choice.requested!r} marks this task for a person: do it, then set its "
+                f"agent {choice.requested!r} {FOR_A_PERSON}: do it, then set its "
                 'status to "complete"'
             )
         elif choice.profile is None:
