@@ -267,6 +267,29 @@ async def test_resume_without_a_daemon_lifts_the_pause_a_stopped_daemon_kept(
     assert (resumed.code, resumed.task("t", "A")["status"]) == (0, "complete")
 
 
+def test_logs_names_each_attempt_number_once_when_an_interrupted_one_ran_again(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}])
+    state = tmp_path / "state"
+    key = TaskKey("t", "A")
+    log = tmp_path / "A.log"
+    log.write_text("=== t:A attempt 1 ===\n")
+    store = Store.open(state, SystemClock())
+    try:
+        running = TaskState(Owned(Status.IN_PROGRESS))
+        cut = store.begin_attempt(key, running, 1, 1, str(log))
+        store.interrupt_attempts([cut], {key: TaskState(Owned(Status.PENDING))}, "killed")
+        again = store.begin_attempt(key, running, 1, 1, str(log))
+        done = TaskState(Owned(Status.COMPLETE, attempts=1))
+        store.finish_attempt(again, key, done, "PASS", None, 0)
+    finally:
+        store.close()
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+    code, _, err = run("logs", "A", "--attempt", "2", *where)
+    assert (code, err.splitlines()[-1]) == (1, "orchestratord: t:A has no attempt 2 (attempts: 1)")
+
+
 def test_status_watch_redraws_when_the_daemon_says_something_changed(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

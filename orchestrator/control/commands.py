@@ -203,7 +203,8 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
             number = rows[-1].number if attempt is None else attempt
             row = next((r for r in reversed(rows) if r.number == number), None)
             if row is None:
-                shown = ", ".join(str(r.number) for r in rows)
+                # an interrupted attempt runs again under its own number: each number once
+                shown = ", ".join(str(n) for n in sorted({r.number for r in rows}))
                 raise OrchestratorError(f"{key} has no attempt {number} (attempts: {shown})")
             try:
                 data = Path(row.log_path).read_bytes()

@@ -186,7 +186,8 @@ class Handlers:
         number = rows[-1].number if wanted is None else wanted
         row = next((r for r in reversed(rows) if r.number == number), None)
         if row is None:
-            shown = ", ".join(str(r.number) for r in rows)
+            # an interrupted attempt runs again under its own number: each number once
+            shown = ", ".join(str(n) for n in sorted({r.number for r in rows}))
             raise _Failure(404, f"{key} has no attempt {number} (attempts: {shown})", "not_found")
         tail = _int(request, "tail")
         follow = _flag(request, "follow")
