@@ -239,25 +239,34 @@ def _cycle_location(
 
 
 def _project_copies(tracks: Mapping[str, TrackDef], problems: list[Problem]) -> None:
-    seen: dict[tuple[str, str], str] = {}
+    holders: dict[tuple[str, str], list[str]] = {}
+    for track in tracks.values():
+        if track.project is not None:
+            for ident in dict.fromkeys(task.key.id for task in track.tasks):
+                holders.setdefault((track.project, ident), []).append(track.name)
     for track in tracks.values():
         if track.project is None:
             continue
         reported: set[str] = set()
         for task in track.tasks:
             ident = task.key.id
-            other = seen.get((track.project, ident))
-            if other is None:
-                seen[(track.project, ident)] = track.name
-            elif other != track.name and ident not in reported:
-                reported.add(ident)
-                problems.append(
-                    Problem(
-                        track.path,
-                        json_path(track.list_key, task.index, "id"),
-                        f"id {ident!r} is also in track {other!r} of project "
-                        f"{track.project!r}: both copies would run. Keep one and depend on "
-                        f"it as '{other}:{ident}'",
-                        severity="warning",
-                    )
+            names = holders[(track.project, ident)]
+            if names[0] == track.name or ident in reported:
+                continue
+            reported.add(ident)
+            others = [name for name in names if name != track.name]
+            where = (
+                f"track {others[0]!r}"
+                if len(others) == 1
+                else "tracks " + ", ".join(repr(n) for n in others[:-1]) + f" and {others[-1]!r}"
+            )
+            copies = "both copies" if len(names) == 2 else f"all {len(names)} copies"
+            problems.append(
+                Problem(
+                    track.path,
+                    json_path(track.list_key, task.index, "id"),
+                    f"id {ident!r} is also in {where} of project {track.project!r}: {copies} "
+                    f"would run. Keep one and depend on it as '{names[0]}:{ident}'",
+                    severity="warning",
                 )
+            )

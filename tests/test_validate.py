@@ -159,6 +159,23 @@ def test_same_id_in_two_tracks_of_one_project_is_a_warning() -> None:
     ]
 
 
+def test_an_id_in_three_tracks_of_one_project_names_every_other_copy() -> None:
+    """The old loop's files: the backend ids were in the full queue and in the backend copy."""
+    report = _check(
+        karematch={"project": "km", "features": [{"id": "P-10"}]},
+        backend={"project": "km", "features": [{"id": "P-10"}]},
+        onboarding={"project": "km", "features": [{"id": "P-10"}]},
+    )
+    assert _lines(report) == [
+        "tracks/backend.json: features[0].id: warning: id 'P-10' is also in tracks 'karematch' "
+        "and 'onboarding' of project 'km': all 3 copies would run. Keep one and depend on it "
+        "as 'karematch:P-10'",
+        "tracks/onboarding.json: features[0].id: warning: id 'P-10' is also in tracks "
+        "'karematch' and 'backend' of project 'km': all 3 copies would run. Keep one and depend "
+        "on it as 'karematch:P-10'",
+    ]
+
+
 def test_a_bad_file_does_not_stop_the_others() -> None:
     bad, bad_problems = load_document(
         "tracks/bad.json", "bad", {"features": [{"id": "A", "status": "?"}]}
