@@ -192,6 +192,14 @@ class _Log:
         os.close(self.fd)
 
 
+def note_interrupted(path: str, reason: str) -> None:
+    """End the log of an attempt cut short (an order, a stop, a killed daemon) with why, so its
+    output is not taken for a whole run; the attempt that runs again under the same number
+    writes its own header after it. Best effort: the log may be gone."""
+    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as log:
+        log.write(f"--- interrupted: {reason}\n")
+
+
 def trim_log(path: str, limit: int) -> bool:
     """Keep only the last ``limit`` bytes of a log, marking what was dropped."""
     try:

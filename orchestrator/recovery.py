@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from . import procs
+from .attempt import note_interrupted
 from .model import Status, TaskKey
 from .states import Event, TaskState, transition
 from .store import AttemptRow, Store
@@ -87,6 +88,8 @@ def recover(store: Store, grace: float) -> Recovered:
     }
     if attempts or resets:
         store.interrupt_attempts([a.id for a in attempts], resets, INTERRUPTED)
+        for attempt in attempts:
+            note_interrupted(attempt.log_path, INTERRUPTED)
         states.update(resets)
     result = Recovered(
         tuple(ended),

@@ -31,7 +31,14 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import agentoutput, agentrun, agents, logs, procs
-from .attempt import AttemptPlan, AttemptResult, command_argv, run_attempt, write_failure_file
+from .attempt import (
+    AttemptPlan,
+    AttemptResult,
+    command_argv,
+    note_interrupted,
+    run_attempt,
+    write_failure_file,
+)
 from .clock import iso
 from .daemon import Engine, Track
 from .errors import StateError
@@ -624,6 +631,9 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
     )
     if attempt_id is not None:
         engine.store.interrupt_attempts([attempt_id], resets, reason)
+        cut = next((a for a in engine.store.attempts(key) if a.id == attempt_id), None)
+        if cut is not None:
+            note_interrupted(cut.log_path, reason)
     elif resets:
         engine.store.put_tasks(resets, [("attempt_interrupted", key, {"reason": reason})])
     if resets:

@@ -96,6 +96,8 @@ def test_commands_steer_a_running_daemon(
         task = file_task(tracks_dir, "t", "RUN")
         assert (task["status"], task["error"]) == ("blocked", "cancelled")
         assert run("cancel", "RUN", *where)[:2] == (0, "t:RUN is blocked already; nothing runs\n")
+        # Its log says it was cut short: output that just stops reads like a whole run.
+        wait_for(lambda: run("logs", "RUN", *where)[1].endswith("\n--- interrupted: cancelled\n"))
 
         (tmp_path / "gate").touch()
         assert run("retry", "t:RUN", *where)[0] == 0

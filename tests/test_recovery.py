@@ -68,6 +68,20 @@ def test_an_unrecorded_child_of_a_running_attempt_is_found_and_ended(tmp_path: P
     assert store.running_attempts() == []
 
 
+def test_the_log_of_an_attempt_the_dead_daemon_left_says_it_was_interrupted(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "X.attempt-1.log"
+    log.write_text("=== t:X attempt 1 ===\n$ make\nhalf of the output\n")
+    store = Store.open(tmp_path, FixedClock())
+    store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, str(log))
+    recover(store, grace=1.0)
+    assert log.read_text().splitlines()[-2:] == [
+        "half of the output",
+        "--- interrupted: the daemon stopped (or was killed) during this attempt",
+    ]
+
+
 def test_a_group_found_by_a_later_process_starts_at_its_earliest(tmp_path: Path) -> None:
     """Whichever process of a group shows the marker (the first listed may not be the
     leader: pids wrap), the group's start is its earliest process's, which ``end_leftovers``
