@@ -97,10 +97,12 @@ def _unique_tasks(track: TrackDef) -> Iterator[TaskDef]:
 def check(tracks: Sequence[TrackDef], file_problems: Iterable[Problem] = ()) -> Report:
     """Check ``tracks`` together; ``file_problems`` are those found while loading them."""
     problems = list(file_problems)
+    read = {track.path for track in tracks}
+    unread = sorted({p.file for p in problems if p.is_error and p.file not in read})
     primary = _track_names(tracks, problems)
     _duplicate_ids(primary, problems)
     index = RefIndex(primary.values())
-    deps, triggers, ref_paths = _resolve(primary, index, problems)
+    deps, triggers, ref_paths = _resolve(primary, index, problems, _unread_note(unread))
     _cycles(primary, deps, triggers, ref_paths, problems)
     _project_copies(primary, problems)
     return Report(tuple(tracks), tuple(problems), deps, triggers)
@@ -150,8 +152,17 @@ _RefPaths = dict[tuple[_Node, _Node], tuple[str, str]]
 """For a graph edge: the file and JSON location of the ref that made it."""
 
 
+def _unread_note(files: Sequence[str]) -> str:
+    """Said of a ref to an unknown task while some files could not be read at all: the task
+    may well be in one of them, and the fix is there, not in the ref."""
+    if not files:
+        return ""
+    that = "that file" if len(files) == 1 else "those files"
+    return f"{', '.join(files)} could not be read and may have it: fix {that} first"
+
+
 def _resolve(
-    tracks: Mapping[str, TrackDef], index: RefIndex, problems: list[Problem]
+    tracks: Mapping[str, TrackDef], index: RefIndex, problems: list[Problem], unread: str = ""
 ) -> tuple[dict[TaskKey, tuple[Target, ...]], dict[str, tuple[Target, ...]], _RefPaths]:
     deps: dict[TaskKey, tuple[Target, ...]] = {}
     triggers: dict[str, tuple[Target, ...]] = {}
@@ -163,7 +174,7 @@ def _resolve(
             try:
                 target = index.resolve(ref, track.name)
             except RefError as exc:
-                problems.append(Problem(track.path, where, str(exc)))
+                problems.append(Problem(track.path, where, _ref_message(exc, unread)))
                 continue
             resolved_trigger.append(target)
             paths.setdefault((StartAfter(track.name), target), (track.path, where))
@@ -175,12 +186,20 @@ def _resolve(
                 try:
                     target = index.resolve(ref, track.name)
                 except RefError as exc:
-                    problems.append(Problem(track.path, where, f"{exc} (in task {task.key.id})"))
+                    message = f"{_ref_message(exc, unread)} (in task {task.key.id})"
+                    problems.append(Problem(track.path, where, message))
                     continue
                 resolved.append(target)
                 paths.setdefault((task.key, target), (track.path, where))
             deps[task.key] = tuple(resolved)
     return deps, triggers, paths
+
+
+def _ref_message(exc: RefError, unread: str) -> str:
+    text = str(exc)
+    if not unread or not text.startswith("unknown "):
+        return text
+    return f"{text} But {unread}" if text.endswith("?") else f"{text}; but {unread}"
 
 
 def _cycles(

@@ -176,6 +176,21 @@ def test_an_id_in_three_tracks_of_one_project_names_every_other_copy() -> None:
     ]
 
 
+def test_a_ref_into_a_file_that_does_not_read_says_that_file_is_the_one_to_fix() -> None:
+    bad, bad_problems = load_document("tracks/backend.json", "backend", {"features": "oops"})
+    assert bad is None
+    good = _tracks(ui=[{"id": "U", "dependencies": ["PROVIDER-013", "backend:PROVIDER-010"]}])
+    report = check(good, bad_problems)
+    assert _lines(report)[1:] == [
+        "tracks/ui.json: features[0].dependencies[0]: unknown task 'PROVIDER-013': no task has "
+        "this id in track 'ui' or any other track; but tracks/backend.json could not be read "
+        "and may have it: fix that file first (in task U)",
+        "tracks/ui.json: features[0].dependencies[1]: unknown track 'backend' in "
+        "'backend:PROVIDER-010'; known tracks: ui; but tracks/backend.json could not be read and "
+        "may have it: fix that file first (in task U)",
+    ]
+
+
 def test_a_bad_file_does_not_stop_the_others() -> None:
     bad, bad_problems = load_document(
         "tracks/bad.json", "bad", {"features": [{"id": "A", "status": "?"}]}
