@@ -33,7 +33,7 @@ from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .live import Reloader, ReloadResult
 from .lock import StateLock
-from .model import TaskKey
+from .model import Status, TaskKey
 from .placement import Placement, Resume, reattach
 from .progress import Progress
 from .reconfigure import ConfigReloader
@@ -225,12 +225,23 @@ async def serve(
                 wait.start_soon(until_stop)
             await _shutdown(engine, writeback, control, cfg)
             tg.cancel_scope.cancel()
-        if once:
-            return EXIT_OK if engine.all_done() else EXIT_UNFINISHED
-        return EXIT_OK
+        code = (EXIT_OK if engine.all_done() else EXIT_UNFINISHED) if once else EXIT_OK
+        _log_stopped(engine, code)
+        return code
     finally:
         store.close()
         lock.release()
+
+
+def _log_stopped(engine: Engine, code: int) -> None:
+    """The daemon's last line: its exit status and the tasks by status, for whoever reads a
+    service's or a script's log afterwards (a terminal gets the summary table as well)."""
+    tally = dict.fromkeys(("total", *(s.value for s in Status)), 0)
+    for name in engine.tracks:
+        for status, count in engine.graph.status_counts(name).items():
+            tally[status.value] += count
+            tally["total"] += count
+    log.info("daemon stopped", exit_status=code, **tally)
 
 
 async def _starts_nothing_on_exit(engine: Engine) -> None:

@@ -39,6 +39,33 @@ def test_sigterm_stops_gracefully_and_records_the_interruption(
     assert task["status"] == "pending"
     log = (tmp_path / "daemon.log").read_text()
     assert '"event": "daemon stopping"' in log
+    last = json.loads(log.splitlines()[-1])  # what a service's log ends with
+    assert (last["event"], last["exit_status"], last["total"], last["pending"]) == (
+        "daemon stopped",
+        0,
+        1,
+        1,
+    )
+
+
+def test_once_ends_its_log_with_why_it_exits_1(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Not on a terminal there is no summary table: the log's last line says what is left."""
+    write_track(
+        "t",
+        [
+            {"id": "OK", "command": "true"},
+            {"id": "BAD", "command": "exit 3", "max_iterations": 1},
+            {"id": "AFTER", "command": "true", "dependencies": ["BAD"]},
+        ],
+    )
+    done = start_once(tracks_dir, tmp_path / "state", "--log-format", "json")
+    assert done.returncode == 1
+    last = json.loads(done.stderr.splitlines()[-1])
+    counts = {k: last[k] for k in ("total", "complete", "failed", "pending", "in_progress")}
+    assert (last["event"], last["exit_status"]) == ("daemon stopped", 1)
+    assert counts == {"total": 3, "complete": 1, "failed": 1, "pending": 1, "in_progress": 0}
 
 
 def test_a_second_sigint_does_not_wait_for_the_grace(
