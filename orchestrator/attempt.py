@@ -161,6 +161,10 @@ class _Log:
     def write(self, text: str) -> None:
         os.write(self.fd, text.encode("utf-8", "replace"))
 
+    def line(self, text: str) -> None:
+        """A :data:`Note`: ``text`` as a line of its own."""
+        self.write(text if text.endswith("\n") else text + "\n")
+
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
@@ -351,7 +355,7 @@ async def _decide(
             )
         checkout = Checkout(base.repo, info.commit or base.ref)
     elif result is None and gate is not None:
-        result = await gate.after_run(log.write, plan.what)
+        result = await gate.after_run(log.line, plan.what)
     if result is None:
         result = await _verify(plan, executor, recorder, log, reattach, checkout)
         if result.verdict is Verdict.PASS and base is not None:

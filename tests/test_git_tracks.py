@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from orchestrator.model import TaskKey
@@ -425,6 +426,25 @@ async def test_attempts_sharing_a_tree_take_turns(
         assert run.task("t", f"P{i}")["files_actually_changed"] == [f"p{i}.py"]
     changed = [git(repo, "show", "--name-only", "--format=", c) for c in commits(repo)[:-1]]
     assert sorted(changed) == [f"p{i}.py" for i in range(4)]
+
+
+async def test_what_git_notes_in_an_attempts_log_are_lines_of_their_own(
+    tmp_path: Path, write_track: WriteTrack, tracks_dir: Path
+) -> None:
+    make_repo(tmp_path / "repo", {"README.md": "a project\n"})
+    write_track(
+        "t",
+        {
+            "track": {"workdir": "../repo"},
+            "features": [{"id": "W", "command": "echo x > w.txt", "verify": "test -f w.txt"}],
+        },
+    )
+    run = await run_once(tracks_dir)
+    assert run.task("t", "W")["status"] == "complete"
+    [attempt] = run.store().attempts(TaskKey("t", "W"))
+    lines = (await anyio.Path(attempt.log_path).read_text()).splitlines()
+    at = lines.index("--- changes: 1 file(s): w.txt")
+    assert lines[at + 1] == "=== verify 1/1: test -f w.txt ==="
 
 
 async def test_a_task_for_a_person_is_blocked_without_running(
