@@ -243,7 +243,9 @@ def plan_attempt(
                 'status to "complete"'
             )
         elif choice.profile is None:
-            run_error = choice.error
+            # The config names no profile to run: every attempt would fail the same way at once,
+            # so the task is blocked instead of spending its budget (fix the config, then retry).
+            blocked = f"{choice.error}; then retry the task"
         else:
             profile = choice.profile
             agent = profile.name

@@ -333,26 +333,31 @@ async def test_agent_profile_gets_the_prompt(
             assert part in prompt, (name, part)
 
 
-async def test_unknown_agent_fails_with_a_clear_reason(
+async def test_unknown_agent_blocks_the_task_at_once_with_a_clear_reason(
     tracks_dir: Path, write_track: WriteTrack
 ) -> None:
+    """Every attempt would fail the same way until the config changes: an old queue file's
+    30 iterations were spent in milliseconds, and the task said 'failed after 30 attempts'."""
     write_track(
         "t",
         [
-            {"id": "A", "agent": "nonesuch", "max_iterations": 1},
+            {"id": "A", "agent": "nonesuch", "max_iterations": 30},
             # An old queue file's role name runs the default profile: none is configured here.
-            {"id": "R", "agent": "FeatureBuilder", "max_iterations": 1},
+            {"id": "R", "agent": "FeatureBuilder", "max_iterations": 30},
         ],
     )
     run = await run_once(tracks_dir)
-    assert run.task("t", "A")["error"] == (
+    a, r = run.task("t", "A"), run.task("t", "R")
+    assert (a["status"], a["attempts"], r["status"], r["attempts"]) == ("blocked", 1, "blocked", 1)
+    assert a["error"] == (
         "unknown agent 'nonesuch': define [agents.nonesuch] in the config, or map it to a role "
         "with [roles.nonesuch] (profiles: aider, claude, codex, gemini; roles: bugfix, "
-        "codequality, docwriter, featurebuilder, manual, refactor, testwriter)"
+        "codequality, docwriter, featurebuilder, manual, refactor, testwriter); then retry the task"
     )
-    assert run.task("t", "R")["error"] == (
+    assert r["error"] == (
         "agent 'FeatureBuilder' is a role: it runs the default agent profile, and none is set; "
-        'set defaults.agent in the config (e.g. "claude"), or agent on [roles.featurebuilder]'
+        'set defaults.agent in the config (e.g. "claude"), or agent on [roles.featurebuilder]; '
+        "then retry the task"
     )
 
 
