@@ -292,6 +292,28 @@ def test_logs_names_each_attempt_number_once_when_an_interrupted_one_ran_again(
     assert (code, err.splitlines()[-1]) == (1, "orchestratord: t:A has no attempt 2 (attempts: 1)")
 
 
+@pytest.mark.anyio
+async def test_without_a_daemon_a_status_a_person_wrote_is_the_order_the_next_start_obeys(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}, {"id": "B", "command": "true"}])
+    first = await run_once(tracks_dir)
+    assert first.code == 0
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(first.state))
+    path = tracks_dir / "t.json"
+    path.write_text(path.read_text().replace('"status": "complete"', '"status": "pending"', 1))
+    assert file_task(tracks_dir, "t", "A")["status"] == "pending"  # run A again, says the person
+
+    data = json.loads(run("status", "--json", *where)[1])
+    counts = data["tracks"][0]["counts"]
+    assert (counts["pending"], counts["complete"]) == (1, 1)
+    assert [t["ref"] for t in data["tracks"][0]["next"]] == ["t:A"]
+    assert run("explain", "A", *where)[1].startswith("t:A is ready")
+
+    again = await run_once(tracks_dir, first.state)
+    assert [a.number for a in again.store().attempts(TaskKey("t", "A"))] == [1, 2]
+
+
 def test_status_watch_redraws_when_the_daemon_says_something_changed(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

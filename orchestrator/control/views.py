@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from .. import __version__, explain, statusview, workspace
+from .. import __version__, explain, merge, statusview, workspace
 from ..clock import Clock, SystemClock, iso
 from ..config import Config
 from ..daemon import Engine
@@ -180,9 +180,12 @@ class OfflineView:
         self._tracks = {t.name: t for t in ws.tracks}
         self._states: dict[TaskKey, TaskState] = {}
         stored = store.load_tasks() if store is not None else {}
+        ordered = _orders(ws, store) if store is not None else {}
         for key, task in self._defs.items():
             found = stored.get(key)
             state = found if found is not None else TaskState.imported(task.owned)
+            if key in ordered:  # the next start obeys it before anything else
+                state = state.with_owned(status=ordered[key])
             if state.status is Status.IN_PROGRESS:
                 state = state.with_owned(status=Status.PENDING)
             self._states[key] = state
@@ -264,6 +267,30 @@ class OfflineView:
 
     def ref_index(self) -> RefIndex:
         return self.ws.ref_index()
+
+
+def _orders(ws: workspace.Workspace, store: Store) -> dict[TaskKey, Status]:
+    """Statuses a person wrote into the files since the daemon last wrote them: orders the
+    next start carries out first (a task set back to ``pending`` runs again), so they are what
+    the stopped daemon's tasks are now, not what its database says."""
+    out: dict[TaskKey, Status] = {}
+    for qf in ws.files:
+        track = qf.track
+        written = store.written(track.name) if track is not None else None
+        if track is None or qf.doc is None or written is None:
+            continue
+        items = qf.doc.get(track.list_key)
+        if not isinstance(items, list):
+            continue
+        for task in track.tasks:
+            base = written.base.get(task.key.id)
+            raw = items[task.index] if task.index < len(items) else None
+            if base is None or not isinstance(raw, dict):
+                continue
+            change = merge.user_changes(raw, base)
+            if change.ordered_status is not None:
+                out.setdefault(task.key, change.ordered_status)
+    return out
 
 
 # ---------------------------------------------------------------------- documents
