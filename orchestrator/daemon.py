@@ -388,6 +388,7 @@ class Engine:
         if name in self.tracks and self.graph.track_paused(name):
             self.graph.pause_track(name, False)
             self.journal("track_resumed", name)
+            log.info("track resumed", track=name)
             self._dirty(name, None)
             self.dispatch()
 

@@ -90,6 +90,9 @@ def test_commands_steer_a_running_daemon(
         assert json.loads((tracks_dir / "t.json").read_text())["track"]["paused"] is True
         assert run("resume", "t", *where)[0] == 0
         assert json.loads((tracks_dir / "t.json").read_text())["track"]["paused"] is False
+        log = tmp_path / "daemon.log"  # the foreground log says both, as it does for the daemon
+        wait_for(lambda: '"event": "track resumed"' in log.read_text())
+        assert '"event": "track paused"' in log.read_text()
 
         code, out, _ = run("cancel", "RUN", *where)
         assert (code, out) == (0, "t:RUN: its attempt was ended; it is blocked\n")
