@@ -82,6 +82,20 @@ class Track:
         self._workdir = (configured, self.path, resolved)
         return resolved
 
+    def missing_workdir(self) -> str | None:
+        """Why the track's commands cannot run where they should (the directory is not there),
+        naming the setting that says where; None when it is there."""
+        where = self.workdir
+        if where.is_dir():
+            return None
+        configured = self.definition.settings.workdir
+        said = (
+            f"track.workdir {configured!r} in {self.definition.path}, relative to that file"
+            if configured
+            else "the daemon's working directory; set track.workdir in the queue file"
+        )
+        return f"working directory not found: {where} ({said})"
+
 
 class Engine:
     """The daemon's state and its one way of changing it."""

@@ -369,6 +369,14 @@ async def _executor(
     return await placement.place(engine.tracks[key.track], plan)
 
 
+def _in_missing_workdir(engine: Engine, key: TaskKey, plan: AttemptPlan) -> AttemptPlan:
+    """A local run in a track's workdir that is not there cannot start: say where it is set
+    (the executor could only name the path). A cluster's nodes have their own directories."""
+    track = engine.tracks[key.track]
+    missing = track.missing_workdir() if plan.cwd == str(track.workdir) else None
+    return plan if missing is None else replace(plan, run_argv=None, run_error=missing)
+
+
 def _where(engine: Engine, executor: Executor) -> str:
     return LOCAL if engine.placement is None else engine.placement.locator(executor)
 
@@ -520,7 +528,10 @@ async def _run_in_tree(
         if session.error is not None:
             plan = replace(plan, blocked=session.error)
         executor, plan = await _executor(engine, key, plan)
-        recorder = _Recorder(engine, current.id, _where(engine, executor))
+        where = _where(engine, executor)
+        if where == LOCAL and plan.run_argv is not None:
+            plan = _in_missing_workdir(engine, key, plan)
+        recorder = _Recorder(engine, current.id, where)
         engine.watch_log(plan.log_path, True)
         try:
             result = await run_attempt(plan, executor, recorder, current.reattach, session.gate)

@@ -222,7 +222,13 @@ async def test_a_missing_workdir_fails_the_attempt_clearly(
         },
     )
     run = await run_once(tracks_dir)
-    assert run.task("t", "W")["error"].startswith("working directory not found")
+    error = run.task("t", "W")["error"]
+    # Where it is set and how it is read: the path alone does not say which file to fix.
+    assert error == (
+        f"working directory not found: {tracks_dir / 'nowhere'} (track.workdir 'nowhere' in "
+        f"{run.engine.tracks['t'].definition.path}, relative to that file)"
+    )
+    assert run.engine.tracks["t"].definition.path.endswith("t.json")
 
 
 async def test_concurrency_and_max_parallel(
