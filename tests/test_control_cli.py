@@ -317,6 +317,24 @@ async def test_without_a_daemon_a_status_a_person_wrote_is_the_order_the_next_st
     assert [a.number for a in again.store().attempts(TaskKey("t", "A"))] == [1, 2]
 
 
+@pytest.mark.anyio
+async def test_status_into_a_pipe_keeps_each_line_whole(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    check = "test -f reports/provider-onboarding/credentialing/step-7-collaborative-agreement.md"
+    write_track("t", [{"id": "F", "command": "true", "verify": check, "max_iterations": 1}])
+    finished = await run_once(tracks_dir)
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(finished.state))
+    code, out, _ = run("status", *where)
+    assert code == 0
+    lines = out.splitlines()
+    assert (
+        "all tracks: total 1  pending 0  in_progress 0  complete 0  blocked 0  failed 1  "
+        "skipped 0" in lines[1]
+    )
+    assert f"failed: F: verify 1/1 `{check}` exited with status 1" in lines
+
+
 def test_status_watch_redraws_when_the_daemon_says_something_changed(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

@@ -138,7 +138,11 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
         if as_json:
             click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         else:
-            statusview.print_status(data, Console())
+            console = Console()
+            # Into a pipe or a file, each line whole: wrapped at 80 columns, "failed 1" was
+            # split over two lines and a reason over several, which grep cannot find.
+            console.soft_wrap = not console.is_terminal
+            statusview.print_status(data, console)
 
     # ------------------------------------------------------------------ explain
 
