@@ -121,3 +121,5 @@ async def test_the_daemon_keeps_the_board_file_current(
         await live.until_status("t:A", Status.COMPLETE)
         await live.poll(lambda: "| **t**<br>1/1 done |  |  | A |" in path.read_text())
     assert not list(tmp_path.glob(".BOARD*"))  # noqa: ASYNC240 (the daemon has stopped)
+    # The file outlives the daemon: it must not say one runs.
+    assert " · daemon not running · 1 task: 1 complete_" in path.read_text()

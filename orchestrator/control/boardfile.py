@@ -2,7 +2,8 @@
 
 Every event marks the board stale; rewrites are coalesced (at most one per
 :data:`MIN_DELAY` seconds, or ``writeback_delay`` when longer), atomic (a complete file is
-renamed over the old one), and skipped when nothing but the clock changed.
+renamed over the old one), and skipped when nothing but the clock changed. The last one, as the
+daemon stops, says that no daemon runs.
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ class BoardFile:
                 await self.write()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.write()
+                await self.write(stopped=True)
 
-    async def write(self) -> None:
-        text = board.render(board_document(self.view, seq=self.seq))
-        if board.body(text) == self._last:
+    async def write(self, *, stopped: bool = False) -> None:
+        """``stopped``: the last write, as the daemon stops: the file outlives the daemon and
+        must not say that it runs."""
+        doc = board_document(self.view, seq=self.seq)
+        if stopped:
+            doc["daemon"] = {"running": False, "source": "daemon", "paused": self.view.paused}
+        text = board.render(doc)
+        if board.body(text) == self._last and not stopped:
             return
         try:
             await anyio.to_thread.run_sync(queuefile.write_atomic, self.path, text)
