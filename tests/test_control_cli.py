@@ -335,6 +335,21 @@ async def test_status_into_a_pipe_keeps_each_line_whole(
     assert f"failed: F: verify 1/1 `{check}` exited with status 1" in lines
 
 
+def test_a_config_that_does_not_load_is_a_message_not_a_traceback(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("t", [{"id": "A", "command": "true"}])
+    bad = tmp_path / "orchestratord.toml"
+    bad.write_text("max_paralel = 1\n")
+    for args in (("status",), ("explain", "A"), ("logs", "A"), ("stop",), ("retry", "A")):
+        result = CliRunner().invoke(cli, [*args, "--config", str(bad)])
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+        assert (result.exit_code, result.stdout) == (2, ""), args
+        assert result.stderr == (
+            f"orchestratord: {bad}:1: max_paralel: unknown setting; did you mean 'max_parallel'?\n"
+        )
+
+
 def test_status_watch_redraws_when_the_daemon_says_something_changed(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

@@ -108,8 +108,8 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
         def wrap(func: Callable[..., Any]) -> Any:
             @functools.wraps(func)  # keeps the docstring and the parameters declared on func
             def run(ctx: click.Context, /, **kwargs: Any) -> None:
-                cfg = config_of(ctx, kwargs)
-                try:
+                try:  # a config file that does not load is an error message, not a traceback
+                    cfg = config_of(ctx, kwargs)
                     func(cfg, **kwargs)
                 except OrchestratorError as exc:
                     _echo_err(str(exc))
