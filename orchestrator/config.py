@@ -468,6 +468,12 @@ def _errors(
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, _known_keys(Settings, loc), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            if len(parts) > 1 and key in Settings.model_fields:
+                table = ".".join(p for p in parts[:-1] if not p.isdigit())
+                hint = (
+                    f"; {key!r} is a top-level setting, and a key written below a [{table}] "
+                    f"header belongs to that table: move it above the first [table] header"
+                )
             message = f"{where}: {dotted}: unknown setting{hint}"
         else:
             message = f"{where}: {dotted}: {err['msg']} (got {err.get('input')!r})"

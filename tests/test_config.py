@@ -47,6 +47,19 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
     assert str(cfg.sources["max_parallel"]) == "flag --max-parallel"
 
 
+def test_a_top_level_setting_written_below_a_table_says_to_move_it(tmp_path: Path) -> None:
+    """TOML puts every key after a [table] header into that table: appending a line to a
+    config that ends with one is the classic slip."""
+    _write(tmp_path, 'board_path = "b.md"\n\n[notify.command]\nargv = ["true"]\nmax_parallel = 1\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(env={}, cwd=tmp_path)
+    assert str(info.value).endswith(
+        ":5: notify.command.max_parallel: unknown setting; 'max_parallel' is a top-level "
+        "setting, and a key written below a [notify.command] header belongs to that table: "
+        "move it above the first [table] header"
+    )
+
+
 def test_unknown_setting_suggests_the_closest_name(tmp_path: Path) -> None:
     _write(tmp_path, "max_paralel = 2\n\n[defaults]\nmax_iteration = 3\n")
     with pytest.raises(ConfigError) as info:
