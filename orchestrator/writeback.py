@@ -180,10 +180,12 @@ class Writeback:
             return []  # gone (perhaps for a moment, mid-save): the reloader decides
         if self.engine.tracks.get(name) is not track:
             return []  # removed (its file deleted) while the file was read: nothing to write
-        if known is not None and read.digest == known.digest:
+        if known is not None and read.digest == known.digest and not track.problems:
             if known.fid != read.before and read.before == read.after:
                 known.fid = read.before  # touched, or saved unchanged: the same content
             return await self._quick(track, known, read, keys)
+        # Someone else's bytes; or the daemon's own put back over a save that did not apply
+        # (an editor's undo): read in full, which finds the file valid again.
         return await self._full(track, read)
 
     async def _quick(

@@ -34,6 +34,24 @@ def save(path: Path, doc: dict[str, Any]) -> None:
     lh.write_and_rename(path, lh.dump(doc))
 
 
+async def test_the_daemons_own_bytes_put_back_over_a_broken_save_are_valid_again(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """An editor's undo (or ``cp`` from a backup) puts back exactly what the daemon last wrote:
+    the file's problem is gone, and so is its report."""
+    path = write_track("a", [{"id": "A1", "command": "sleep 30"}, {"id": "A2", "command": "true"}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.task("a", "A1").get("status") == "in_progress")
+        doc = await live.settled("a")
+        text = path.read_text()
+        assert doc == json.loads(text)
+        lh.write_and_rename(path, text.rstrip()[:-1])  # the closing brace is missing
+        await live.until(lambda: bool(live.kinds("queue_file_invalid")))
+        lh.write_and_rename(path, text)
+        await live.until(lambda: live.engine.all_problems() == [])
+        assert live.status("a:A1") is Status.IN_PROGRESS
+
+
 async def test_a_broken_save_is_reported_once_quiet_and_the_last_good_version_stays(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
