@@ -211,7 +211,13 @@ def file_id(path: Path) -> FileId | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def write_if_unchanged(path: Path, text: str | bytes, expected: FileId | None) -> FileId | None:
+def write_if_unchanged(
+    path: Path,
+    text: str | bytes,
+    expected: FileId | None,
+    *,
+    announce: Callable[[FileId], None] | None = None,
+) -> FileId | None:
     """Write ``text`` (or bytes) atomically unless the file changed since ``expected`` was taken.
 
     The caller read the file after taking ``expected``; if someone saved it since, the write
@@ -219,6 +225,9 @@ def write_if_unchanged(path: Path, text: str | bytes, expected: FileId | None) -
     that did not see it. The check is made again after the new version is on disk, right
     before the rename, so the window left is that of one ``stat`` and one ``rename``.
     Returns the id of the version written.
+
+    ``announce`` is called with that id right before the rename: a watcher can see the new
+    file before this function returns (the directory is fsynced after the rename).
     """
     if file_id(path) != expected:
         return None
@@ -227,5 +236,7 @@ def write_if_unchanged(path: Path, text: str | bytes, expected: FileId | None) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         return None
+    if announce is not None:
+        announce(written)
     _commit(tmp_name, path)
     return written

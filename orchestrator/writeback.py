@@ -101,6 +101,9 @@ class Writeback:
         self._settling: set[str] = set()
         """Tracks whose file failed to read, waiting to settle."""
         self._lock = anyio.Lock()
+        self._writing: dict[str, FileId] = {}
+        """Track -> the id its file has once the write in progress (in a worker thread) is
+        renamed into place: the watcher can see the rename before the write returns."""
 
     def mark(self, track: str, key: TaskKey | None = None) -> None:
         keys = self._dirty.get(track, set())
@@ -141,11 +144,12 @@ class Writeback:
 
     def is_own(self, name: str, path: Path) -> bool:
         """Whether ``path`` is, by its inode, size and modification time, what the daemon last
-        wrote for ``name`` (a ``stat``, no read)."""
-        known = self._known.get(name)
-        if known is None or known.fid is None:
+        wrote for ``name``, or is writing now (a ``stat``, no read)."""
+        fid = queuefile.file_id(path)
+        if fid is None:
             return False
-        return queuefile.file_id(path) == known.fid
+        known = self._known.get(name)
+        return fid == self._writing.get(name) or (known is not None and fid == known.fid)
 
     def waiting(self) -> dict[str, float]:
         """Tracks whose file failed to read, -> when it is read again to settle."""
@@ -451,8 +455,9 @@ class Writeback:
         """
         before, digest = read.before, read.digest
         if new is not None:
+            announce = functools.partial(self._writing.__setitem__, track.name)
             try:
-                wrote = await anyio.to_thread.run_sync(_write, track.path, new, before)
+                wrote = await anyio.to_thread.run_sync(_write, track.path, new, before, announce)
             except OSError as exc:
                 # A full disk, a read-only directory: the state is safe in the store; the file
                 # is written once it can be.
@@ -466,6 +471,10 @@ class Writeback:
                     self._seen(track, seen, list_key, index)
                 self._later.after(track.name, WRITE_RETRY_SECONDS)
                 return []
+            finally:
+                # No await between this and setting ``_known`` below: to the watcher, the
+                # new id is always one or the other.
+                self._writing.pop(track.name, None)
             if wrote is None:
                 log.info("file changed while writing; merging again", track=track.name)
                 if seen is not None:
@@ -648,10 +657,12 @@ def _read(path: Path, fid: FileId | None) -> _Read | None:
     return _Read(before, data, queuefile.digest(data), after)
 
 
-def _write(path: Path, data: bytes, before: FileId | None) -> tuple[FileId, str] | None:
+def _write(
+    path: Path, data: bytes, before: FileId | None, announce: Callable[[FileId], None]
+) -> tuple[FileId, str] | None:
     """Write unless the file changed since ``before``; the new id and digest (in a worker
-    thread, as :func:`_read`)."""
-    wrote = queuefile.write_if_unchanged(path, data, before)
+    thread, as :func:`_read`). ``announce`` gets the new id right before the rename."""
+    wrote = queuefile.write_if_unchanged(path, data, before, announce=announce)
     return None if wrote is None else (wrote, queuefile.digest(data))
 
 

@@ -269,13 +269,13 @@ class LiveEditing(RuleBasedStateMachine):
                 assert state.budget_base == was.budget_base, (ident, was, state)
 
     def _edit_then_write(self, edits: list[tuple[str, str]]) -> Any:
-        def write(path: Path, text: str, expected: Any) -> Any:
+        def write(path: Path, text: str, expected: Any, **kwargs: Any) -> Any:
             self.hook_ran = True
             for ident, note in edits:
                 if any(t["id"] == ident for t in self.user):
                     self.user_task(ident)["notes"] = note
             self.save()
-            return _REAL_WRITE(path, text, expected)
+            return _REAL_WRITE(path, text, expected, **kwargs)
 
         return write
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator import agentrun, gitattempt, gitwork, writeback
+from orchestrator import agentrun, gitattempt, gitwork, queuefile, writeback
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import Event
 
@@ -103,6 +103,52 @@ async def test_a_track_removed_while_its_edited_file_is_parsed_for_write_back_st
         await live.until(lambda: live.doc("u").get("track", {}).get("paused") is True)
         assert "t" not in live.engine.tracks
         assert "t" in live.engine.removed
+
+
+async def test_the_daemons_write_seen_by_the_watcher_before_it_returns_is_its_own(
+    tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write-back renames the new version into place in a thread, then fsyncs the
+    directory: on a slow disk the watcher sees the rename, and looks at the file, before the
+    write returns. That file is the daemon's own all the same: no change is handed on (the
+    write was counted as an edit of the file, and the file read again for nothing)."""
+    armed, looked = threading.Event(), threading.Event()
+    new: list[queuefile.FileId | None] = []
+    seen: list[bool] = []
+    commit, is_own = queuefile._commit, writeback.Writeback.is_own
+
+    def renamed_then_held(tmp_name: str, path: Path) -> None:
+        if not (armed.is_set() and path.name == "t.json"):
+            return commit(tmp_name, path)
+        armed.clear()
+        new.append(queuefile.file_id(Path(tmp_name)))
+        commit(tmp_name, path)
+        looked.wait(10)  # as the directory's fsync can on a slow disk
+        return None
+
+    def looking(self: writeback.Writeback, name: str, path: Path) -> bool:
+        own = is_own(self, name, path)
+        if new and not looked.is_set() and queuefile.file_id(path) == new[0]:
+            seen.append(own)  # the watcher looks at the new version, not yet returned
+            looked.set()
+        return own
+
+    monkeypatch.setattr(queuefile, "_commit", renamed_then_held)
+    monkeypatch.setattr(writeback.Writeback, "is_own", looking)
+    write_track("t", [{"id": "K", "command": "true"}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:K").done)
+        await live.settled("t")
+        stats = live.engine.stats
+        writes, changed = stats["file_writes"], stats.get("files_changed", 0)
+        armed.set()
+        live.engine.pause_track("t", "a person's pause")  # the file is written back
+        await live.until(looked.is_set)
+        await live.until(lambda: stats["file_writes"] == writes + 1)
+        assert seen == [True]
+        assert stats.get("files_changed", 0) == changed
+        assert live.kinds("reload_plan") == []
+        assert live.doc("t")["track"]["paused"] is True
 
 
 @needs_git

@@ -56,7 +56,7 @@ def save(path: Path, doc: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def disk_full(*args: object) -> None:
+def disk_full(*args: object, **kwargs: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
