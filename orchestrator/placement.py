@@ -74,11 +74,11 @@ class StoreJournal:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def load(self, run_id: str) -> int:
-        return self.store.run_log_offset(run_id)
+    def load(self, run_id: str) -> tuple[int, int | None]:
+        return self.store.run_log_mark(run_id)
 
-    def save(self, run_id: str, offset: int) -> None:
-        self.store.set_run_log_offset(run_id, offset)
+    def save(self, run_id: str, offset: int, size: int | None) -> None:
+        self.store.set_run_log_mark(run_id, offset, size)
 
 
 def ray_plan(settings: Settings, choice: ExecutorChoice | None) -> RayPlan | None:

@@ -27,7 +27,7 @@ from .errors import StateError
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -164,6 +164,13 @@ CREATE INDEX IF NOT EXISTS processes_remote ON processes (run_id) WHERE executor
 not ``attempts_started``; only remote runs are looked up by run id. Every attempt and every
 process wrote a page of an index nobody read: two of the 13 pages an attempt commits."""
 
+_RUN_LOG_SIZES = """
+ALTER TABLE run_logs ADD COLUMN log_size INTEGER;
+"""
+"""The size of a remote run's log file right after its output was last written (schema 8):
+output a daemon killed before journaling it had written is found in the file again, and is
+not written a second time (``executors.ray``)."""
+
 _STEPS: tuple[tuple[int, str], ...] = (
     (2, _REMOTE_RUNS),
     (3, _AGENT_RUNS),
@@ -171,6 +178,7 @@ _STEPS: tuple[tuple[int, str], ...] = (
     (5, _SPEND_INDEX),
     (6, _STORE_ID),
     (7, _LEANER_INDEXES),
+    (8, _RUN_LOG_SIZES),
 )
 """Migrations after the base schema (version 1), each ``(version it brings, script)``, applied
 in order, each in its own transaction. Never edit one: add the next."""
@@ -795,6 +803,23 @@ class Store:
                 "INSERT INTO run_logs (run_id, log_offset) VALUES (?, ?)"
                 " ON CONFLICT (run_id) DO UPDATE SET log_offset = excluded.log_offset",
                 (run_id, offset),
+            )
+
+    def run_log_mark(self, run_id: str) -> tuple[int, int | None]:
+        """Bytes of a remote run's output already in its log file, and the file's size right
+        after they were written (None: not known)."""
+        row = self._db.execute(
+            "SELECT log_offset, log_size FROM run_logs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return (0, None) if row is None else (int(row[0]), row[1])
+
+    def set_run_log_mark(self, run_id: str, offset: int, size: int | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO run_logs (run_id, log_offset, log_size) VALUES (?, ?, ?)"
+                " ON CONFLICT (run_id) DO UPDATE"
+                " SET log_offset = excluded.log_offset, log_size = excluded.log_size",
+                (run_id, offset, size),
             )
 
     def processes(self, attempt_id: int) -> list[ProcessRow]:

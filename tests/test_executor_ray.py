@@ -241,7 +241,51 @@ async def test_a_new_executor_reattaches_and_keeps_tailing(
         info = await second.wait(run.run_id)
     assert info.succeeded, info
     assert text_of(log).splitlines() == [f"line {i:02}" for i in range(40)]
-    assert journal.load(run.run_id) == len(text_of(log))
+    assert journal.load(run.run_id)[0] == len(text_of(log))
+
+
+class KilledBeforeJournaling(MemoryJournal):
+    """The journal of a daemon killed (-9) between writing output to the log file and
+    journaling it: saves stop reaching :attr:`kept` (what the next daemon finds) once the file
+    holds ``needle``."""
+
+    def __init__(self, log: Path, needle: str) -> None:
+        super().__init__()
+        self.kept = MemoryJournal()
+        self.log, self.needle = log, needle
+        self.killed = False
+
+    def save(self, run_id: str, offset: int, size: int | None) -> None:
+        self.killed = self.killed or self.needle in text_of(self.log)
+        if not self.killed:
+            self.kept.save(run_id, offset, size)
+
+
+async def test_output_written_but_not_journaled_before_a_kill_is_not_written_twice(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
+    settings = cluster(ray_head)
+    argv = python(
+        "import time\n"
+        "for i in range(40):\n"
+        "    print(f'line {i:02}', flush=True); time.sleep(0.05)\n"
+    )
+    run = spec(tmp_path, argv)
+    log = Path(run.log_path)
+    journal = KilledBeforeJournaling(log, "line 05")
+    async with RayExecutor(settings, kill_grace=GRACE, journal=journal) as first:
+        await first.submit(run)
+        await until(lambda: journal.killed, within=30)
+        first.detach()  # the job goes on
+    assert not text_of(log).endswith("line 39\n")
+    assert journal.kept.load(run.run_id)[0] < len(text_of(log)), "output was not journaled"
+    async with RayExecutor(settings, kill_grace=GRACE, journal=journal.kept) as second:
+        await second.attach(run)
+        info = await second.wait(run.run_id)
+    assert info.succeeded, info
+    text = text_of(log)
+    assert text.splitlines() == [f"line {i:02}" for i in range(40)]
+    assert journal.kept.load(run.run_id) == (len(text), len(text.encode()))
 
 
 async def test_output_is_valid_utf8_and_capped_with_its_tail(

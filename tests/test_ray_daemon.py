@@ -121,13 +121,17 @@ async def test_a_run_no_node_can_hold_fails_the_attempt_at_once(
     assert "agent_slot=99" in task["error"]
 
 
-SLOW = (
-    f'{sys.executable} -c "import time, os\n'
-    "open('runs', 'a').write('x')\n"
-    "for i in range(30):\n"
-    "    print(f'tick {i:02}', flush=True); time.sleep(0.1)\n"
-    "print('<promise>DONE</promise>')\""
-)
+def slow(gate: Path) -> str:
+    """A run that prints ticks 00-05, waits for ``gate`` to exist, then prints ticks 06-29 (0.1 s
+    apart) and its promise: it cannot end before the test lets it."""
+    return (
+        f'{sys.executable} -c "import time, os\n'
+        "open('runs', 'a').write('x')\n"
+        "for i in range(30):\n"
+        f"    while i == 6 and not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        "    print(f'tick {i:02}', flush=True); time.sleep(0.1)\n"
+        "print('<promise>DONE</promise>')\""
+    )
 
 
 def config_file(tmp_path: Path, head: RayHead) -> Path:
@@ -147,7 +151,7 @@ def test_a_restarted_daemon_reattaches_and_keeps_tailing(
     ray_head: RayHead, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, how: str
 ) -> None:
     """``kill``: the daemon is killed (-9); ``stop``: it stops on SIGTERM, leaving its job."""
-    work = tmp_path / "work"
+    work, gate = tmp_path / "work", tmp_path / "gate"
     work.mkdir()
     write_track(
         "t",
@@ -156,7 +160,7 @@ def test_a_restarted_daemon_reattaches_and_keeps_tailing(
             "features": [
                 {
                     "id": "SLOW",
-                    "command": SLOW,
+                    "command": slow(gate),
                     "completion_promise": "DONE",
                     "verify": "test -s runs",
                 }
@@ -178,8 +182,10 @@ def test_a_restarted_daemon_reattaches_and_keeps_tailing(
         if first.poll() is None:
             first.kill()
             first.wait(10)
-    assert "tick 29" not in log.read_text(), "the daemon was stopped before the run ended"
+    ticks = [line for line in log.read_text().splitlines() if line.startswith("tick")]
+    assert ticks == [f"tick {i:02}" for i in range(6)]
     assert attempts(state) == [(1, "running", None)]
+    gate.touch()  # the run goes on with no daemon watching, then with the next one
     second = daemon(tracks_dir, state, "--config", str(cfg), "--once")
     try:
         assert second.wait(90) == 0, (tmp_path / "daemon.log").read_text()[-3000:]

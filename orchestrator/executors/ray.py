@@ -8,9 +8,11 @@ and brackets the output with markers holding the outcome (:mod:`orchestrator.exe
 
 A watcher task per run polls the job's status and log, appends new output to the run's
 ``log_path`` (the same per-attempt file as local runs) and records in a :class:`RunJournal` how
-many bytes of output are in the file, so that after a restart the output continues from there
-instead of being written twice. Polling slows down while a log is large (the Jobs API returns
-a log whole; the wrapper caps it on the node).
+many bytes of output are in the file, and the file's size just after, so that after a restart
+the output continues from there instead of being written twice: output written by a daemon
+killed before it journaled it is found at the end of the file again (:func:`_recovered`).
+Polling slows down while a log is large (the Jobs API returns a log whole; the wrapper caps it
+on the node).
 
 States: ``PENDING`` while Ray waits for capacity (a run waiting longer than its pending limit is
 stopped and reported *stuck*, as ``FAILED_TO_START``); ``RUNNING`` once the wrapper has started;
@@ -83,24 +85,26 @@ class RayCluster:
 
 
 class RunJournal(Protocol):
-    """Remembers, across daemon restarts, how much of each run's output is in its log file."""
+    """Remembers, across daemon restarts, how much of each run's output is in its log file:
+    ``offset`` bytes of output, and the file's ``size`` right after they were written (None
+    when not known)."""
 
-    def load(self, run_id: str) -> int: ...
+    def load(self, run_id: str) -> tuple[int, int | None]: ...
 
-    def save(self, run_id: str, offset: int) -> None: ...
+    def save(self, run_id: str, offset: int, size: int | None) -> None: ...
 
 
 class MemoryJournal:
     """A journal for one process (tests, tools); the daemon keeps its journal in the store."""
 
     def __init__(self) -> None:
-        self.offsets: dict[str, int] = {}
+        self.marks: dict[str, tuple[int, int | None]] = {}
 
-    def load(self, run_id: str) -> int:
-        return self.offsets.get(run_id, 0)
+    def load(self, run_id: str) -> tuple[int, int | None]:
+        return self.marks.get(run_id, (0, None))
 
-    def save(self, run_id: str, offset: int) -> None:
-        self.offsets[run_id] = offset
+    def save(self, run_id: str, offset: int, size: int | None) -> None:
+        self.marks[run_id] = (offset, size)
 
 
 class _ApiError(Exception):
@@ -120,6 +124,9 @@ class _Run:
     wake: anyio.Event = field(default_factory=anyio.Event)
     appended: int = 0
     """Bytes of the run's output already in its log file."""
+    journaled_size: int | None = None
+    """Attached after a restart: the log file's size the journal holds, until the output that
+    may have been written after it is looked for (:func:`_recovered`)."""
     queued: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
     stop_sent: bool = False
@@ -381,7 +388,7 @@ class RayExecutor(RunBook[_Run]):
             return self._failed(spec, reason, RunState.LOST)
         nonce = str(metadata[rayjob.META_NONCE])
         run = _Run(spec, job, nonce, RunInfo(spec.run_id, RunState.PENDING))
-        run.appended = self._journal.load(spec.run_id)
+        run.appended, run.journaled_size = self._journal.load(spec.run_id)
         run.interval = self.cluster.poll_interval
         return run
 
@@ -465,10 +472,18 @@ class RayExecutor(RunBook[_Run]):
         log = str(raw.get("logs") or "").encode("utf-8", "replace")
         run.interval = min(SLOWEST, self.cluster.poll_interval * max(1.0, len(log) / LARGE_LOG))
         framed = rayjob.frame(log, run.nonce)
+        if len(framed.body) > run.appended and run.journaled_size is not None:
+            path, journaled = run.spec.log_path, run.journaled_size
+            run.appended = await anyio.to_thread.run_sync(
+                _recovered, path, framed.body, run.appended, journaled
+            )
+            run.journaled_size = None
         if len(framed.body) > run.appended:
-            await anyio.to_thread.run_sync(_append, run.spec.log_path, framed.body[run.appended :])
+            size = await anyio.to_thread.run_sync(
+                _append, run.spec.log_path, framed.body[run.appended :]
+            )
             run.appended = len(framed.body)
-            self._journal.save(run.spec.run_id, run.appended)
+            self._journal.save(run.spec.run_id, run.appended, size)
         if framed.start is not None and run.info.state is RunState.PENDING:
             run.info = replace(
                 run.info,
@@ -584,10 +599,32 @@ def _entrypoint_resources(resources: Mapping[str, float]) -> dict[str, Any]:
     return body
 
 
-def _append(path: str, data: bytes) -> None:
+def _append(path: str, data: bytes) -> int | None:
+    """Append ``data`` to the file; its size just after (None: it could not be written)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, data)
+            return os.fstat(fd).st_size
         finally:
             os.close(fd)
+    return None
+
+
+def _recovered(path: str, body: bytes, appended: int, size: int) -> int:
+    """Bytes of ``body`` in the log file after a restart: ``appended`` as journaled when the
+    file was ``size`` bytes long, plus the output a daemon killed between writing it and
+    journaling it had written: the file grew past ``size`` by exactly the output that follows.
+    Anything else at the end of the file (the log trimmed or written to since) is not output
+    already there, and the output goes on from ``appended`` as journaled."""
+    try:
+        with open(path, "rb") as handle:
+            now = os.fstat(handle.fileno()).st_size
+            extra = now - size
+            if extra <= 0 or appended + extra > len(body):
+                return appended
+            handle.seek(now - extra)
+            tail = handle.read(extra)
+    except OSError:
+        return appended
+    return appended + extra if tail == body[appended : appended + extra] else appended
