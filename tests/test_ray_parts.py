@@ -26,7 +26,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.executors import rayjob
 from orchestrator.executors.base import Capacity, Checkout, RunInfo, RunSpec, RunState, unfit
 from orchestrator.executors.local import LocalExecutor
-from orchestrator.executors.ray import RayCluster, RayExecutor
+from orchestrator.executors.ray import RayCluster, RayExecutor, _recovered
 from orchestrator.model import ExecutorChoice, Owned, Status, TaskKey, Verdict
 from orchestrator.placement import RayPlan, WorkspaceError, _git_workspace, ray_plan
 from orchestrator.queuefile import display_path
@@ -350,6 +350,26 @@ def test_frame_cuts_out_the_output_and_holds_back_a_partial_end_marker() -> None
     assert (no_line_end.body, no_line_end.end) == (b"a\nno newline", None)
 
 
+def test_output_past_the_journaled_size_counts_only_when_it_is_the_output_that_follows(
+    tmp_path: Path,
+) -> None:
+    """After a restart: what a daemon killed between writing output and journaling it left at
+    the end of the log is not written again; nothing else is taken for output."""
+    log, body = tmp_path / "run.log", b"line 1\nline 2\nline 3\n"
+    log.write_bytes(b"$ cmd\nline 1\n")
+    size = log.stat().st_size  # journaled: 7 bytes of output, the file this long
+    assert _recovered(str(log), body, 7, size) == 7
+    with log.open("ab") as handle:
+        handle.write(b"line 2\n")  # written, then killed before journaling
+    assert _recovered(str(log), body, 7, size) == 14
+    assert _recovered(str(log), body[:10], 7, size) == 7  # more than there is output
+    log.write_bytes(b"$ cmd\nline 1\n--- note\n")  # something else
+    assert _recovered(str(log), body, 7, size) == 7
+    log.write_bytes(b"[... dropped ...]\n")  # trimmed since
+    assert _recovered(str(log), body, 7, size) == 7
+    assert _recovered(str(tmp_path / "gone.log"), body, 7, size) == 7
+
+
 def test_markers_of_another_nonce_are_output() -> None:
     fake = b'\x1eorchestratord end other {"state": "exited", "code": 0}\n'
     framed = rayjob.frame(log_of(b"x\n" + fake), NONCE)
@@ -552,6 +572,10 @@ def test_a_schema_1_database_gains_remote_runs_and_keeps_its_data(tmp_path: Path
     store.close()
     again = Store.open(tmp_path, FixedClock())
     assert again.run_log_offset("a1-run") == 42
+    assert again.run_log_mark("a1-run") == (42, None)  # no size: journaled by an older daemon
+    again.set_run_log_mark("a1-run", 50, 900)
+    assert again.run_log_mark("a1-run") == (50, 900)
+    assert again.run_log_mark("a2-run") == (0, None)
     version = again._db.execute("PRAGMA user_version").fetchone()[0]
     assert version == store_module.SCHEMA_VERSION
 
