@@ -218,23 +218,30 @@ async def test_a_killed_job_supervisor_makes_the_run_lost(ray: RayExecutor, tmp_
     await until(lambda: process_gone(leader), within=10)
 
 
+def forty_lines(gate: Path) -> tuple[str, ...]:
+    """Lines 00-05, then (once ``gate`` exists) lines 06-39, 0.05 s apart."""
+    return python(
+        "import os, time\n"
+        "for i in range(40):\n"
+        f"    while i == 6 and not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        "    print(f'line {i:02}', flush=True); time.sleep(0.05)\n"
+    )
+
+
 async def test_a_new_executor_reattaches_and_keeps_tailing(
     ray_head: RayHead, tmp_path: Path
 ) -> None:
     journal = MemoryJournal()
     settings = cluster(ray_head)
-    argv = python(
-        "import time\n"
-        "for i in range(40):\n"
-        "    print(f'line {i:02}', flush=True); time.sleep(0.05)\n"
-    )
-    run = spec(tmp_path, argv)
+    gate = tmp_path / "gate"
+    run = spec(tmp_path, forty_lines(gate))
     log = Path(run.log_path)
     async with RayExecutor(settings, kill_grace=GRACE, journal=journal) as first:
         await first.submit(run)
         await until(lambda: log.exists() and "line 05" in text_of(log), within=30)
         first.detach()  # the daemon stops: the job goes on
-    assert not text_of(log).endswith("line 39\n")
+    assert text_of(log).splitlines() == [f"line {i:02}" for i in range(6)]
+    gate.touch()
     async with RayExecutor(settings, kill_grace=GRACE, journal=journal) as second:
         attached = await second.attach(run)
         assert attached.state in (RunState.PENDING, RunState.RUNNING)
@@ -265,20 +272,17 @@ async def test_output_written_but_not_journaled_before_a_kill_is_not_written_twi
     ray_head: RayHead, tmp_path: Path
 ) -> None:
     settings = cluster(ray_head)
-    argv = python(
-        "import time\n"
-        "for i in range(40):\n"
-        "    print(f'line {i:02}', flush=True); time.sleep(0.05)\n"
-    )
-    run = spec(tmp_path, argv)
+    gate = tmp_path / "gate"
+    run = spec(tmp_path, forty_lines(gate))
     log = Path(run.log_path)
     journal = KilledBeforeJournaling(log, "line 05")
     async with RayExecutor(settings, kill_grace=GRACE, journal=journal) as first:
         await first.submit(run)
         await until(lambda: journal.killed, within=30)
         first.detach()  # the job goes on
-    assert not text_of(log).endswith("line 39\n")
+    assert text_of(log).splitlines() == [f"line {i:02}" for i in range(6)]
     assert journal.kept.load(run.run_id)[0] < len(text_of(log)), "output was not journaled"
+    gate.touch()
     async with RayExecutor(settings, kill_grace=GRACE, journal=journal.kept) as second:
         await second.attach(run)
         info = await second.wait(run.run_id)
