@@ -44,6 +44,9 @@ def test_a_simple_command_is_execd_as_its_words(command: str, argv: tuple[str, .
         "cd sub",
         "exit 3",
         "if",
+        "time make",  # bash's keyword where /bin/sh is bash, /usr/bin/time elsewhere
+        "chdir sub",  # dash's builtin
+        "shopt -s nullglob",  # bash's
         "A=1 make",  # an assignment
         "make 'a b'",  # quotes, escapes
         'make "a b"',

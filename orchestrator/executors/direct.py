@@ -41,11 +41,16 @@ SHELL_WORDS = frozenset(
         "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in",
         "then", "until", "while", ".", ":", "break", "continue", "eval", "exec", "exit",
         "export", "readonly", "return", "set", "shift", "times", "trap", "unset",
+        # Keywords of bash (``/bin/sh`` on some systems): ``time /bin/true`` is bash's
+        # timing there, and /usr/bin/time's elsewhere.
+        "coproc", "function", "select", "time",
         # Regular builtins of dash and bash that a program of the same name would not
         # replace (``echo``, ``test``, ``printf``... behave differently from /usr/bin's).
-        "[", "alias", "bg", "builtin", "cd", "command", "declare", "echo", "false", "fc", "fg",
-        "getopts", "hash", "jobs", "kill", "let", "local", "printf", "pwd", "read", "source",
-        "test", "true", "type", "typeset", "ulimit", "umask", "unalias", "wait",
+        "[", "alias", "bg", "bind", "builtin", "caller", "cd", "chdir", "command", "compgen",
+        "complete", "compopt", "declare", "dirs", "disown", "echo", "enable", "false", "fc",
+        "fg", "getopts", "hash", "help", "history", "jobs", "kill", "let", "local", "logout",
+        "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "shopt", "source",
+        "suspend", "test", "true", "type", "typeset", "ulimit", "umask", "unalias", "wait",
     }
 )  # fmt: skip
 """First words the shell runs itself (a builtin) or reads as syntax: never exec'd directly."""
