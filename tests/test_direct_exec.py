@@ -127,7 +127,7 @@ def test_the_program_sees_what_it_sees_through_the_shell(
     shell = (SH, "-c", f"{probe} one  two\tthree")
     argv = direct.exec_argv(shell)
     assert argv is not None
-    direct_env = direct.exec_env(env, str(cwd))
+    direct_env = direct.exec_env(env, str(cwd), str(probe))
     assert direct_env is not None
     through_shell = _run(shell, cwd, env, tmp_path / "a.log")
     without_shell = _run(argv, cwd, direct_env, tmp_path / "b.log")
@@ -183,3 +183,51 @@ async def test_the_executor_starts_it_directly_and_leaves_the_rest_to_the_shell(
         info, out = await run("echo $0")
         assert out == b"/bin/sh\n"
         assert started == [((SH, "-c", "echo $0"), True)]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},  # no PATH: the shell's default path is not Python's
+        {"PATH": "/usr/bin:/bin", "SHELLOPTS": "xtrace"},  # bash: prints "+ make check"
+        {"PATH": "/usr/bin:/bin", "BASH_FUNC_make%%": "() { echo not make; }"},  # bash runs it
+        {"PATH": "/usr/bin:/bin", "BASH_FUNC_make()": "() { echo not make; }"},
+    ],
+)
+def test_an_environment_the_shell_would_act_on_goes_through_the_shell(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    assert direct.exec_env(env, str(tmp_path), "make") is None
+    other = {"PATH": "/usr/bin:/bin", "BASH_FUNC_other%%": "() { :; }"}
+    assert direct.exec_env(other, str(tmp_path), "make") is not None
+
+
+def test_pwd_follows_the_file_system_as_it_changes(tmp_path: Path) -> None:
+    """An inherited PWD that no longer names the directory, or a physical path that changed,
+    is not taken for the directory's (the shell looks each time)."""
+    real = tmp_path / "real"
+    (real / "work").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    cwd = str(real / "work")
+    env = {"PATH": os.defpath, "PWD": str(link / "work")}
+    assert _pwd(env, cwd) == str(link / "work")
+    link.unlink()
+    link.symlink_to(tmp_path / "other")  # the inherited PWD names another directory now
+    assert _pwd(env, cwd) == os.path.realpath(cwd)
+
+    via = tmp_path / "via"
+    via.symlink_to(real)
+    cwd = str(via / "work")
+    assert _pwd({"PATH": os.defpath}, cwd) == os.path.realpath(real / "work")
+    real.rename(tmp_path / "moved")
+    via.unlink()
+    via.symlink_to(tmp_path / "moved")  # the same directory, its physical path another
+    assert _pwd({"PATH": os.defpath}, cwd) == os.path.realpath(tmp_path / "moved" / "work")
+
+
+def _pwd(env: dict[str, str], cwd: str) -> str:
+    out = direct.exec_env(env, cwd, "make")
+    assert out is not None
+    return out["PWD"]

@@ -14,10 +14,10 @@ signal that ends it is reported as that signal (a shell exits 128 + its number i
 
 The shell also sets and exports ``PWD``: the inherited value when that names the working
 directory, else the directory's physical path. :func:`exec_env` does the same (it looks at
-the file system for that, and remembers the answer per directory while the directory stays
-the same). Anything that makes the direct start fail (the program not found, not executable,
-or neither a binary nor a script with ``#!``) falls back to the shell, whose error message
-and exit status (127, 126) the run then has, as before.
+the file system for that each time, remembering only a directory's physical path while that
+path names the directory). Anything that makes the direct start fail (the program not found,
+not executable, or neither a binary nor a script with ``#!``) falls back to the shell, whose
+error message and exit status (127, 126) the run then has, as before.
 """
 
 from __future__ import annotations
@@ -70,10 +70,19 @@ def exec_argv(argv: Sequence[str]) -> tuple[str, ...] | None:
     return words
 
 
-def exec_env(env: Mapping[str, str], cwd: str) -> dict[str, str] | None:
-    """The environment the shell would give the program started in ``cwd``: ``env`` with the
-    shell's ``PWD``. None if ``cwd`` cannot be looked at (the start then goes through the shell,
-    which reports it)."""
+def exec_env(env: Mapping[str, str], cwd: str, program: str) -> dict[str, str] | None:
+    """The environment the shell would give ``program`` started in ``cwd``: ``env`` with the
+    shell's ``PWD``. None (the start then goes through the shell) when ``cwd`` cannot be looked
+    at (the shell reports it), or when with ``env`` the shell would do more than look
+    ``program`` up along ``PATH``: without ``PATH`` (the shell's default path is not Python's),
+    and where ``/bin/sh`` is bash, with a function of that name exported in ``env``, or with
+    ``SHELLOPTS`` (``xtrace`` would print the command)."""
+    if (
+        "PATH" not in env
+        or "SHELLOPTS" in env
+        or any(name in env for name in (f"BASH_FUNC_{program}%%", f"BASH_FUNC_{program}()"))
+    ):
+        return None
     pwd = _shell_pwd(env.get("PWD"), cwd)
     if pwd is None:
         return None
@@ -82,9 +91,10 @@ def exec_env(env: Mapping[str, str], cwd: str) -> dict[str, str] | None:
     return out
 
 
-_PWDS_KEPT = 256
-_pwds: dict[tuple[str | None, str], tuple[int, int, str]] = {}
-"""(inherited PWD, cwd) -> (device, inode) of ``cwd`` when looked at, and the shell's PWD."""
+_PHYSICAL_KEPT = 256
+_physical: dict[str, str] = {}
+"""Directory -> its physical path when last looked at (``os.path.realpath``: an ``lstat`` per
+component, ten times what the rest costs)."""
 
 
 def _shell_pwd(inherited: str | None, cwd: str) -> str | None:
@@ -94,20 +104,20 @@ def _shell_pwd(inherited: str | None, cwd: str) -> str | None:
         here = os.stat(cwd)
     except (OSError, ValueError):
         return None
-    key = (inherited, cwd)
-    known = _pwds.get(key)
-    if known is not None and known[0] == here.st_dev and known[1] == here.st_ino:
-        return known[2]
-    pwd = None
-    if inherited and os.path.isabs(inherited):
-        try:
-            if os.path.samestat(os.stat(inherited), here):
-                pwd = inherited
-        except (OSError, ValueError):
-            pass
-    if pwd is None:
-        pwd = os.path.realpath(cwd)
-    if len(_pwds) >= _PWDS_KEPT:
-        _pwds.clear()
-    _pwds[key] = (here.st_dev, here.st_ino, pwd)
-    return pwd
+    if inherited and os.path.isabs(inherited) and _names(inherited, here):
+        return inherited
+    physical = _physical.get(cwd)
+    if physical is None or not _names(physical, here):
+        physical = os.path.realpath(cwd)
+        if len(_physical) >= _PHYSICAL_KEPT:
+            _physical.clear()
+        _physical[cwd] = physical
+    return physical
+
+
+def _names(path: str, here: os.stat_result) -> bool:
+    """Whether ``path`` is the directory ``here`` (by device and inode)."""
+    try:
+        return os.path.samestat(os.stat(path), here)
+    except (OSError, ValueError):
+        return False

@@ -586,7 +586,7 @@ def _spawn_direct(spec: RunSpec, stdin_fd: int, out_fd: int) -> int | None:
     argv = direct.exec_argv(spec.argv)
     if argv is None:
         return None
-    env = direct.exec_env(spec.env, spec.cwd)
+    env = direct.exec_env(spec.env, spec.cwd, argv[0])
     return None if env is None else spawn.spawn(argv, spec.cwd, env, stdin_fd, out_fd)
 
 
