@@ -790,21 +790,6 @@ class Store:
             out.setdefault(proc.attempt_id, []).append(proc)
         return out
 
-    def run_log_offset(self, run_id: str) -> int:
-        """Bytes of a remote run's output already in its log file."""
-        row = self._db.execute(
-            "SELECT log_offset FROM run_logs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def set_run_log_offset(self, run_id: str, offset: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO run_logs (run_id, log_offset) VALUES (?, ?)"
-                " ON CONFLICT (run_id) DO UPDATE SET log_offset = excluded.log_offset",
-                (run_id, offset),
-            )
-
     def run_log_mark(self, run_id: str) -> tuple[int, int | None]:
         """Bytes of a remote run's output already in its log file, and the file's size right
         after they were written (None: not known)."""

@@ -566,13 +566,12 @@ def test_a_schema_1_database_gains_remote_runs_and_keeps_its_data(tmp_path: Path
     store = Store.open(tmp_path, FixedClock())
     [proc] = store.processes(1)
     assert (proc.pid, proc.executor, proc.run_id) == (5, "local", None)
-    assert store.run_log_offset("a1-run") == 0
-    store.set_run_log_offset("a1-run", 10)
-    store.set_run_log_offset("a1-run", 42)
+    assert store.run_log_mark("a1-run") == (0, None)
+    store.set_run_log_mark("a1-run", 10, 300)
+    store.set_run_log_mark("a1-run", 42, None)  # no size, as an older daemon journaled it
     store.close()
     again = Store.open(tmp_path, FixedClock())
-    assert again.run_log_offset("a1-run") == 42
-    assert again.run_log_mark("a1-run") == (42, None)  # no size: journaled by an older daemon
+    assert again.run_log_mark("a1-run") == (42, None)
     again.set_run_log_mark("a1-run", 50, 900)
     assert again.run_log_mark("a1-run") == (50, 900)
     assert again.run_log_mark("a2-run") == (0, None)
