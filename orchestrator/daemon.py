@@ -565,6 +565,11 @@ class Engine:
     def running_keys(self) -> list[TaskKey]:
         return list(self._scopes)
 
+    def status(self, key: TaskKey) -> Status:
+        """A known task's status now: the graph's while it holds the task, else the one
+        recorded."""
+        return self.graph.status(key) if key in self.graph else self.states[key].status
+
     # ------------------------------------------------------------------ idleness
 
     def busy(self) -> bool:

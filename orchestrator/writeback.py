@@ -356,7 +356,7 @@ class Writeback:
                 continue
             if running is None:
                 running = set(engine.running_keys())
-            status = engine.graph.status(key) if key in engine.graph else engine.states[key].status
+            status = engine.status(key)
             order = orders.WRITTEN[change.ordered_status]
             out[ident] = status, orders.decide(order, str(key), status, key in running)
         return out
