@@ -181,7 +181,7 @@ def _dispatch(root: Path, tools: set[str]) -> None:
     )
     print(
         f"    CPU per task of the tasks themselves: {tasks_cpu['exec']:.3f} ms exec'd,"
-        f" {tasks_cpu['shell']:.3f} ms through /bin/sh -c"
+        f" {tasks_cpu['string']:.3f} ms as a string, {tasks_cpu['shell']:.3f} ms through /bin/sh -c"
     )
     cores = os.cpu_count() or 1
     if "ninja" in rates:
