@@ -60,6 +60,11 @@ def of(engine: Engine) -> AgentRuntime:
     return runtime
 
 
+def _cleanup_wait(track: str) -> str:
+    """What the daemon waits for while a finished track's worktree is to be cleaned up."""
+    return f"worktree clean-up: {track}"
+
+
 def guardrails_of(settings: Settings) -> Guardrails:
     guard = settings.guardrails
     return Guardrails.build(
@@ -254,8 +259,17 @@ class AgentRuntime:
         accept, the last task left undone removed from the file): its worktree goes once no
         loop of the track runs any more."""
         self._ending.add(track)
-        if self._cleanups is not None:
-            self._cleanups.start_soon(self._clean_up_after_loops, track)
+        self._schedule_clean_up(track)
+
+    def _schedule_clean_up(self, track: str, adopt: bool = False) -> None:
+        """Clean ``track``'s worktree up once its loops have ended (one clean-up per track at a
+        time). The daemon is not idle from now on until that is done (``--once`` does not end
+        before it): the wait is noted here, not when the clean-up begins to run."""
+        wait = _cleanup_wait(track)
+        if self._cleanups is None or wait in self.engine.waiting:
+            return  # (not served yet: the service's start finds it; or one is on its way)
+        self.engine.waiting.add(wait)
+        self._cleanups.start_soon(self._clean_up_after_loops, track, adopt)
 
     async def task_done(self, key: TaskKey) -> None:
         """After a task's Ralph loop that ended by itself: if that finished its track, the
@@ -263,32 +277,38 @@ class AgentRuntime:
         if key.track in self._ending:
             await self._clean_up(key.track)
 
-    async def _clean_up_after_loops(self, track: str, adopt: bool = False) -> None:
+    async def _clean_up_after_loops(self, track: str, adopt: bool) -> None:
         """Clean the worktree of a finished track up once none of its Ralph loops runs (a
-        skipped attempt's ends when its processes have: up to ``kill_grace``). ``adopt``: a
-        worktree a daemon that stopped left, not known yet. Until then the daemon is not idle
-        (``--once`` does not end before it)."""
+        skipped attempt's ends when its processes have: up to ``kill_grace``), and again if the
+        track finished once more meanwhile. ``adopt``: a worktree a daemon that stopped left,
+        not known yet."""
         engine = self.engine
-        wait = f"worktree clean-up: {track}"
-        engine.waiting.add(wait)
         try:
-            while engine.running.get(track):
-                await engine.wait_changed()
-            if adopt:
-                done = self._finished(track)
-                if done is not None:
-                    try:
-                        tree = await self.trees.existing(track, *done)
-                        if tree is not None:
-                            self._report_remade(track, tree)
-                    except (GitError, OSError) as exc:
-                        log.warning("worktree not removed", track=track, error=str(exc))
-                        self._ending.discard(track)
-            if track in self._ending:
+            while True:
+                while engine.running.get(track):
+                    await engine.wait_changed()
+                if adopt:
+                    adopt = False
+                    await self._adopt(track)
+                if track not in self._ending:
+                    return
                 await self._clean_up(track)
         finally:
-            engine.waiting.discard(wait)
+            engine.waiting.discard(_cleanup_wait(track))
             engine.dispatch()  # idle now, if that was all
+
+    async def _adopt(self, track: str) -> None:
+        """Know the worktree a daemon that stopped left for ``track`` (if it is finished)."""
+        done = self._finished(track)
+        if done is None:
+            return
+        try:
+            tree = await self.trees.existing(track, *done)
+            if tree is not None:
+                self._report_remade(track, tree)
+        except (GitError, OSError) as exc:
+            log.warning("worktree not removed", track=track, error=str(exc))
+            self._ending.discard(track)
 
     def _finished(self, track: str) -> tuple[Path, str] | None:
         """The workdir and integration of ``track`` when every one of its tasks is done."""
@@ -333,7 +353,7 @@ class AgentRuntime:
                 for track in list(self.engine.tracks):
                     if self._finished(track) is not None:
                         self._ending.add(track)
-                        tg.start_soon(self._clean_up_after_loops, track, True)
+                        self._schedule_clean_up(track, adopt=True)
                 await anyio.sleep_forever()
         finally:
             self._cleanups = None

@@ -74,7 +74,8 @@ async def test_a_track_that_ends_with_no_task_running_loses_its_worktree(
     how: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     """A ran; B waits for a task of another track that failed. The track ends when B is
-    skipped, or removed from the file: no Ralph loop of the track runs then."""
+    skipped, or removed from the file: no Ralph loop of the track runs then. The daemon is
+    not idle from the moment the track is complete (``--once`` waits for the clean-up)."""
     repo = make_repo(tmp_path / "repo")
     write_config(tmp_path, "[git]\nworktrees = true\n")
     path = write_track(
@@ -92,11 +93,18 @@ async def test_a_track_that_ends_with_no_task_running_loses_its_worktree(
         tree = agentrun.of(live.engine).trees.tree("t")
         assert tree is not None
         assert tree.root.is_dir()
+        busy: list[bool] = []  # whether the daemon could stop when the track completed
+        live.engine.listeners.append(
+            lambda kind, _, __: (
+                busy.append(live.engine.can_progress()) if kind == "track_complete" else None
+            )
+        )
         if how == "skip":
             live.engine.order(TaskKey("t", "B"), Event.ORDER_SKIP, "not needed")
         else:
             lh.set_status(path, "B", None)
         await live.until(lambda: bool(live.kinds("worktree_removed")))
+        assert busy == [True]
     assert not tree.root.exists()
     assert worktrees(repo) == [str(repo)]
 
