@@ -198,18 +198,9 @@ def register(cli: click.Group, common: Callable[[Any], Any], settings: Settings)
                     out.flush()
 
         def offline(view: OfflineView) -> None:
-            from .views import resolve  # noqa: PLC0415
+            from .views import attempt_row, resolve  # noqa: PLC0415
 
-            key = resolve(view, ref)
-            rows = view.attempts(key)
-            if not rows:
-                raise OrchestratorError(f"{key} has no attempt yet")
-            number = rows[-1].number if attempt is None else attempt
-            row = next((r for r in reversed(rows) if r.number == number), None)
-            if row is None:
-                # an interrupted attempt runs again under its own number: each number once
-                shown = ", ".join(str(n) for n in sorted({r.number for r in rows}))
-                raise OrchestratorError(f"{key} has no attempt {number} (attempts: {shown})")
+            row = attempt_row(view, resolve(view, ref), attempt)
             try:
                 data = Path(row.log_path).read_bytes()
             except OSError as exc:

@@ -37,6 +37,7 @@ from .events import Hub
 from .metrics import CONTENT_TYPE, Metrics
 from .views import (
     EngineView,
+    attempt_row,
     board_document,
     explain_lines,
     problem_info,
@@ -179,16 +180,8 @@ class Handlers:
 
     async def log(self, request: Request) -> Response:
         key = resolve(self.ctx.view, _param(request, "ref"))
-        rows = self.ctx.view.attempts(key)
-        if not rows:
-            raise _Failure(404, f"{key} has no attempt yet", "not_found")
-        wanted = _int(request, "attempt")
-        number = rows[-1].number if wanted is None else wanted
-        row = next((r for r in reversed(rows) if r.number == number), None)
-        if row is None:
-            # an interrupted attempt runs again under its own number: each number once
-            shown = ", ".join(str(n) for n in sorted({r.number for r in rows}))
-            raise _Failure(404, f"{key} has no attempt {number} (attempts: {shown})", "not_found")
+        row = attempt_row(self.ctx.view, key, _int(request, "attempt"))
+        number = row.number
         tail = _int(request, "tail")
         follow = _flag(request, "follow")
         stream = self._log_stream(key, number, row.log_path, tail, follow)

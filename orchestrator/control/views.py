@@ -19,6 +19,7 @@ from .. import __version__, explain, merge, statusview, workspace
 from ..clock import Clock, SystemClock, iso
 from ..config import Config
 from ..daemon import Engine
+from ..errors import RefError
 from ..graph import Graph
 from ..model import STATUS_ORDER, Status, TaskDef, TaskKey, TrackDef
 from ..problems import Problem
@@ -303,6 +304,21 @@ def resolve(view: View, ref: str) -> TaskKey:
     if sep and TaskKey(track, ident) in view.defs:
         return TaskKey(track, ident)
     return key_of(text, view.ref_index())
+
+
+def attempt_row(view: View, key: TaskKey, number: int | None) -> AttemptRow:
+    """Attempt ``number`` of ``key`` (None: its last); :class:`~orchestrator.errors.RefError`
+    says why there is none."""
+    rows = view.attempts(key)
+    if not rows:
+        raise RefError(f"{key} has no attempt yet")
+    wanted = rows[-1].number if number is None else number
+    row = next((r for r in reversed(rows) if r.number == wanted), None)
+    if row is None:
+        # an interrupted attempt runs again under its own number: each number once
+        shown = ", ".join(str(n) for n in sorted({r.number for r in rows}))
+        raise RefError(f"{key} has no attempt {wanted} (attempts: {shown})")
+    return row
 
 
 def _owned(view: View, key: TaskKey) -> Any:
