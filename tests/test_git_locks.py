@@ -201,6 +201,31 @@ def test_a_person_committing_in_the_checkout_keeps_the_index_lock(tmp_path: Path
     assert [(f.removed, f.path.name) for f in result] == [(True, "index.lock")]
 
 
+@pytest.mark.skipif(not gitlocks.inspectable(), reason="needs /proc to see processes")
+def test_a_git_at_work_is_found_and_the_daemons_own_are_left_out_when_asked(
+    tmp_path: Path,
+) -> None:
+    """``theirs``: the gits this process (the daemon) started do not count; a git another
+    process started does."""
+    repo, _ = checkout(tmp_path)
+    argv = ["git", "cat-file", "--batch"]
+    with subprocess.Popen(argv, cwd=repo, stdin=subprocess.PIPE) as own:
+        try:
+            ph.wait_for(lambda: gitlocks.git_at_work([repo]) is not None)  # (exec'd by now)
+            found = gitlocks.git_at_work([repo])
+            assert found == f"git process {own.pid} (git cat-file --batch) runs in {repo.resolve()}"
+            assert gitlocks.git_at_work([repo], theirs=True) is None
+            assert gitlocks.git_at_work([tmp_path / "elsewhere"]) is None
+            wrapped = ["sh", "-c", "git cat-file --batch; :"]  # a git this one did not start
+            with subprocess.Popen(wrapped, cwd=repo, stdin=subprocess.PIPE) as other:
+                try:
+                    ph.wait_for(lambda: gitlocks.git_at_work([repo], theirs=True) is not None)
+                finally:
+                    other.kill()
+        finally:
+            own.kill()
+
+
 def test_the_scratch_index_lock_is_stale_unless_open(tmp_path: Path) -> None:
     """The daemon's scratch index is its own: its lock is stale whatever its age."""
     repo, _ = checkout(tmp_path)
