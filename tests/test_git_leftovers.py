@@ -5,8 +5,6 @@ a lock file that stays in place."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from . import process_harness as ph
 from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 from .daemon_harness import run_once
-from .test_git_locks import events
+from .test_git_locks import events, kill_group_when
 
 pytestmark = [pytest.mark.anyio, needs_git]
 
@@ -174,13 +172,7 @@ def kill_group_while_adding_the_worktree(
     """Run a daemon until its ``git worktree add`` checks files out, then kill its whole
     process group, git with it (as ``systemctl stop`` does with the daemon's cgroup)."""
     block, hit = stall_checkouts(repo, tmp_path)
-    proc = ph.daemon(tracks, state)
-    try:
-        ph.wait_for(hit.exists)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    ph.wait_for(lambda: not ph.alive(int(hit.read_text())))
+    kill_group_when(hit, tracks, state)
     block.unlink()
     locked = repo / ".git" / "worktrees" / "t" / "locked"
     assert locked.read_text() == "initializing\n"

@@ -34,6 +34,14 @@ def kill_group_at_ref_update(
     process group, git with it (as ``systemctl stop`` does with the daemon's cgroup)."""
     marker = tmp_path / "hook.pid"
     pause_at_ref_update(repo, ref, marker, state="prepared")
+    kill_group_when(marker, tracks, state)
+    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+
+
+def kill_group_when(marker: Path, tracks: Path, state: Path) -> None:
+    """Run a daemon until ``marker`` (the pid of a process its git work runs, which waits)
+    exists, then kill the daemon's whole process group, git with it (as ``systemctl stop``
+    does with the daemon's cgroup); return once that process is gone."""
     proc = ph.daemon(tracks, state)
     try:
         ph.wait_for(marker.exists)
@@ -41,7 +49,6 @@ def kill_group_at_ref_update(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     ph.wait_for(lambda: not ph.alive(int(marker.read_text())))
-    (repo / ".git" / "hooks" / "reference-transaction").unlink()
 
 
 def events(state: Path, kind: str) -> list[Mapping[str, Any]]:
