@@ -191,8 +191,12 @@ def test_a_person_committing_in_the_checkout_keeps_the_index_lock(tmp_path: Path
     editor.write_text("#!/bin/sh\nexec sleep 60\n")
     editor.chmod(0o755)
     env = {**ph.clean_env(), "GIT_EDITOR": str(editor)}
-    person = subprocess.Popen(
-        ["git", "commit", "-a", "-q"], cwd=repo, env=env, stdin=subprocess.DEVNULL
+    person = subprocess.Popen(  # a session of its own: its editor ends with it
+        ["git", "commit", "-a", "-q"],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         ph.wait_for((common / "index.lock").exists)
@@ -201,7 +205,7 @@ def test_a_person_committing_in_the_checkout_keeps_the_index_lock(tmp_path: Path
         assert [(f.removed, f.path.name) for f in result] == [(False, "index.lock")]
         assert f"git process {person.pid} (git commit -a -q) runs in" in result[0].why
     finally:
-        person.kill()
+        os.killpg(person.pid, signal.SIGKILL)
         person.wait(10)
     # Killed: the lock is stale now.
     result = gitlocks.sweep(found(repo, tmp_path / "s.index"), time.time() + 1)
@@ -322,8 +326,12 @@ def test_a_git_running_elsewhere_in_the_repository_keeps_the_locks_of_the_daemon
     editor.chmod(0o755)
     env = {**ph.clean_env(), "GIT_EDITOR": str(editor)}
     (repo / "a.txt").write_text("b\n")
-    person = subprocess.Popen(
-        ["git", "commit", "-a", "-q"], cwd=repo, env=env, stdin=subprocess.DEVNULL
+    person = subprocess.Popen(  # a session of its own: its editor ends with it
+        ["git", "commit", "-a", "-q"],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         ph.wait_for((common / "index.lock").exists)
@@ -332,7 +340,7 @@ def test_a_git_running_elsewhere_in_the_repository_keeps_the_locks_of_the_daemon
         )
         result = gitlocks.sweep(cands, time.time() - 60)
     finally:
-        person.kill()
+        os.killpg(person.pid, signal.SIGKILL)
         person.wait(10)
     assert sorted((f.removed, f.path.name) for f in result) == [
         (False, "1.lock"),
