@@ -20,8 +20,9 @@ MARK = "ORCHD_TEST_RUN"
 
 
 def mark_this_run() -> str:
-    """Set :data:`MARK` for this run (and so for every process it starts); its value."""
-    value = os.environ.get(MARK) or f"{os.getpid()}.{time.time_ns()}"
+    """Set :data:`MARK` for this run (and so for every process it starts); its value. A new
+    one always: a test run started by another marks (and ends) only its own processes."""
+    value = f"{os.getpid()}.{time.time_ns()}"
     os.environ[MARK] = value
     return value
 
