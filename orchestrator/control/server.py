@@ -252,7 +252,7 @@ class Handlers:
         engine = self.engine
         key = resolve(self.ctx.view, req.ref)
         running = key in engine.running_keys()
-        status = engine.graph.status(key) if key in engine.graph else engine.states[key].status
+        status = engine.status(key)
         decision = orders.decide(req.order, str(key), status, running)
         if decision.refused:
             raise _Failure(409, decision.message, "refused")
@@ -262,7 +262,7 @@ class Handlers:
             if running and req.order != "retry":
                 await self._until_ended(key)
             await self.ctx.rt.writeback.flush()
-        after = engine.graph.status(key) if key in engine.graph else engine.states[key].status
+        after = engine.status(key)
         return json_response(
             api.OrderResult(
                 ref=str(key), order=req.order, status=after.value, message=decision.message
