@@ -25,7 +25,7 @@ from typing import Any
 
 from .model import OWNED_FIELDS, Status
 from .schema import STATUS_ALIASES
-from .states import ORDER_FOR_STATUS, Event, TaskState
+from .states import ORDER_STATUSES, TaskState
 
 JSON = Any
 Base = Mapping[str, JSON]
@@ -100,9 +100,8 @@ def _equivalent(name: str, base_value: JSON, store_value: JSON) -> bool:
 class UserChanges:
     """What a user changed in one task's daemon-owned fields since the daemon last wrote."""
 
-    order: Event | None = None
-    """The order a changed status gives, if it is one."""
     ordered_status: Status | None = None
+    """A changed status that is an order (see ``states.ORDER_STATUSES``)."""
     not_an_order: str | None = None
     """A changed status that is not an order (reported, then overwritten)."""
     fields: frozenset[str] = field(default_factory=frozenset)
@@ -116,7 +115,6 @@ def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
         for name in OWNED_FIELDS
         if not same(name, task.get(name, ABSENT), base.get(name, ABSENT))
     }
-    order: Event | None = None
     ordered: Status | None = None
     not_order: str | None = None
     if "status" in changed:
@@ -125,11 +123,11 @@ def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
         status = STATUS_ALIASES.get(raw.strip().lower()) if isinstance(raw, str) else None
         if raw is ABSENT:
             pass  # the user deleted the field: the daemon writes it again
-        elif status is not None and status in ORDER_FOR_STATUS:
-            order, ordered = ORDER_FOR_STATUS[status], status
+        elif status is not None and status in ORDER_STATUSES:
+            ordered = status
         else:
             not_order = str(raw)
-    return UserChanges(order, ordered, not_order, frozenset(changed))
+    return UserChanges(ordered, not_order, frozenset(changed))
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,13 +62,9 @@ TRANSITIONS: dict[tuple[Status, Event], Status] = {
     **{(s, Event.ORDER_BLOCK): _B for s in Status},
 }
 
-ORDER_FOR_STATUS: dict[Status, Event] = {
-    _P: Event.ORDER_RETRY,
-    _S: Event.ORDER_SKIP,
-    _C: Event.ORDER_ACCEPT,
-    _B: Event.ORDER_BLOCK,
-}
-"""A status written by a user in a queue file, read as an order."""
+ORDER_STATUSES = frozenset({_P, _S, _C, _B})
+"""The statuses a person writes in a queue file as an order (``control.orders`` decides what
+each means for the task's state: the same decision as for the command)."""
 
 
 def transition(status: Status, event: Event) -> Status:

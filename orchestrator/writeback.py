@@ -638,7 +638,7 @@ def _consumed(
             out.setdefault(ident, merge.file_fields(raw))
             continue
         change = changes.get(ident)
-        if change is not None and (change.order is not None or change.not_an_order):
+        if change is not None and (change.ordered_status is not None or change.not_an_order):
             spent = dict(base[ident])
             spent["status"] = raw["status"]
             out[ident] = spent

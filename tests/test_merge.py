@@ -12,7 +12,7 @@ from orchestrator.merge import (
     user_changes,
 )
 from orchestrator.model import Owned, Status
-from orchestrator.states import Event, TaskState
+from orchestrator.states import TaskState
 
 
 def state(**owned: Any) -> TaskState:
@@ -23,7 +23,7 @@ def test_untouched_fields_take_the_store_values() -> None:
     task = {"id": "A", "status": "pending", "attempts": 0, "error": None}
     base = file_fields(task)
     changes = user_changes(task, base)
-    assert changes.order is None
+    assert changes.ordered_status is None
     stored = store_fields(state(status=Status.COMPLETE, attempts=1, completed_at="t"))
     merged = merge_task(task, base, stored, changes)
     assert merged.edits == {"status": "complete", "attempts": 1, "completed_at": "t"}
@@ -39,20 +39,20 @@ def test_null_fields_are_not_added() -> None:
 
 def test_a_status_changed_by_the_user_is_an_order() -> None:
     base = {"status": "failed", "attempts": 3}
-    for written, event in [
-        ("pending", Event.ORDER_RETRY),
-        ("skipped", Event.ORDER_SKIP),
-        ("COMPLETED", Event.ORDER_ACCEPT),
-        ("blocked", Event.ORDER_BLOCK),
+    for written, status in [
+        ("pending", Status.PENDING),
+        ("skipped", Status.SKIPPED),
+        ("COMPLETED", Status.COMPLETE),
+        ("blocked", Status.BLOCKED),
     ]:
         changes = user_changes({"status": written, "attempts": 3}, base)
-        assert changes.order is event
+        assert changes.ordered_status is status
 
 
 def test_a_status_that_is_no_order_is_reported_and_overwritten() -> None:
     task = {"status": "in_progress"}
     changes = user_changes(task, {"status": "pending"})
-    assert changes.order is None
+    assert changes.ordered_status is None
     assert changes.not_an_order == "in_progress"
     merged = merge_task(task, {"status": "pending"}, store_fields(state()), changes)
     assert merged.edits == {"status": "pending"}
