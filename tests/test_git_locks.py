@@ -3,6 +3,7 @@ so), and leaves one that may be live, saying which file it is and why it stays."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -157,6 +158,29 @@ def found(repo: Path, scratch: Path, own: bool = False) -> list[gitlocks.Candida
     return gitlocks.candidates(repo, common, common, own, "main", None, scratch)
 
 
+@contextlib.contextmanager
+def committing(repo: Path, common: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A person's ``git commit -a`` in ``repo``, its editor open (``index.lock`` held in
+    ``common``); at the end, killed with its editor (a session of its own)."""
+    (repo / "a.txt").write_text("b\n")
+    editor = tmp_path / "editor"
+    editor.write_text("#!/bin/sh\nexec sleep 60\n")
+    editor.chmod(0o755)
+    person = subprocess.Popen(
+        ["git", "commit", "-a", "-q"],
+        cwd=repo,
+        env={**ph.clean_env(), "GIT_EDITOR": str(editor)},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        ph.wait_for((common / "index.lock").exists)
+        yield person
+    finally:
+        os.killpg(person.pid, signal.SIGKILL)
+        person.wait(10)
+
+
 def test_a_checkout_lock_older_than_the_daemon_and_held_by_nobody_is_stale(tmp_path: Path) -> None:
     repo, common = checkout(tmp_path)
     for name in ("index.lock", "HEAD.lock", "refs/heads/main.lock", "packed-refs.lock"):
@@ -186,27 +210,11 @@ def test_a_person_committing_in_the_checkout_keeps_the_index_lock(tmp_path: Path
     """``git commit`` holds ``index.lock`` while the editor is open, with the file closed:
     only the git process running in the checkout tells that it is live."""
     repo, common = checkout(tmp_path)
-    (repo / "a.txt").write_text("b\n")
-    editor = tmp_path / "editor"
-    editor.write_text("#!/bin/sh\nexec sleep 60\n")
-    editor.chmod(0o755)
-    env = {**ph.clean_env(), "GIT_EDITOR": str(editor)}
-    person = subprocess.Popen(  # a session of its own: its editor ends with it
-        ["git", "commit", "-a", "-q"],
-        cwd=repo,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        ph.wait_for((common / "index.lock").exists)
+    with committing(repo, common, tmp_path) as person:
         assert gitlocks.holders([common / "index.lock"]) == {}
         result = gitlocks.sweep(found(repo, tmp_path / "s.index"), time.time() + 1)
         assert [(f.removed, f.path.name) for f in result] == [(False, "index.lock")]
         assert f"git process {person.pid} (git commit -a -q) runs in" in result[0].why
-    finally:
-        os.killpg(person.pid, signal.SIGKILL)
-        person.wait(10)
     # Killed: the lock is stale now.
     result = gitlocks.sweep(found(repo, tmp_path / "s.index"), time.time() + 1)
     assert [(f.removed, f.path.name) for f in result] == [(True, "index.lock")]
@@ -321,27 +329,11 @@ def test_a_git_running_elsewhere_in_the_repository_keeps_the_locks_of_the_daemon
     for path in (gitdir / "index.lock", common / "refs/heads/orchestratord/t.lock"):
         path.write_text("")
     (common / f"{saved}.lock").write_text("")
-    editor = tmp_path / "editor"
-    editor.write_text("#!/bin/sh\nexec sleep 60\n")
-    editor.chmod(0o755)
-    env = {**ph.clean_env(), "GIT_EDITOR": str(editor)}
-    (repo / "a.txt").write_text("b\n")
-    person = subprocess.Popen(  # a session of its own: its editor ends with it
-        ["git", "commit", "-a", "-q"],
-        cwd=repo,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        ph.wait_for((common / "index.lock").exists)
+    with committing(repo, common, tmp_path) as person:
         cands = gitlocks.candidates(
             tree, gitdir, common, True, "orchestratord/t", None, tmp_path / "s.index", [saved]
         )
         result = gitlocks.sweep(cands, time.time() - 60)
-    finally:
-        os.killpg(person.pid, signal.SIGKILL)
-        person.wait(10)
     assert sorted((f.removed, f.path.name) for f in result) == [
         (False, "1.lock"),
         (False, "t.lock"),
