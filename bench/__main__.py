@@ -20,6 +20,7 @@ from . import (
     ray,
     resident,
     spawn,
+    spawnwait,
     status,
     writeback,
 )
@@ -35,6 +36,7 @@ ALL = {
     "gitattempt": gitattempt.run,
     "live": live.run,
     "spawn": spawn.run,
+    "spawnwait": spawnwait.run,
     "breakdown": breakdown.run,
     "chainpath": chainpath.run,
 }
