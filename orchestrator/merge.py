@@ -23,7 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import OWNED_FIELDS, Status
+import orjson
+
+from .model import OWNED_FIELDS, Status, TrackDef
 from .schema import STATUS_ALIASES
 from .states import ORDER_STATUSES, TaskState
 
@@ -128,6 +130,31 @@ def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
         else:
             not_order = str(raw)
     return UserChanges(ordered, not_order, frozenset(changed))
+
+
+NO_CHANGES = UserChanges()
+
+
+def track_changes(
+    definition: TrackDef, doc: Mapping[str, JSON], base: Mapping[str, Base]
+) -> dict[str, UserChanges]:
+    """Task id -> what the user changed in its daemon-owned fields, for the tasks of a parsed
+    file (``doc``, which ``definition`` was read from) against the base of each task id (only
+    tasks with changes; a task id copied in a file counts once, the first copy)."""
+    items = doc[definition.list_key]
+    out: dict[str, UserChanges] = {}
+    for task in definition.tasks:
+        ident = task.key.id
+        task_base = base.get(ident)
+        if ident in out or task_base is None:
+            continue  # seen, or first seen: the file's values are its base, nothing changed
+        raw = items[task.index]
+        if orjson.dumps(file_fields(raw)) == orjson.dumps(task_base):
+            continue  # exactly as the daemon left it (JSON text compares types strictly)
+        change = user_changes(raw, task_base)
+        if change != NO_CHANGES:
+            out[ident] = change
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,7 +268,7 @@ class Writeback:
                 continue
             raw = task_at(at)
             task_base = known.base.get(ident) or merge.file_fields(raw)
-            merged = merge.merge_task(raw, task_base, merge.store_fields(state), _NO_CHANGES)
+            merged = merge.merge_task(raw, task_base, merge.store_fields(state), merge.NO_CHANGES)
             yield ident, at, raw, merged
 
     async def _full(self, track: Track, read: _Read) -> list[Problem]:
@@ -293,7 +293,7 @@ class Writeback:
             )
             return self._invalid(track, [problem], before)
         base = self._base(name)
-        changes = _user_changes(qf.track, qf.doc, base)
+        changes = merge.track_changes(qf.track, qf.doc, base)
         changed = not plans.same_definition(qf.track, track.definition)
         spec = None
         if changed:
@@ -566,7 +566,7 @@ class Writeback:
             task_base = base.get(key.id)
             if task_base is None:
                 task_base = merge.file_fields(raw)
-            change = changes.get(key.id, _NO_CHANGES)
+            change = changes.get(key.id, merge.NO_CHANGES)
             state = engine.states.get(key)
             if state is None:
                 continue
@@ -593,30 +593,7 @@ class Writeback:
         return out
 
 
-_NO_CHANGES = merge.UserChanges()
 _PENDING = TaskState()
-
-
-def _user_changes(
-    definition: TrackDef, doc: dict[str, Any], base: dict[str, Any]
-) -> dict[str, merge.UserChanges]:
-    """Task id -> what the user changed in its daemon-owned fields (only tasks with changes)."""
-    items = doc[definition.list_key]
-    out: dict[str, merge.UserChanges] = {}
-    for task in definition.tasks:
-        ident = task.key.id
-        if ident in out:
-            continue
-        raw = items[task.index]
-        task_base = base.get(ident)
-        if task_base is None:
-            continue  # first seen: the file's values are its base, nothing was changed
-        if orjson.dumps(merge.file_fields(raw)) == orjson.dumps(task_base):
-            continue  # exactly as the daemon left it (JSON text compares types strictly)
-        change = merge.user_changes(raw, task_base)
-        if change != _NO_CHANGES:
-            out[ident] = change
-    return out
 
 
 def _consumed(

@@ -280,17 +280,9 @@ def _orders(ws: workspace.Workspace, store: Store) -> dict[TaskKey, Status]:
         written = store.written(track.name) if track is not None else None
         if track is None or qf.doc is None or written is None:
             continue
-        items = qf.doc.get(track.list_key)
-        if not isinstance(items, list):
-            continue
-        for task in track.tasks:
-            base = written.base.get(task.key.id)
-            raw = items[task.index] if task.index < len(items) else None
-            if base is None or not isinstance(raw, dict):
-                continue
-            change = merge.user_changes(raw, base)
+        for ident, change in merge.track_changes(track, qf.doc, written.base).items():
             if change.ordered_status is not None:
-                out.setdefault(task.key, change.ordered_status)
+                out.setdefault(TaskKey(track.name, ident), change.ordered_status)
     return out
 
 
