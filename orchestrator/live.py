@@ -21,7 +21,6 @@ by the next one.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,8 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from . import memory, queuefile
 from . import plan as plans
-from . import queuefile
 from .daemon import Engine
 from .model import TrackDef
 from .problems import ROOT, Problem, json_path
@@ -105,7 +104,7 @@ class Reloader:
             path = (Path.cwd() / problem.file).resolve()
             self._problems.setdefault(path, []).append(problem)
         self._remember()
-        _keep()
+        memory.settle(keep=True)
 
     # ------------------------------------------------------------------ asking
 
@@ -164,12 +163,15 @@ class Reloader:
             await self._handle(retry, definitive=definitive)
         self._publish()
         after = {n: t.definition for n, t in engine.tracks.items()}
-        return ReloadResult(
+        result = ReloadResult(
             added=tuple(n for n in after if n not in before),
             removed=tuple(n for n in before if n not in after),
             changed=tuple(n for n in after if n in before and after[n] is not before[n]),
             problems=tuple(engine.all_problems()),
         )
+        if result.added or result.removed or result.changed:
+            memory.give_back()  # what the old definitions and the reads held
+        return result
 
     async def _settle(self) -> None:
         """Wait for files that failed to read to settle, and read them again.
@@ -302,18 +304,6 @@ class Reloader:
     def _publish(self) -> None:
         """``engine.problems``: the problems of files that are not tracks, in file order."""
         self.engine.problems = [p for path in sorted(self._problems) for p in self._problems[path]]
-
-
-def _keep() -> None:
-    """Tell the garbage collector that what is alive after start-up lives long.
-
-    The daemon's data holds no reference cycles (reference counting frees what a reload
-    replaces), so full collections scanning every task in force are pure cost: 40 ms with
-    1,000 tasks here, landing in the middle of a save being applied. Reloads add little
-    (a task read before is reused, see ``schema.TaskMemo``).
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _discover(directory: Path) -> list[Path]:
