@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -459,6 +460,26 @@ async def test_finished_runs_are_forgotten_beyond_the_limit(
             assert (await executor.wait(spec.run_id)).state is state
         assert (await executor.status("r4")).state is state
         assert (await executor.status("r0")).state is RunState.LOST  # forgotten
+
+
+@pytest.mark.anyio
+async def test_forgotten_runs_are_freed_before_their_timeout_would_have_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run's timer held the finished run until its deadline: a daemon running short
+    # tasks with the default timeout (an hour) kept every run of the last hour in memory.
+    monkeypatch.setattr(runbook, "KEEP_FINISHED", 3)
+    monkeypatch.setattr(local, "_STALE_TIMERS", 4)
+    async with local.LocalExecutor(1.0) as executor:
+        for i in range(20):
+            spec = RunSpec(
+                f"r{i}", ("true",), str(tmp_path), dict(os.environ), str(tmp_path / "log"), 3600.0
+            )
+            await executor.submit(spec)
+            assert (await executor.wait(spec.run_id)).state is RunState.EXITED
+        gc.collect()
+        alive = sum(type(o) is local._Run for o in gc.get_objects())
+        assert alive <= 3 + 4 + 1, alive  # kept, stale timers tolerated, one being rebuilt
 
 
 @pytest.mark.skipif(not LINUX, reason="needs /proc")

@@ -430,8 +430,16 @@ class LocalExecutor(RunBook[_Run]):
                 f"timed out after {_seconds(run.timeout or 0.0)} s",
                 self._kill_grace,
             )
-        if self._stale_timers > _STALE_TIMERS and self._stale_timers * 2 > len(timers):
-            self._timers = [entry for entry in timers if entry[2].timer]
+        self._drop_stale_timers()
+
+    def _drop_stale_timers(self) -> None:
+        """Rebuild the timer heap without the timers of finished runs once they are most of it.
+
+        Each holds its finished run until its deadline (an hour by default) would have come:
+        without this, a daemon running short tasks kept every run of the last hour in memory.
+        """
+        if self._stale_timers > _STALE_TIMERS and self._stale_timers * 2 > len(self._timers):
+            self._timers = [entry for entry in self._timers if entry[2].timer]
             heapq.heapify(self._timers)
             self._stale_timers = 0
 
@@ -525,6 +533,7 @@ class LocalExecutor(RunBook[_Run]):
         if run.timer:
             run.timer = False
             self._stale_timers += 1
+            self._drop_stale_timers()
         if run.pidfd is not None:
             self._by_fd.pop(run.pidfd, None)
             os.close(run.pidfd)  # which also removes it from the epoll set
