@@ -26,6 +26,7 @@ daemon's tree (see docs/ray.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shlex
@@ -38,6 +39,7 @@ import anyio
 
 from . import agentoutput, runbranch
 from .agentoutput import Usage
+from .errors import StateError
 from .executors.base import Checkout, Executor, RunInfo, RunSpec, RunState
 from .guardrails import NoTests
 from .model import Command, TaskKey, Verdict
@@ -153,13 +155,19 @@ class _Log:
         self.path = path
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         try:
-            self.fd = os.open(path, flags, 0o644)
-        except FileNotFoundError:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(path, flags, 0o644)
+            try:
+                self.fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(path, flags, 0o644)
+        except OSError as error:
+            raise unwritable(path, error) from error
 
     def write(self, text: str) -> None:
-        os.write(self.fd, text.encode("utf-8", "replace"))
+        try:
+            os.write(self.fd, text.encode("utf-8", "replace"))
+        except OSError as error:
+            raise unwritable(self.path, error) from error
 
     def line(self, text: str) -> None:
         """A :data:`Note`: ``text`` as a line of its own."""
@@ -454,10 +462,29 @@ async def _fetch_result(plan: AttemptPlan, info: RunInfo) -> str:
 
 def write_failure_file(path: str, text: str) -> None:
     """The previous failure output, for ``ORCHESTRATORD_FAILURE_FILE``; no failure, no file."""
-    if not text:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        if not text:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        raise unwritable(path, error) from error
+
+
+def unwritable(path: str, error: OSError) -> StateError:
+    """The error that stops the daemon when a file of its state directory (an attempt's log,
+    the failure output for the next attempt) cannot be written: an attempt must not run, or
+    be judged, without them."""
+    why = error.strerror or str(error)
+    fix = (
+        "free space on its disk"
+        if error.errno == errno.ENOSPC
+        else "check its disk and permissions"
+    )
+    return StateError(
+        f"{path}: cannot write ({why}): {fix}, then start the daemon again. What was recorded"
+        " before is kept; attempts cut short run again."
+    )

@@ -12,6 +12,7 @@ process being killed; only an operating-system crash can lose the last commits).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -328,17 +329,21 @@ class _Transaction:
     def __enter__(self) -> sqlite3.Connection:
         store = self._store
         db = store._db
-        db.execute("BEGIN IMMEDIATE")
-        if store._later or store._ends:
-            try:
-                db.executemany(_INSERT_PROCESS, store._later.values())
-                db.executemany(
-                    "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?", store._ends
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._took = True
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if store._later or store._ends:
+                try:
+                    db.executemany(_INSERT_PROCESS, store._later.values())
+                    db.executemany(
+                        "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?",
+                        store._ends,
+                    )
+                except BaseException:
+                    _roll_back(db)
+                    raise
+                self._took = True
+        except sqlite3.Error as error:
+            raise store.unwritable(error) from error
         return db
 
     def __exit__(
@@ -348,13 +353,27 @@ class _Transaction:
         tb: TracebackType | None,
     ) -> None:
         store = self._store
-        if exc_type is not None:
-            store._db.execute("ROLLBACK")
+        if exc is not None:
+            _roll_back(store._db)
+            if isinstance(exc, sqlite3.Error):
+                raise store.unwritable(exc) from exc
             return
-        store._db.execute("COMMIT")
+        try:
+            store._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            _roll_back(store._db)
+            raise store.unwritable(error) from error
         if self._took:
             store._later.clear()
             store._ends.clear()
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """End a failed transaction, if SQLite has not ended it already (a rollback that fails
+    too changes nothing: the database keeps its last committed state)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 _PUT_TASK = (
@@ -521,6 +540,18 @@ class Store:
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+    def unwritable(self, error: sqlite3.Error) -> StateError:
+        """The error that stops the daemon when a change cannot be recorded: nothing may be
+        acted on that is not recorded, and what was recorded before stays as it was."""
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            fix = f"free space on the disk that holds {self.path.parent}"
+        else:
+            fix = f"check the disk and the permissions of {self.path.parent}"
+        return StateError(
+            f"{self.path}: cannot record in the state database ({error}): {fix}, then start the"
+            " daemon again. What was recorded before is kept; attempts cut short run again."
+        )
 
     def flush(self) -> None:
         """Commit the process records and ends kept for the next transaction, now."""

@@ -29,6 +29,7 @@ from . import agentrun, workspace
 from .clock import Clock, SystemClock
 from .config import Config
 from .daemon import Engine, Track
+from .errors import AlreadyRunningError, StateError
 from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .live import Reloader, ReloadResult
@@ -321,11 +322,16 @@ def run(cfg: Config, *, once: bool = False, progress: bool | None = None) -> int
                     view.summary()
 
     try:
-        return anyio.run(
-            main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()}
-        )
-    except BaseExceptionGroup as group:
-        raise unwrap(group) from None
+        try:
+            return anyio.run(
+                main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()}
+            )
+        except BaseExceptionGroup as group:
+            raise unwrap(group) from None
+    except StateError as error:
+        if not isinstance(error, AlreadyRunningError):  # that one never started
+            log.error("daemon stopped", exit_status=error.exit_code, error=str(error))  # noqa: TRY400 - the message is the report; a traceback would bury it
+        raise
 
 
 def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -340,4 +346,9 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
             leaves.append(exc)
 
     walk(group)
-    return leaves[0] if len(leaves) == 1 else group
+    if len(leaves) == 1:
+        return leaves[0]
+    # Every runner that tried to record found the state unwritable: one cause, said once.
+    if all(isinstance(exc, StateError) for exc in leaves):
+        return leaves[0]
+    return group

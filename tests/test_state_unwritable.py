@@ -1,0 +1,110 @@
+"""A state directory that cannot be written (a full disk): the daemon stops and loses nothing.
+
+Nothing may be acted on that is not recorded, so when a change cannot be recorded (SQLite
+cannot commit, an attempt's log cannot be written) the daemon stops with one plain message
+that names the file and the fix; the next start, once there is room, carries on from what was
+recorded. Here the daemon's file size limit (``RLIMIT_FSIZE``) stands in for a full disk:
+every write past it fails, as on a full disk, but without a file system to fill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestrator import attempt
+from orchestrator.clock import SystemClock
+from orchestrator.errors import StateError
+from orchestrator.model import TaskKey
+from orchestrator.store import Store
+
+from .process_harness import clean_env, start_once
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the limit's effect on SQLite is Linux's"
+)
+
+TASKS = 40
+LIMIT = 256 * 1024
+"""Bytes any file of the daemon may grow to: the database's log passes it after a few tasks."""
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+
+def test_a_state_that_cannot_be_written_stops_the_daemon_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    tracks, state, ledger = tmp_path / "tracks", tmp_path / "state", tmp_path / "ledger"
+    tracks.mkdir()
+    items = [{"id": f"T{i}", "command": f"echo T{i} >> {ledger}"} for i in range(TASKS)]
+    (tracks / "a.json").write_text(json.dumps({"features": items}, indent=2) + "\n")
+    argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
+    argv += ["--tracks", str(tracks), "--state-dir", str(state), "--log-format", "json"]
+
+    stopped = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=clean_env(),
+        preexec_fn=_limited,  # only setrlimit, in the child before it execs
+    )
+
+    assert stopped.returncode == 1, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"orchestratord: {state / 'state.db'}: cannot record"), message
+    assert "then start the daemon again" in message
+    last = json.loads(stopped.stderr.strip().splitlines()[-2])
+    assert (last["event"], last["level"]) == ("daemon stopped", "error")
+    ran_before = Counter(ledger.read_text().split())
+    assert 0 < len(ran_before) < TASKS  # it stopped part-way
+
+    finished = start_once(tracks, state)  # room again: it carries on from what was recorded
+
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    doc = json.loads((tracks / "a.json").read_text())
+    assert [t["status"] for t in doc["features"]] == ["complete"] * TASKS
+    assert doc["summary"]["complete"] == TASKS
+    runs = Counter(ledger.read_text().split())
+    assert set(runs) == {f"T{i}" for i in range(TASKS)}
+    store = Store.open(state, SystemClock())
+    try:
+        for i in range(TASKS):
+            attempts = store.attempts(TaskKey("a", f"T{i}"))
+            passes = [a for a in attempts if a.verdict == "PASS"]
+            assert len(passes) == 1, attempts
+            assert passes[0].id == max(a.id for a in attempts)  # nothing ran after its PASS
+            # A run whose PASS could not be recorded ran again; no other ran twice.
+            assert runs[f"T{i}"] <= len(attempts), (i, runs[f"T{i}"], attempts)
+    finally:
+        store.close()
+    assert os.path.getsize(state / "state.db") > 0
+
+
+def test_an_attempt_log_or_failure_output_that_cannot_be_written_stops_the_daemon(
+    tmp_path: Path,
+) -> None:
+    # Without its log an attempt cannot be judged, without the failure output the next one
+    # would run blind: both are the state directory's, like the database.
+    if os.path.exists("/dev/full"):  # every write there fails as on a full disk
+        log = attempt._Log("/dev/full")
+        with pytest.raises(StateError, match=r"^/dev/full: cannot write \(No space left"):
+            log.write("=== attempt 1\n")
+        log.close()
+    in_a_file = tmp_path / "a-file"
+    in_a_file.write_text("")
+    with pytest.raises(StateError, match=r"cannot write .*check its disk and permissions"):
+        attempt._Log(str(in_a_file / "attempt-1.log"))
+    with pytest.raises(StateError, match="then start the daemon again"):
+        attempt.write_failure_file(str(in_a_file / "failure.txt"), "the last failure")
