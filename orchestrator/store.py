@@ -544,8 +544,11 @@ class Store:
     def unwritable(self, error: sqlite3.Error) -> StateError:
         """The error that stops the daemon when a change cannot be recorded: nothing may be
         acted on that is not recorded, and what was recorded before stays as it was."""
-        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        code = getattr(error, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL:
             fix = f"free space on the disk that holds {self.path.parent}"
+        elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            fix = "another program keeps it locked (an open sqlite3 shell?): close that"
         else:
             fix = f"check the disk and the permissions of {self.path.parent}"
         return StateError(

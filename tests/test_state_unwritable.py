@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +24,7 @@ from orchestrator import attempt
 from orchestrator.clock import SystemClock
 from orchestrator.errors import StateError
 from orchestrator.model import TaskKey
+from orchestrator.states import TaskState
 from orchestrator.store import Store
 
 from .process_harness import clean_env, start_once
@@ -108,3 +110,19 @@ def test_an_attempt_log_or_failure_output_that_cannot_be_written_stops_the_daemo
         attempt._Log(str(in_a_file / "attempt-1.log"))
     with pytest.raises(StateError, match="then start the daemon again"):
         attempt.write_failure_file(str(in_a_file / "failure.txt"), "the last failure")
+
+
+def test_a_database_another_program_keeps_locked_is_named_as_such(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, SystemClock())
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # a person's sqlite3 shell, in a write
+        store._db.execute("PRAGMA busy_timeout=50")  # the daemon waits 5 s; not here
+        with pytest.raises(StateError, match="another program keeps it locked"):
+            store.put_task(TaskKey("a", "T1"), TaskState())
+        other.execute("ROLLBACK")
+        store.put_task(TaskKey("a", "T1"), TaskState())  # closed: the store goes on
+        assert store.task(TaskKey("a", "T1")) == TaskState()
+    finally:
+        other.close()
+        store.close()
