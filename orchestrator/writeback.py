@@ -101,6 +101,8 @@ class Writeback:
         self._settling: set[str] = set()
         """Tracks whose file failed to read, waiting to settle."""
         self._lock = anyio.Lock()
+        self._unwritten: set[str] = set()
+        """Tracks whose file could not be written at the last try (reported once)."""
         self._writing: dict[str, FileId] = {}
         """Track -> the id its file has once the write in progress (in a worker thread) is
         renamed into place: the watcher can see the rename before the write returns."""
@@ -460,9 +462,11 @@ class Writeback:
                 wrote = await anyio.to_thread.run_sync(_write, track.path, new, before, announce)
             except OSError as exc:
                 # A full disk, a read-only directory: the state is safe in the store; the file
-                # is written once it can be.
-                log.warning(
-                    "cannot write the queue file; trying again",
+                # is written once it can be. Said once, not at every try (all night long).
+                report = log.debug if track.name in self._unwritten else log.warning
+                self._unwritten.add(track.name)
+                report(
+                    "cannot write the queue file; trying again until it can be written",
                     file=queuefile.display_path(track.path),
                     error=exc.strerror or str(exc),
                     retry_in=WRITE_RETRY_SECONDS,
@@ -483,6 +487,9 @@ class Writeback:
                 return []
             self.engine.stats["file_writes"] += 1
             before, digest = wrote
+            if track.name in self._unwritten:
+                self._unwritten.discard(track.name)
+                log.info("queue file written again", file=queuefile.display_path(track.path))
         if updates:
             base.update(updates)
         self._fresh.discard(track.name)

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
 
 from orchestrator import config, queuefile
 from orchestrator import writeback as writeback_module
@@ -91,15 +92,26 @@ async def test_a_failed_write_is_tried_again_by_itself(
 ) -> None:
     path = write_track("t", [{"id": "A", "status": "failed"}])
     monkeypatch.setattr(writeback_module, "WRITE_RETRY_SECONDS", 0.05)
-    async with daemon_parts(tracks_dir) as (_engine, writeback), anyio.create_task_group() as tg:
+    async with daemon_parts(tracks_dir) as (engine, writeback), anyio.create_task_group() as tg:
         await tg.start(writeback.run)
-        with monkeypatch.context() as patch:
-            patch.setattr(queuefile, "write_if_unchanged", disk_full)
-            await writeback.sync("t")
-            assert "summary" not in json.loads(path.read_text())
-        with anyio.fail_after(5):
-            while "summary" not in json.loads(path.read_text()):  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+        with structlog.testing.capture_logs() as logged:
+            with monkeypatch.context() as patch:
+                patch.setattr(queuefile, "write_if_unchanged", disk_full)
+                await writeback.sync("t")
+                await writeback.sync("t")
+                with anyio.fail_after(5):
+                    while len(logged) < 4:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)  # tried again by itself, twice or more
+                assert "summary" not in json.loads(path.read_text())
+            with anyio.fail_after(5):
+                while "summary" not in json.loads(path.read_text()):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        failed = [e for e in logged if e["event"].startswith("cannot write the queue file")]
+        # Said once, not at every try: a disk full all night makes one warning.
+        assert [e["log_level"] for e in failed[:3]] == ["warning", "debug", "debug"]
+        assert failed[0]["file"] == "tracks/t.json", failed[0]
+        assert [e["event"] for e in logged if e not in failed] == ["queue file written again"]
+        assert engine.stats["file_writes"] > 0
         tg.cancel_scope.cancel()
 
 
