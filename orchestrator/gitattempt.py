@@ -23,7 +23,6 @@ not "no changes", and a PASS with the same tree keeps that commit instead of mak
 from __future__ import annotations
 
 import os
-import shutil
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -237,11 +236,8 @@ class GitAttempt:
 
     def _keep_index(self) -> None:
         """A shared checkout's index as it was, to undo what the agent staged or committed."""
-        real = self.tree.index
-        if real.exists():
-            self._kept_index.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(real, self._kept_index)
-        else:
+        self._kept_index.parent.mkdir(parents=True, exist_ok=True)
+        if not gitwork.copy_index(self.tree.index, self._kept_index):
             self._kept_index.unlink(missing_ok=True)
 
     def _put_index_back(self) -> None:

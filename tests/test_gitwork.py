@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,29 @@ def test_a_commit_of_exactly_the_attempts_changes_over_a_dirty_checkout(tmp_path
     commit = gitwork.commit_tree(repo, tree, [head or ""], "attempt\n", {})
     assert git(repo, "diff", "--name-only", f"{head}", commit).split() == ["code.py", "new.py"]
     assert git(repo, "show", f"{commit}:mine.txt") == "1"
+
+
+@needs_git
+def test_a_snapshot_sees_a_change_git_can_tell_only_by_content(tmp_path: Path) -> None:
+    """A "racy git" case: a file rewritten with the same size in the second it was indexed looks
+    unchanged by its stat; git reads it again because the index is not older than the file.
+    A scratch copy of the index keeps that time, or the snapshot misses the change."""
+    repo = make_repo(tmp_path / "repo", {"code.py": "x = 1\n"})
+    git(repo, "config", "core.checkStat", "minimal")  # whole seconds and size, as on CIFS
+    second = (int(time.time()) - 100) * 1_000_000_000
+    os.utime(repo / "code.py", ns=(second, second))
+    git(repo, "update-index", "--refresh")  # the index records that second for code.py
+    (repo / "code.py").write_text("x = 2\n")
+    os.utime(repo / "code.py", ns=(second, second))
+    index = repo / ".git" / "index"
+    os.utime(index, ns=(second, second))  # the index was written in that second too
+    assert git(repo, "--no-optional-locks", "status", "--porcelain") == "M code.py"
+    scratch = tmp_path / "s.index"
+    snap = gitwork.snapshot(repo, [], scratch)
+    assert git(repo, "show", f"{snap}:code.py") == "x = 2"
+    assert gitwork.copy_index(index, scratch)
+    assert scratch.stat().st_mtime_ns == second
+    assert not gitwork.copy_index(tmp_path / "none", scratch)
 
 
 @needs_git
