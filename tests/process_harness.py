@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 DEADLINE = 20.0
@@ -90,3 +91,22 @@ def clean_env() -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith("ORCHESTRATORD_") and k not in SERVICE_MANAGER_ENV
     }
+
+
+@contextlib.contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Children started inside have SIGINT at its default, as a command run in a terminal.
+
+    A test run started in the background by a shell without job control (``make test &``,
+    ``nohup``) ignores SIGINT, and a child inherits an ignored signal: a Python child then
+    never raises KeyboardInterrupt and a test that presses Ctrl-C on it waits in vain. A
+    signal with a handler is back at its default in a child, so one is set for the while.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -24,7 +24,7 @@ from orchestrator.store import Store
 
 from .conftest import WriteTrack
 from .daemon_harness import run_once
-from .process_harness import daemon, wait_for
+from .process_harness import ctrl_c_reaches_children, daemon, wait_for
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -362,9 +362,10 @@ def test_status_watch_redraws_when_the_daemon_says_something_changed(
     watcher = None
     try:
         wait_for((state / api.INFO_NAME).exists)
-        watcher = subprocess.Popen(  # unbuffered: select sees every line not yet read
-            argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, bufsize=0
-        )
+        with ctrl_c_reaches_children():  # unbuffered: select sees every line not yet read
+            watcher = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, bufsize=0
+            )
         assert watcher.stdout is not None
         first = json.loads(watcher.stdout.readline())
         assert first["daemon"]["running"] is True
