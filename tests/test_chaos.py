@@ -71,6 +71,7 @@ def leftovers(token: str) -> list[int]:
 
 
 def chaos(tmp_path: Path, n_tracks: int, per_track: int, kills: int, seed: int) -> None:
+    print(f"chaos seed {seed}")  # shown with a failure: the soak's seed is the clock's
     rng = random.Random(seed)
     tracks, state, ledger = tmp_path / "tracks", tmp_path / "state", tmp_path / "ledger"
     tracks.mkdir()
