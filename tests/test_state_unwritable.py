@@ -18,15 +18,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
 
 from orchestrator import attempt
 from orchestrator.clock import SystemClock
-from orchestrator.errors import StateError
-from orchestrator.model import TaskKey
+from orchestrator.errors import ControlError, StateError
+from orchestrator.model import Status, TaskKey
 from orchestrator.states import TaskState
 from orchestrator.store import Store
 
+from .conftest import WriteTrack
+from .control_harness import running_daemon
 from .process_harness import clean_env, start_once
 
 pytestmark = pytest.mark.skipif(
@@ -126,3 +129,44 @@ def test_a_database_another_program_keeps_locked_is_named_as_such(tmp_path: Path
     finally:
         other.close()
         store.close()
+
+
+@pytest.mark.anyio
+async def test_an_order_that_cannot_be_recorded_stops_the_daemon(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    # Refusing the order and running on would leave the daemon up while its client is told
+    # to start it again, and the state as unwritable for the next transition.
+    gate, began = tmp_path / "gate", tmp_path / "began"
+    write_track(
+        "t",
+        [
+            {"id": "A", "command": f"touch {began}; while [ ! -e {gate} ]; do sleep 0.05; done"},
+            {"id": "B", "command": "true", "dependencies": ["A"]},
+        ],
+    )
+    with pytest.raises(StateError, match="another program keeps it locked"):
+        await _skip_while_locked(tracks_dir, began)
+    store = Store.open(tracks_dir.parent / "state", SystemClock())
+    try:
+        state = store.task(TaskKey("t", "B")) or TaskState()
+        assert state.status is Status.PENDING  # not skipped: that was not recorded
+    finally:
+        store.close()
+
+
+async def _skip_while_locked(tracks_dir: Path, began: Path) -> None:
+    """Order ``B`` skipped while another program holds the database; wait for the end."""
+    async with running_daemon(tracks_dir) as live:
+        await live.poll(began.exists)  # its attempt recorded: nothing else to record now
+        live.engine.store._db.execute("PRAGMA busy_timeout=50")  # the daemon waits 5 s
+        other = sqlite3.connect(live.state / "state.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # a person's sqlite3 shell, in a write
+            with pytest.raises(ControlError, match="another program keeps it locked"):
+                await live.ask("order", "B", "skip")
+        finally:
+            other.execute("ROLLBACK")  # closed at once: the daemon could record again
+            other.close()
+        with anyio.fail_after(20):
+            await anyio.sleep_forever()  # until the daemon stops by itself

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
-from ..errors import OrchestratorError, RefError
+from ..errors import OrchestratorError, RefError, StateError
 from ..model import TaskKey
 from ..supervisor import Runtime
 from . import api, board, orders
@@ -84,11 +84,16 @@ def error_response(status: int, message: str, kind: str) -> Response:
     return json_response(api.ErrorBody(error=message, kind=kind), status)
 
 
-def _handles_errors(func: Handler) -> Handler:
+def _handles_errors(func: Handler, rt: Runtime) -> Handler:
     @functools.wraps(func)
     async def wrapper(request: Request) -> Response:
         try:
             return await func(request)
+        except StateError as exc:
+            # The order could not be recorded: nothing more can be, and the daemon stops with
+            # this error, as when a runner meets it (not a refusal it would run on after).
+            rt.tg.start_soon(_stops_the_daemon, exc)
+            return error_response(503, str(exc), "error")
         except _Failure as exc:
             return error_response(exc.status, str(exc), exc.kind)
         except RefError as exc:
@@ -102,6 +107,10 @@ def _handles_errors(func: Handler) -> Handler:
             return error_response(409, str(exc), "refused")
 
     return wrapper
+
+
+async def _stops_the_daemon(error: StateError) -> None:
+    raise error
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -381,8 +390,8 @@ def build_app(ctx: Context) -> Starlette:
         (api.RELOAD, h.reload),
         (api.STOP, h.stop),
     ]
-    routes = [Route(p, _handles_errors(f), methods=["GET", "HEAD"]) for p, f in get]
-    routes += [Route(p, _handles_errors(f), methods=["POST"]) for p, f in post]
+    routes = [Route(p, _handles_errors(f, ctx.rt), methods=["GET", "HEAD"]) for p, f in get]
+    routes += [Route(p, _handles_errors(f, ctx.rt), methods=["POST"]) for p, f in post]
     return Starlette(routes=routes)
 
 
