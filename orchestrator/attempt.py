@@ -26,7 +26,6 @@ daemon's tree (see docs/ray.md).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shlex
@@ -39,7 +38,7 @@ import anyio
 
 from . import agentoutput, runbranch
 from .agentoutput import Usage
-from .errors import StateError
+from .errors import unwritable
 from .executors.base import Checkout, Executor, RunInfo, RunSpec, RunState
 from .guardrails import NoTests
 from .model import Command, TaskKey, Verdict
@@ -472,19 +471,3 @@ def write_failure_file(path: str, text: str) -> None:
         os.replace(tmp, path)
     except OSError as error:
         raise unwritable(path, error) from error
-
-
-def unwritable(path: str, error: OSError) -> StateError:
-    """The error that stops the daemon when a file of its state directory (an attempt's log,
-    the failure output for the next attempt) cannot be written: an attempt must not run, or
-    be judged, without them."""
-    why = error.strerror or str(error)
-    fix = (
-        "free space on its disk"
-        if error.errno == errno.ENOSPC
-        else "check its disk and permissions"
-    )
-    return StateError(
-        f"{path}: cannot write ({why}): {fix}, then start the daemon again. What was recorded"
-        " before is kept; attempts cut short run again."
-    )

@@ -7,6 +7,8 @@ is data recorded in the store. Exceptions are for things a caller must handle or
 
 from __future__ import annotations
 
+import errno
+
 
 class OrchestratorError(Exception):
     """Base of every error raised on purpose by orchestratord."""
@@ -40,6 +42,21 @@ class RefError(OrchestratorError):
 
 class StateError(OrchestratorError):
     """The state directory or its database cannot be used."""
+
+
+def unwritable(path: str, error: OSError) -> StateError:
+    """The error that stops the daemon when a file of its state directory cannot be written
+    (the lock, an attempt's log, the failure output for the next attempt)."""
+    why = error.strerror or str(error)
+    fix = (
+        "free space on its disk"
+        if error.errno == errno.ENOSPC
+        else "check its disk and permissions"
+    )
+    return StateError(
+        f"{path}: cannot write ({why}): {fix}, then start the daemon again. What was recorded"
+        " before is kept; attempts cut short run again."
+    )
 
 
 class AlreadyRunningError(StateError):

@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import AlreadyRunningError
+from .errors import AlreadyRunningError, unwritable
 
 LOCK_NAME = "daemon.lock"
 
@@ -48,8 +48,11 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise unwritable(str(self.path), error) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,8 +63,12 @@ class StateLock:
                 f"another orchestratord ({who}) is running with state dir {self.state_dir}; "
                 "stop it first (`orchestratord stop`) or give this one another --state-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as error:  # a full disk: the pid is for `status`, but so is all else
+            os.close(fd)
+            raise unwritable(str(self.path), error) from error
         self._fd = fd
 
     def release(self) -> None:

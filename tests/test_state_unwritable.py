@@ -24,6 +24,7 @@ import pytest
 from orchestrator import attempt
 from orchestrator.clock import SystemClock
 from orchestrator.errors import ControlError, StateError
+from orchestrator.lock import StateLock
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import TaskState
 from orchestrator.store import Store
@@ -170,3 +171,35 @@ async def _skip_while_locked(tracks_dir: Path, began: Path) -> None:
             other.close()
         with anyio.fail_after(20):
             await anyio.sleep_forever()  # until the daemon stops by itself
+
+
+def test_a_state_dir_full_at_start_up_stops_the_daemon_with_the_line(tmp_path: Path) -> None:
+    # Its first write is the lock's pid: on a full disk that failed with a traceback.
+    tracks, state = tmp_path / "tracks", tmp_path / "state"
+    tracks.mkdir()
+    (tracks / "a.json").write_text(json.dumps({"features": [{"id": "T", "command": "true"}]}))
+    argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
+    argv += ["--tracks", str(tracks), "--state-dir", str(state), "--log-format", "json"]
+
+    def nothing_fits() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    stopped = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(),
+        preexec_fn=nothing_fits,  # only setrlimit, in the child before it execs
+    )
+
+    assert stopped.returncode == 1, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    message = stopped.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"orchestratord: {state / 'daemon.lock'}: cannot write"), message
+    assert "then start the daemon again" in message
+    in_a_file = tmp_path / "a-file"
+    in_a_file.write_text("")
+    with pytest.raises(StateError, match=r"daemon.lock: cannot write .*check its disk"):
+        StateLock(in_a_file / "state").acquire()
