@@ -528,6 +528,10 @@ class Store:
             ).fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_NOTADB) & 0xFF
+            if code not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                # A full disk or a lock at start-up: the database is fine, keep it.
+                raise self.unwritable(exc) from None
             raise StateError(
                 f"{path}: not a usable state database ({exc}); move it aside to start afresh"
             ) from None

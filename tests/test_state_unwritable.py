@@ -203,3 +203,37 @@ def test_a_state_dir_full_at_start_up_stops_the_daemon_with_the_line(tmp_path: P
     in_a_file.write_text("")
     with pytest.raises(StateError, match=r"daemon.lock: cannot write .*check its disk"):
         StateLock(in_a_file / "state").acquire()
+
+
+_OPEN = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # nothing more can be written: a full disk
+from orchestrator.clock import SystemClock
+from orchestrator.errors import StateError
+from orchestrator.store import Store
+try:
+    Store.open(Path(sys.argv[1]), SystemClock())
+except StateError as error:
+    print(error)
+"""
+
+
+def test_a_database_that_cannot_be_written_at_start_up_is_not_called_unusable(
+    tmp_path: Path,
+) -> None:
+    # 'move it aside to start afresh' would have the user throw away what was recorded.
+    store = Store.open(tmp_path, SystemClock())
+    store.put_task(TaskKey("a", "T1"), TaskState())
+    store.close()
+    said = subprocess.run(
+        [sys.executable, "-c", _OPEN, str(tmp_path)],
+        capture_output=True,  # a pipe: the limit is on files
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],  # this checkout's package
+        env=clean_env(),
+    ).stdout
+    assert "cannot record in the state database" in said, said
+    assert "move it aside" not in said, said
+    assert "then start the daemon again" in said, said
