@@ -10,6 +10,9 @@ import pytest
 
 from orchestrator import memory
 
+from .conftest import WriteTrack
+from .daemon_harness import run_once
+
 needs_glibc = pytest.mark.skipif(
     memory._malloc_trim() is None, reason="malloc_trim is glibc's (Linux with glibc only)"
 )
@@ -63,5 +66,21 @@ def test_settle_collects_and_keeps_what_is_alive_out_of_the_collectors_sight() -
         memory.settle(keep=True)
         assert gc.get_freeze_count() > frozen
         assert not any(type(o) is Cycle for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.anyio
+async def test_what_start_up_loaded_is_kept_out_of_the_collectors_sight(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    import gc
+
+    write_track("t", [{"id": f"T{i}", "command": "true"} for i in range(3)])
+    gc.unfreeze()
+    try:
+        frozen: list[int] = []
+        await run_once(tracks_dir, on_ready=lambda _engine: frozen.append(gc.get_freeze_count()))
+        assert frozen[0] > 0  # the daemon settled its memory once start-up was over
     finally:
         gc.unfreeze()

@@ -28,6 +28,7 @@ from orchestrator.lock import StateLock
 from orchestrator.model import Status, TaskKey
 from orchestrator.states import TaskState
 from orchestrator.store import Store
+from orchestrator.supervisor import unwrap
 
 from .conftest import WriteTrack
 from .control_harness import running_daemon
@@ -237,3 +238,12 @@ def test_a_database_that_cannot_be_written_at_start_up_is_not_called_unusable(
     assert "cannot record in the state database" in said, said
     assert "move it aside" not in said, said
     assert "then start the daemon again" in said, said
+
+
+def test_runners_that_all_met_an_unwritable_state_report_it_once() -> None:
+    # Several tracks' runners recording at once each raise it: one cause, one line.
+    first, second = StateError("first"), StateError("second")
+    group = BaseExceptionGroup("", [ExceptionGroup("", [first]), ExceptionGroup("", [second])])
+    assert unwrap(group) is first
+    mixed = BaseExceptionGroup("", [first, ValueError("a defect")])
+    assert unwrap(mixed) is mixed  # another failure besides: every one is shown
