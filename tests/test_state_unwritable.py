@@ -43,8 +43,25 @@ LIMIT = 256 * 1024
 """Bytes any file of the daemon may grow to: the database's log passes it after a few tasks."""
 
 
-def _limited() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+def _start_limited(
+    tracks: Path, state: Path, limit: int, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``start --once`` as a child whose files may grow to ``limit`` bytes at most."""
+    argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
+    argv += ["--tracks", str(tracks), "--state-dir", str(state), "--log-format", "json"]
+
+    def limited() -> None:  # only setrlimit, in the child before it execs
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=clean_env(),
+        preexec_fn=limited,
+    )
 
 
 def test_a_state_that_cannot_be_written_stops_the_daemon_and_loses_nothing(
@@ -54,18 +71,8 @@ def test_a_state_that_cannot_be_written_stops_the_daemon_and_loses_nothing(
     tracks.mkdir()
     items = [{"id": f"T{i}", "command": f"echo T{i} >> {ledger}"} for i in range(TASKS)]
     (tracks / "a.json").write_text(json.dumps({"features": items}, indent=2) + "\n")
-    argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
-    argv += ["--tracks", str(tracks), "--state-dir", str(state), "--log-format", "json"]
 
-    stopped = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=clean_env(),
-        preexec_fn=_limited,  # only setrlimit, in the child before it execs
-    )
+    stopped = _start_limited(tracks, state, LIMIT, timeout=120)
 
     assert stopped.returncode == 1, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
@@ -179,21 +186,8 @@ def test_a_state_dir_full_at_start_up_stops_the_daemon_with_the_line(tmp_path: P
     tracks, state = tmp_path / "tracks", tmp_path / "state"
     tracks.mkdir()
     (tracks / "a.json").write_text(json.dumps({"features": [{"id": "T", "command": "true"}]}))
-    argv = [sys.executable, "-m", "orchestrator", "start", "--once", "--no-progress"]
-    argv += ["--tracks", str(tracks), "--state-dir", str(state), "--log-format", "json"]
 
-    def nothing_fits() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-
-    stopped = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=clean_env(),
-        preexec_fn=nothing_fits,  # only setrlimit, in the child before it execs
-    )
+    stopped = _start_limited(tracks, state, 0, timeout=60)  # not a byte fits
 
     assert stopped.returncode == 1, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
