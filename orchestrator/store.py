@@ -545,6 +545,19 @@ class Store:
         self.flush()
         self._db.close()
 
+    def shrink_log(self) -> None:
+        """Move the whole write-ahead log into the database and cut the log to nothing.
+
+        For the daemon at start-up, the only writer then (it holds the lock). A daemon that did
+        not close the database (killed, or stopped by a full disk) leaves the log as long as it
+        had grown, up to a few MB, and SQLite reuses that space but never gives it back: on a
+        nearly full disk the next start would stop again at once.
+        """
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as error:
+            raise self.unwritable(error) from error
+
     def unwritable(self, error: sqlite3.Error) -> StateError:
         """The error that stops the daemon when a change cannot be recorded: nothing may be
         acted on that is not recorded, and what was recorded before stays as it was."""

@@ -176,6 +176,7 @@ async def serve(
     lock.acquire()
     store = Store.open(cfg.state_dir, clock)
     try:
+        store.shrink_log()
         recovered = await anyio.to_thread.run_sync(recover, store, cfg.settings.kill_grace)
         engine = Engine(cfg, store, executor, clock)
         writeback = Writeback(engine, cfg.settings.writeback_delay, cfg.settings.watch_quiet)

@@ -241,3 +241,27 @@ def test_runners_that_all_met_an_unwritable_state_report_it_once() -> None:
     assert unwrap(group) is first
     mixed = BaseExceptionGroup("", [first, ValueError("a defect")])
     assert unwrap(mixed) is mixed  # another failure besides: every one is shown
+
+
+def test_a_start_gives_back_the_database_log_a_stopped_daemon_left(tmp_path: Path) -> None:
+    # A daemon killed, or stopped by a full disk, leaves SQLite's write-ahead log as long as
+    # it grew (SQLite reuses it, never shortens it): on a nearly full disk the next start
+    # would stop again at once. The next daemon moves it into the database and cuts it.
+    tracks, state = tmp_path / "tracks", tmp_path / "state"
+    tracks.mkdir()
+    (tracks / "a.json").write_text(json.dumps({"features": [{"id": "T", "command": "true"}]}))
+    left = Store.open(state, SystemClock())  # never closed, as by a killed daemon
+    try:
+        for i in range(300):
+            left.put_task(TaskKey("old", f"T{i}"), TaskState())
+        wal = state / "state.db-wal"
+        grown = wal.stat().st_size
+        assert grown > 1_000_000
+
+        finished = start_once(tracks, state)
+
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        assert wal.stat().st_size < grown / 4  # cut at the start, grown only by this run
+        assert len(left.load_tasks()) == 301  # nothing lost on the way
+    finally:
+        left.close()
