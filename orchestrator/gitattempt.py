@@ -236,9 +236,7 @@ class GitAttempt:
 
     def _keep_index(self) -> None:
         """A shared checkout's index as it was, to undo what the agent staged or committed."""
-        self._kept_index.parent.mkdir(parents=True, exist_ok=True)
-        if not gitwork.copy_index(self.tree.index, self._kept_index):
-            self._kept_index.unlink(missing_ok=True)
+        gitwork.copy_index(self.tree.index, self._kept_index)
 
     def _put_index_back(self) -> None:
         if self.tree.own:

@@ -294,31 +294,31 @@ def git_path(root: Path, name: str) -> Path:
     return (root / out(root, "rev-parse", "--git-path", name)).resolve()
 
 
-def copy_index(real: Path, dest: Path) -> bool:
-    """Copy the index file ``real`` to ``dest`` with its modification time; False: there is
-    none. Git trusts an entry whose file looks unchanged only if the file is older than the
-    index (a file changed in the second the index was written is read again: "racy git"), so
-    a copy made later must not look newer than the index it is: the change would be missed.
-    The time comes from the file copied, even if git replaces the index meanwhile."""
+def copy_index(real: Path, dest: Path) -> None:
+    """Make ``dest`` a copy of the index file ``real`` with its modification time, or remove
+    ``dest`` when there is no index. Git trusts an entry whose file looks unchanged only if the
+    file is older than the index (a file changed in the second the index was written is read
+    again: "racy git"), so a copy made later must not look newer than the index it is: the
+    change would be missed. The time comes from the file copied, even if git replaces the
+    index meanwhile."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         source = real.open("rb")
     except FileNotFoundError:
-        return False
+        dest.unlink(missing_ok=True)
+        return
     with source:
         stat = os.fstat(source.fileno())
         with dest.open("wb") as copy:
             shutil.copyfileobj(source, copy)
     os.utime(dest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    return True
 
 
 def snapshot(root: Path, excludes: Sequence[str], scratch: Path, index: Path | None = None) -> str:
     """The tree of the working tree at ``root`` now (see the module docstring); ``index``:
     the tree's index file, when the caller knows it."""
     real = index or git_path(root, "index")
-    scratch.parent.mkdir(parents=True, exist_ok=True)
-    if not copy_index(real, scratch):
-        scratch.unlink(missing_ok=True)
+    copy_index(real, scratch)
     env = {"GIT_INDEX_FILE": str(scratch)}
     spec = [".", *(f":(exclude,literal){e}" for e in excludes)]
     run(root, "add", "--all", "--ignore-errors", "--", *spec, env=env, check=False)
