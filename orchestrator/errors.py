@@ -44,19 +44,21 @@ class StateError(OrchestratorError):
     """The state directory or its database cannot be used."""
 
 
-def unwritable(path: str, error: OSError) -> StateError:
-    """The error that stops the daemon when a file of its state directory cannot be written
-    (the lock, an attempt's log, the failure output for the next attempt)."""
-    why = error.strerror or str(error)
-    fix = (
-        "free space on its disk"
-        if error.errno == errno.ENOSPC
-        else "check its disk and permissions"
-    )
+def state_stops(problem: str, fix: str) -> StateError:
+    """The error that stops the daemon when its state cannot be written: ``problem`` (which
+    file, and why), ``fix`` (what to do), and what the next start does."""
     return StateError(
-        f"{path}: cannot write ({why}): {fix}, then start the daemon again. What was recorded"
-        " before is kept; attempts cut short run again."
+        f"{problem}: {fix}, then start the daemon again. What was recorded before is kept;"
+        " attempts cut short run again."
     )
+
+
+def unwritable(path: str, error: OSError) -> StateError:
+    """:func:`state_stops` for a file of the state directory that cannot be written (the
+    lock, an attempt's log, the failure output for the next attempt)."""
+    full = error.errno == errno.ENOSPC
+    fix = "free space on its disk" if full else "check its disk and permissions"
+    return state_stops(f"{path}: cannot write ({error.strerror or error})", fix)
 
 
 class AlreadyRunningError(StateError):

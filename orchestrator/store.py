@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from .clock import Clock, iso
-from .errors import StateError
+from .errors import StateError, state_stops
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
@@ -368,6 +368,13 @@ class _Transaction:
             store._ends.clear()
 
 
+def _primary(error: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``error`` (its extended code carries more in the high
+    bits: ``SQLITE_BUSY_SNAPSHOT`` is a ``SQLITE_BUSY``); None when it has none."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def _roll_back(db: sqlite3.Connection) -> None:
     """End a failed transaction, if SQLite has not ended it already (a rollback that fails
     too changes nothing: the database keeps its last committed state)."""
@@ -528,8 +535,7 @@ class Store:
             ).fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_NOTADB) & 0xFF
-            if code not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            if _primary(exc) not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, None):
                 # A full disk or a lock at start-up: the database is fine, keep it.
                 raise self.unwritable(exc) from None
             raise StateError(
@@ -561,17 +567,14 @@ class Store:
     def unwritable(self, error: sqlite3.Error) -> StateError:
         """The error that stops the daemon when a change cannot be recorded: nothing may be
         acted on that is not recorded, and what was recorded before stays as it was."""
-        code = getattr(error, "sqlite_errorcode", None)
+        code = _primary(error)
         if code == sqlite3.SQLITE_FULL:
             fix = f"free space on the disk that holds {self.path.parent}"
         elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             fix = "another program keeps it locked (an open sqlite3 shell?): close that"
         else:
             fix = f"check the disk and the permissions of {self.path.parent}"
-        return StateError(
-            f"{self.path}: cannot record in the state database ({error}): {fix}, then start the"
-            " daemon again. What was recorded before is kept; attempts cut short run again."
-        )
+        return state_stops(f"{self.path}: cannot record in the state database ({error})", fix)
 
     def flush(self) -> None:
         """Commit the process records and ends kept for the next transaction, now."""

@@ -265,3 +265,23 @@ def test_a_start_gives_back_the_database_log_a_stopped_daemon_left(tmp_path: Pat
         assert len(left.load_tasks()) == 301  # nothing lost on the way
     finally:
         left.close()
+
+
+def test_sqlite_errors_are_told_apart_by_their_primary_code(tmp_path: Path) -> None:
+    # Python gives SQLite's extended code: a busy snapshot (517) is a lock all the same.
+    store = Store.open(tmp_path, SystemClock())
+    try:
+        codes = {
+            517: "another program keeps it locked",  # SQLITE_BUSY_SNAPSHOT
+            sqlite3.SQLITE_LOCKED: "another program keeps it locked",
+            sqlite3.SQLITE_FULL: "free space on the disk that holds",
+            sqlite3.SQLITE_IOERR | (3 << 8): "check the disk and the permissions",  # IOERR_WRITE
+        }
+        for code, fix in codes.items():
+            error = sqlite3.OperationalError("what SQLite said")
+            error.sqlite_errorcode = code
+            message = str(store.unwritable(error))
+            assert f"({error}): {fix}" in message, (code, message)
+            assert message.endswith("attempts cut short run again.")
+    finally:
+        store.close()
