@@ -332,18 +332,16 @@ class _Transaction:
         try:
             db.execute("BEGIN IMMEDIATE")
             if store._later or store._ends:
-                try:
-                    db.executemany(_INSERT_PROCESS, store._later.values())
-                    db.executemany(
-                        "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?",
-                        store._ends,
-                    )
-                except BaseException:
-                    _roll_back(db)
-                    raise
+                db.executemany(_INSERT_PROCESS, store._later.values())
+                db.executemany(
+                    "UPDATE processes SET ended_at = ?, exit_code = ? WHERE id = ?", store._ends
+                )
                 self._took = True
-        except sqlite3.Error as error:
-            raise store.unwritable(error) from error
+        except BaseException as error:
+            _roll_back(db)  # (a failed BEGIN began nothing: then there is nothing to end)
+            if isinstance(error, sqlite3.Error):
+                raise store.unwritable(error) from error
+            raise
         return db
 
     def __exit__(
