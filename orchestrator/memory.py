@@ -10,30 +10,25 @@ or a reload is over.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import sys
 from collections.abc import Callable
 
-_trim: Callable[[int], int] | None = None
-_looked = False
 
-
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none (musl, macOS)."""
-    global _trim, _looked  # noqa: PLW0603 - a fact about this process, looked up once
-    if not _looked:
-        _looked = True
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None)
-            except OSError:
-                libc = None
-            function = getattr(libc, "malloc_trim", None)
-            if function is not None:
-                function.argtypes = (ctypes.c_size_t,)
-                function.restype = ctypes.c_int
-                _trim = function
-    return _trim
+    """glibc's ``malloc_trim``, or None where there is none (musl, macOS); looked up once."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+    if function is not None:
+        function.argtypes = (ctypes.c_size_t,)
+        function.restype = ctypes.c_int
+    return function
 
 
 def give_back() -> bool:
