@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from orchestrator import memory
+from orchestrator.supervisor import Control
 
 from .conftest import WriteTrack
 from .daemon_harness import run_once
@@ -84,3 +86,34 @@ async def test_what_start_up_loaded_is_kept_out_of_the_collectors_sight(
         assert frozen[0] > 0  # the daemon settled its memory once start-up was over
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_adds_a_track_gives_memory_back(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = tmp_path / "gate"
+    # A waits until the task of the track added while the daemon runs has run.
+    write_track("t", [{"id": "A", "command": f"while [ ! -e {gate} ]; do sleep 0.02; done"}])
+    given: list[str] = []
+    real = memory.give_back
+    ready = anyio.Event()
+
+    def counted() -> bool:
+        given.append("after ready" if ready.is_set() else "start-up")
+        return real()
+
+    async def add_a_track() -> None:
+        await ready.wait()
+        write_track("u", [{"id": "B", "command": f"touch {gate}"}])
+        assert control.reload is not None
+        result = await control.reload()
+        assert result.added == ("u",)
+
+    monkeypatch.setattr(memory, "give_back", counted)
+    control = Control()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(add_a_track)
+        run = await run_once(tracks_dir, control=control, on_ready=lambda _engine: ready.set())
+    assert run.code == 0
+    assert given == ["start-up", "after ready"]  # the reload that added track u gave back
