@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +106,17 @@ def process_start_ticks(pid: int) -> int | None:
     return None if stat is None else stat.start_ticks
 
 
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (perhaps another user's, or a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def boot_id() -> str | None:
     """This boot's id (Linux); ``None`` elsewhere."""
     try:
@@ -190,9 +201,16 @@ def find_launched(markers: Collection[str]) -> dict[int, int]:
     tells a group that ended and whose id was reused since. Processes of other users
     (unreadable) are skipped.
     """
-    wanted = {f"{LAUNCH_VAR}={marker}".encode() for marker in markers}
-    if not wanted or not ENVIRON_READABLE:
+    wanted = frozenset(markers)
+    return find_marked(wanted.__contains__) if wanted else {}
+
+
+def find_marked(match: Callable[[str], bool]) -> dict[int, int]:
+    """As :func:`find_launched`, for the processes whose marker ``match`` accepts (say, every
+    marker of one daemon: see :mod:`orchestrator.strays`)."""
+    if not ENVIRON_READABLE:
         return {}
+    prefix = f"{LAUNCH_VAR}=".encode()
     stats = _all_stats()
     found: dict[int, int] = {}
     for stat in stats:
@@ -202,8 +220,11 @@ def find_launched(markers: Collection[str]) -> dict[int, int]:
             environ = (PROC / str(stat.pid) / "environ").read_bytes()
         except OSError:
             continue
-        if not wanted.isdisjoint(environ.split(b"\0")):
-            found[stat.pgid] = stat.start_ticks
+        for entry in environ.split(b"\0"):
+            if entry.startswith(prefix):
+                if match(entry[len(prefix) :].decode("utf-8", "replace")):
+                    found[stat.pgid] = stat.start_ticks
+                break
     for stat in stats:
         if stat.pgid in found:
             found[stat.pgid] = min(found[stat.pgid], stat.start_ticks)
