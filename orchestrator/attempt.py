@@ -36,7 +36,7 @@ from typing import Protocol
 
 import anyio
 
-from . import agentoutput, runbranch
+from . import agentoutput, procs, runbranch, strays
 from .agentoutput import Usage
 from .errors import unwritable
 from .executors.base import Checkout, Executor, RunInfo, RunSpec, RunState
@@ -259,6 +259,7 @@ async def _run(
     plan: AttemptPlan,
     executor: Executor,
     recorder: ProcessRecorder,
+    log: _Log,
     role: str,
     argv: tuple[str, ...],
     limit: float,
@@ -290,9 +291,26 @@ async def _run(
             final = await executor.cancel(spec.run_id, plan.kill_grace)
             if final.state.finished:  # else a remote run left going (the daemon stopping)
                 recorder.ended(record, final)
+                await _end_strays(plan, spec, log, role)
         raise
     recorder.ended(record, final)
+    await _end_strays(plan, spec, log, role)
     return final
+
+
+async def _end_strays(plan: AttemptPlan, spec: RunSpec, log: _Log, role: str) -> None:
+    """End what a local run left running outside its process group (:mod:`strays`), when
+    anything still has the attempt's log open; say so in the log."""
+    marker = spec.env.get(procs.LAUNCH_VAR)
+    if plan.remote is not None or marker is None or not procs.ENVIRON_READABLE:
+        return
+    if strays.held_elsewhere(log.fd) is False:
+        return
+    ended = await anyio.to_thread.run_sync(strays.end, marker.__eq__, plan.kill_grace)
+    if ended:
+        name = plan.what if role == "run" else role
+        pids = ("pids " if len(ended) > 1 else "pid ") + ", ".join(map(str, ended))
+        log.write(f"--- ended what the {name} left running: {pids}\n")
 
 
 async def run_attempt(
@@ -343,7 +361,7 @@ async def _decide(
     base = plan.remote.checkout if plan.remote is not None else None
     checkout = Checkout(base.repo, base.ref, push=True) if base is not None else None
     info = await _run(
-        plan, executor, recorder, "run", plan.run_argv, plan.timeout, reattach, checkout
+        plan, executor, recorder, log, "run", plan.run_argv, plan.timeout, reattach, checkout
     )
     output = log.section(start, limit)
     report = agentoutput.read(plan.output_format, output)
@@ -421,6 +439,7 @@ async def _verify(
             plan,
             executor,
             recorder,
+            log,
             role,
             command_argv(command),
             plan.verify_timeout,

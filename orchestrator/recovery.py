@@ -8,9 +8,10 @@ after ``daemon.RECORD_DELAY``), and its environment carries its attempt's launch
 A daemon killed at any moment is followed by one that ends the leftover process groups (only
 processes provably started by the dead daemon: same boot, same group, started no earlier than
 the recorded start; or, unrecorded, in a group where a process carries the marker of an attempt
-the store shows running, even after the group's leader ended), records the attempts that were
-running as interrupted, and puts their tasks back to pending at the same iteration. Completed
-tasks stay completed: nothing recorded is lost, nothing is invented.
+the store shows running, even after the group's leader ended; and the strays of any of its
+attempts, :mod:`orchestrator.strays`), records the attempts that were running as
+interrupted, and puts their tasks back to pending at the same iteration. Completed tasks stay
+completed: nothing recorded is lost, nothing is invented.
 
 Attempts with remote runs (Ray jobs) are left running, with their tasks in progress: their
 jobs outlive the daemon, and the daemon re-attaches to them once it runs
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from . import procs
+from . import procs, strays
 from .attempt import note_interrupted
 from .model import Status, TaskKey
 from .states import Event, TaskState, transition
@@ -47,19 +48,21 @@ class Recovered:
 
 
 def _unrecorded(
-    store: Store, attempts: Iterable[AttemptRow], done: Collection[int], grace: float
+    store: Store,
+    attempts: Iterable[AttemptRow],
+    done: Collection[int],
+    grace: float,
+    keep: Collection[int],
 ) -> list[int]:
-    """End the children of the local ``attempts`` (running when the daemon died) that have no
-    record (Linux): a record can wait for the next commit, and the daemon may have died first.
-    Each is found by its launch marker. ``done``: groups ended already by their record (a group
-    whose record did not prove it ours is looked for again here)."""
+    """End what dead daemons' children left running that has no record (Linux), each found by
+    its launch marker: the children of the local ``attempts`` (running when the daemon died: a
+    record can wait for the next commit, and the daemon may have died first), and the strays
+    of any attempt (:mod:`orchestrator.strays`), but those of the attempts ``keep`` (remote,
+    attached to again). ``done``: groups ended already by their record (a group whose record
+    did not prove it ours is looked for again here)."""
     markers = {procs.launch_marker(store.store_id, a.daemon_pid, a.id) for a in attempts}
-    ended: list[int] = []
-    boot = procs.boot_id()
-    for pgid, first in procs.find_launched(markers).items():
-        if pgid not in done:
-            ended.extend(procs.end_leftovers(pgid, first, boot, grace))
-    return ended
+    stray = strays.of_store(store.store_id, keep)
+    return strays.end(lambda marker: marker in markers or stray(marker), grace, done)
 
 
 def recover(store: Store, grace: float) -> Recovered:
@@ -78,7 +81,7 @@ def recover(store: Store, grace: float) -> Recovered:
         store.end_process(proc.id, None)
     running = store.running_attempts()
     attempts = [a for a in running if a.id not in remote]
-    ended.extend(_unrecorded(store, attempts, seen, grace))
+    ended.extend(_unrecorded(store, attempts, seen, grace, remote))
     kept = {a.key for a in running if a.id in remote}
     states = store.load_tasks()
     resets = {

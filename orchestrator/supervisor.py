@@ -25,7 +25,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentrun, workspace
+from . import agentrun, procs, strays, workspace
 from .clock import Clock, SystemClock
 from .config import Config
 from .daemon import Engine, Track
@@ -278,7 +278,20 @@ async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg:
         for key in engine.running_keys():
             engine.cancel_running(key, "the daemon is stopping")
         await _until_not_busy(engine)
+        await _end_strays(engine, cfg)
         await writeback.flush()
+
+
+async def _end_strays(engine: Engine, cfg: Config) -> None:
+    """End what still carries a launch marker of this daemon once every attempt has ended
+    (Linux): strays that closed their output, which no attempt saw (:mod:`strays`)."""
+    if not procs.ENVIRON_READABLE:
+        return
+    keep = engine.store.remote_attempts()  # their runs go on, on the cluster
+    match = strays.of_daemon(engine.store.store_id, os.getpid(), keep)
+    ended = await anyio.to_thread.run_sync(strays.end, match, cfg.settings.kill_grace)
+    if ended:
+        log.warning("ended what finished attempts left running", pids=ended)
 
 
 async def _until_not_busy(engine: Engine) -> None:

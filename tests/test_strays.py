@@ -1,0 +1,191 @@
+"""What a run leaves running outside its process group is ended: after the run, at stop, at
+the next start after a crash (docs/operations.md "What a task leaves running")."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator import procs, strays
+from orchestrator.model import Owned, Status, TaskKey
+from orchestrator.recovery import recover
+from orchestrator.states import TaskState
+from orchestrator.store import Store
+
+from .conftest import WriteTrack
+from .daemon_harness import run_once
+from .fakes import FixedClock
+from .process_harness import alive, wait_for
+
+pytestmark = pytest.mark.skipif(
+    not procs.ENVIRON_READABLE, reason="needs /proc/PID/environ (Linux)"
+)
+
+
+def sleeping(seconds: int) -> list[int]:
+    """The pids of ``sleep SECONDS`` processes (each test picks a number of its own)."""
+    wanted = f"sleep\0{seconds}\0".encode()
+    found = []
+    for pid in procs.pids():
+        try:
+            if (procs.PROC / str(pid) / "cmdline").read_bytes() == wanted:
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def unique_seconds() -> int:
+    return random.randrange(100_000, 999_999)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_held_elsewhere_sees_another_process_holding_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        assert strays.held_elsewhere(fd) is False
+        with open(path, "ab") as out:
+            child = subprocess.Popen(["sleep", "30"], stdout=out, start_new_session=True)
+        try:
+            assert strays.held_elsewhere(fd) is True
+        finally:
+            child.kill()
+            child.wait()
+        assert strays.held_elsewhere(fd) is False
+    finally:
+        os.close(fd)
+
+
+def test_an_open_during_the_probe_does_not_end_the_daemon(tmp_path: Path) -> None:
+    """While the lease is held, another process opening the file makes the kernel signal the
+    holder: SIGIO by default, which would end the daemon. The probe is made to last while a
+    child opens the file; the process must survive it and tell the file was free."""
+    script = textwrap.dedent(
+        f"""
+        import fcntl, os, subprocess, time
+        from orchestrator import strays
+        path = {str(tmp_path / "x.log")!r}
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        real = fcntl.fcntl
+        children = []
+        def slow(fd, cmd, arg=0):
+            result = real(fd, cmd, arg)
+            if cmd == fcntl.F_SETLEASE and arg == fcntl.F_WRLCK:
+                children.append(subprocess.Popen(["cat", path]))
+                time.sleep(0.5)  # the child's open waits for the lease: the kernel signals
+            return result
+        fcntl.fcntl = slow
+        print(strays.held_elsewhere(fd))
+        fcntl.fcntl = real
+        print(children[0].wait(10))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done
+    assert done.stdout.split() == ["False", "0"]
+
+
+def test_the_markers_each_moment_ends() -> None:
+    ours, gone = os.getpid(), dead_pid()
+    daemon = strays.of_daemon("s1", ours, keep={7})
+    assert daemon(f"s1.{ours}.3")
+    assert not daemon(f"s1.{ours}.7")
+    assert not daemon(f"s1.{ours + 1}.3")
+    assert not daemon(f"s2.{ours}.3")
+    assert not daemon(f"s1.{ours}.3.4")
+    assert not daemon("s1")
+    store = strays.of_store("s1", keep={7})
+    assert store(f"s1.{gone}.3")
+    assert not store(f"s1.{gone}.7")
+    assert not store(f"s1.{ours}.3")  # a live daemon's: a copy of the state directory
+    assert not store(f"s2.{gone}.3")
+    assert not store("s1.x.3")
+    assert not store("s1.")
+
+
+@pytest.mark.anyio
+async def test_a_stray_is_ended_before_the_next_task_and_at_stop(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    held, closed, kept = unique_seconds(), unique_seconds(), unique_seconds()
+    write_track(
+        "t",
+        [
+            {  # a process of its own session that keeps the log as its output
+                "id": "A",
+                "command": f"setsid sleep {held} & sleep 0.3; echo started",
+            },
+            {
+                "id": "B",
+                "dependencies": ["A"],
+                "command": f"! pgrep -f '^sleep {held}$'",
+            },
+            {  # one that closed its output: only the stop finds it
+                "id": "C",
+                "command": f"setsid sleep {closed} >/dev/null 2>&1 </dev/null & sleep 0.3",
+            },
+            {  # started without the marker, as the docs say: left running
+                "id": "D",
+                "command": f"env -u ORCHESTRATORD_LAUNCH setsid sleep {kept} & sleep 0.3",
+            },
+        ],
+    )
+    try:
+        run = await run_once(tracks_dir)
+        assert run.code == 0
+        assert [run.task("t", i)["attempts"] for i in "ABCD"] == [1, 1, 1, 1]
+        log = (run.state / "logs" / "t" / "A.attempt-1.log").read_text()
+        assert "--- ended what the command left running: pid " in log
+        assert sleeping(held) == []
+        assert sleeping(closed) == []
+        assert len(sleeping(kept)) == 1
+        assert "--- ended" not in (run.state / "logs" / "t" / "D.attempt-1.log").read_text()
+    finally:
+        for pid in sleeping(held) + sleeping(closed) + sleeping(kept):
+            os.kill(pid, 9)
+
+
+def test_a_dead_daemons_strays_are_ended_at_start(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, FixedClock())
+    key = TaskKey("t", "X")
+    attempt = store.begin_attempt(key, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
+    store.finish_attempt(attempt, key, TaskState(Owned(status=Status.COMPLETE)), "PASS", None, 0)
+    dead = dead_pid()
+    seconds = unique_seconds()
+    children = {
+        name: subprocess.Popen(
+            ["sleep", str(seconds)],
+            env={**os.environ, procs.LAUNCH_VAR: marker},
+            start_new_session=True,
+        )
+        for name, marker in {
+            "stray": procs.launch_marker(store.store_id, dead, attempt),
+            "live daemon": procs.launch_marker(store.store_id, os.getpid(), attempt),
+            "other store": procs.launch_marker("0123456789abcdef", dead, attempt),
+        }.items()
+    }
+    try:
+        wait_for(lambda: len(sleeping(seconds)) == 3)
+        result = recover(store, grace=2.0)
+        assert result.processes_ended == (children["stray"].pid,)
+        children["stray"].wait(10)
+        assert alive(children["live daemon"].pid)
+        assert alive(children["other store"].pid)
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
