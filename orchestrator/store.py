@@ -506,6 +506,12 @@ def _event(row: sqlite3.Row) -> EventRow:
     )
 
 
+WAL_LIMIT = 8 * 1024 * 1024
+"""Bytes the write-ahead log is cut back to each time SQLite starts it over: a burst (importing
+thousands of tasks at start-up, a reader holding the log for a while) can grow it far past its
+usual few MB, and SQLite would otherwise keep the file that long all night."""
+
+
 class Store:
     """The daemon's SQLite database. One instance per process; not thread-safe."""
 
@@ -527,6 +533,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             self._migrate()
             self.store_id: str = self._db.execute(
                 "SELECT value FROM meta WHERE key = 'store_id'"

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.errors import StateError
 from orchestrator.model import Owned, Status, TaskKey
 from orchestrator.states import TaskState
-from orchestrator.store import Spend, Store, Written
+from orchestrator.store import WAL_LIMIT, Spend, Store, Written
 
 from .fakes import FixedClock
 
@@ -246,3 +246,20 @@ def test_spend_reads_only_the_attempts_an_agent_reported_on(tmp_path: Path) -> N
             str(tuple(r)) for r in store._db.execute(f"EXPLAIN QUERY PLAN {query}", args)
         )
         assert "attempts_reported" in plan, plan
+
+
+def test_the_write_ahead_log_is_cut_back_after_a_burst(tmp_path: Path) -> None:
+    # One large transaction grows SQLite's log far past its usual size; without a size limit
+    # the file stays that long (SQLite reuses it, never shortens it) for as long as the daemon
+    # runs. With one, it is cut back when SQLite next starts the log over.
+    store = Store.open(tmp_path, FixedClock())
+    wal = tmp_path / "state.db-wal"
+    try:
+        burst = [("task_started", "t", {"text": "x" * 20_000}) for _ in range(1000)]
+        store.put_tasks({TaskKey("t", "A"): TaskState()}, burst)
+        assert wal.stat().st_size > 2 * WAL_LIMIT
+        store.put_task(TaskKey("t", "B"), TaskState())
+        assert wal.stat().st_size <= WAL_LIMIT
+        assert len(store.load_tasks()) == 2
+    finally:
+        store.close()
