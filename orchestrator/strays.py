@@ -12,7 +12,7 @@ file as its output. So, on Linux:
 
 * After each local run, :func:`held_elsewhere` asks the kernel whether another process still
   has the attempt's log file open (a write lease can only be taken on a file nobody else has
-  open: two ``fcntl`` calls). If one does, the processes carrying the attempt's marker are
+  open: three ``fcntl`` calls). If one does, the processes carrying the attempt's marker are
   looked for in ``/proc`` and their groups ended (SIGTERM, the grace period, SIGKILL) before
   the attempt goes on.
 * When the daemon stops, whatever still carries one of its markers is ended: strays that
