@@ -291,20 +291,25 @@ async def _run(
             final = await executor.cancel(spec.run_id, plan.kill_grace)
             if final.state.finished:  # else a remote run left going (the daemon stopping)
                 recorder.ended(record, final)
-                await _end_strays(plan, spec, log, role)
+                await _end_strays(plan, spec, log, role, final)
         raise
     recorder.ended(record, final)
-    await _end_strays(plan, spec, log, role)
+    await _end_strays(plan, spec, log, role, final)
     return final
 
 
-async def _end_strays(plan: AttemptPlan, spec: RunSpec, log: _Log, role: str) -> None:
+async def _end_strays(
+    plan: AttemptPlan, spec: RunSpec, log: _Log, role: str, info: RunInfo
+) -> None:
     """End what a local run left running outside its process group (:mod:`strays`), when
-    anything still has the attempt's log open; say so in the log."""
+    anything still has the attempt's log open, and always after a run that failed or was cut
+    short: its clean-up may not have run (a test fixture's server, its output elsewhere, whose
+    test run was killed at its timeout), and the next attempt would find the port taken. Say
+    so in the log."""
     marker = spec.env.get(procs.LAUNCH_VAR)
     if plan.remote is not None or marker is None or not procs.ENVIRON_READABLE:
         return
-    if strays.held_elsewhere(log.fd) is False:
+    if info.succeeded and strays.held_elsewhere(log.fd) is False:
         return
     ended = await anyio.to_thread.run_sync(strays.end, marker.__eq__, plan.kill_grace)
     if ended:

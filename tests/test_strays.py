@@ -15,9 +15,10 @@ import pytest
 from orchestrator import procs, strays
 from orchestrator.model import Owned, Status, TaskKey
 from orchestrator.recovery import recover
-from orchestrator.states import TaskState
+from orchestrator.states import Event, TaskState
 from orchestrator.store import Store
 
+from . import live_harness as lh
 from .conftest import WriteTrack
 from .daemon_harness import run_once
 from .fakes import FixedClock
@@ -189,3 +190,63 @@ def test_a_dead_daemons_strays_are_ended_at_start(tmp_path: Path) -> None:
         for child in children.values():
             child.kill()
             child.wait()
+
+
+@pytest.mark.anyio
+async def test_a_run_cut_short_or_failed_has_its_strays_ended_though_they_closed_the_log(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A test fixture's server, in a session of its own with its output elsewhere, whose test
+    run is killed at ``verify_timeout`` (its teardown never runs), or whose run fails: the next
+    attempt, which starts the same server, must not find the port taken."""
+    timed, failed = unique_seconds(), unique_seconds()
+
+    def fixture(seconds: int, then: str) -> str:
+        return (
+            f"if pgrep -f '^sleep {seconds}$'; then exit 3; fi; "
+            f"setsid sleep {seconds} >/dev/null 2>&1 </dev/null & sleep 0.3; {then}"
+        )
+
+    write_track(
+        "t",
+        [
+            {"id": "V", "command": "true", "verify": [fixture(timed, "sleep 30")]},
+            {"id": "F", "command": fixture(failed, "exit 1")},
+        ],
+        track={"concurrency": 2, "max_iterations": 2, "verify_timeout": 1},
+    )
+    try:
+        run = await run_once(tracks_dir, kill_grace=0.5)
+        logs = run.state / "logs" / "t"
+        for ident, name in (("V", "verify 1"), ("F", "command")):
+            first = (logs / f"{ident}.attempt-1.log").read_text()
+            assert f"--- ended what the {name} left running: pid " in first
+            second = (logs / f"{ident}.attempt-2.log").read_text()
+            assert "--- ended what" in second  # it ran as far as the first did
+            assert "exited with status 3" not in second  # and found no server left over
+    finally:
+        for pid in sleeping(timed) + sleeping(failed):
+            os.kill(pid, 9)
+
+
+@pytest.mark.anyio
+async def test_an_attempt_ended_by_an_order_has_its_strays_ended_at_once(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A skip ends the run; what it started in a session of its own, its output elsewhere, is
+    ended with it, not left running (its port taken) until the daemon stops."""
+    seconds = unique_seconds()
+    write_track(
+        "t",
+        [{"id": "R", "command": f"setsid sleep {seconds} >/dev/null 2>&1 </dev/null & sleep 30"}],
+    )
+    try:
+        async with lh.live_daemon(tracks_dir) as live:
+            await live.until(lambda: len(sleeping(seconds)) == 1)
+            live.engine.order(TaskKey("t", "R"), Event.ORDER_SKIP, "skip it")
+            log = live.state / "logs" / "t" / "R.attempt-1.log"
+            await live.until(lambda: "--- ended what the command left running" in log.read_text())
+            assert sleeping(seconds) == []
+    finally:
+        for pid in sleeping(seconds):
+            os.kill(pid, 9)
