@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,20 +275,18 @@ def end_leftovers(
     seconds, then SIGKILL. With no boot id (recorded or current: not Linux), or a different
     one, nothing is provable and nothing is done. Blocking: call it from a thread.
     """
+    return end_groups({pgid: not_before_ticks}, boot, grace)
+
+
+def end_groups(groups: Mapping[int, int | None], boot: str | None, grace: float) -> list[int]:
+    """As :func:`end_leftovers`, for several groups (group id -> ``not_before_ticks``) at once:
+    all get SIGTERM, then share one grace period, so that ending many takes no longer than
+    ending one."""
     current = boot_id()
     if boot is None or current is None or boot != current:
         return []
-    if pgid <= 1 or pgid == os.getpgrp():
-        return []
-    members = _members_linux(pgid)
-    leader = next((stat for stat in members if stat.pid == pgid), None)
-    if not_before_ticks is not None:
-        if leader is not None and abs(leader.start_ticks - not_before_ticks) > TICK_SLACK:
-            return []  # the leader's pid, and so the group id, was reused
-        floor = not_before_ticks - TICK_SLACK
-        ours = [stat for stat in members if stat.start_ticks >= floor]
-    else:
-        ours = members
+    stats = _all_stats()
+    ours = [stat for pgid, first in groups.items() for stat in _ours(stats, pgid, first)]
     if not ours:
         return []
     _signal_each(ours, signal.SIGTERM)
@@ -299,3 +297,18 @@ def end_leftovers(
         left = [stat for stat in left if _still_there(stat)]
     _signal_each(left, signal.SIGKILL)
     return sorted(stat.pid for stat in ours)
+
+
+def _ours(stats: list[ProcStat], pgid: int, not_before_ticks: int | None) -> list[ProcStat]:
+    """The live processes of group ``pgid`` in ``stats`` that provably belong to the recorded
+    run (see :func:`end_leftovers`)."""
+    if pgid <= 1 or pgid == os.getpgrp():
+        return []
+    members = [stat for stat in stats if stat.pgid == pgid and stat.state != "Z"]
+    leader = next((stat for stat in members if stat.pid == pgid), None)
+    if not_before_ticks is None:
+        return members
+    if leader is not None and abs(leader.start_ticks - not_before_ticks) > TICK_SLACK:
+        return []  # the leader's pid, and so the group id, was reused
+    floor = not_before_ticks - TICK_SLACK
+    return [stat for stat in members if stat.start_ticks >= floor]

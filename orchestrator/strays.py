@@ -57,15 +57,11 @@ def held_elsewhere(fd: int) -> bool | None:
 
 
 def end(match: Match, grace: float, done: Collection[int] = ()) -> list[int]:
-    """End the process groups holding a process whose launch marker ``match`` accepts (SIGTERM,
-    up to ``grace`` seconds, SIGKILL); return the pids ended. ``done``: groups ended already.
-    Blocking: call it from a worker thread."""
-    boot = procs.boot_id()
-    ended: list[int] = []
-    for pgid, first in procs.find_marked(match).items():
-        if pgid not in done:
-            ended.extend(procs.end_leftovers(pgid, first, boot, grace))
-    return ended
+    """End the process groups holding a process whose launch marker ``match`` accepts (SIGTERM
+    to all, one ``grace`` period for all, SIGKILL); return the pids ended. ``done``: groups
+    ended already. Blocking: call it from a worker thread."""
+    found = {pgid: first for pgid, first in procs.find_marked(match).items() if pgid not in done}
+    return procs.end_groups(found, procs.boot_id(), grace) if found else []
 
 
 def of_daemon(store_id: str, daemon_pid: int, keep: Collection[int] = ()) -> Match:

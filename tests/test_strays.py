@@ -250,3 +250,34 @@ async def test_an_attempt_ended_by_an_order_has_its_strays_ended_at_once(
     finally:
         for pid in sleeping(seconds):
             os.kill(pid, 9)
+
+
+def test_the_strays_found_at_once_share_one_grace_period(tmp_path: Path) -> None:
+    """Each of two strays ends on SIGTERM only once the other has had it too. Ended one after
+    the other (SIGTERM, the grace, SIGKILL, then the next), the first would wait for the other
+    until killed: a stop with several strays would take a grace period each."""
+    marker = procs.launch_marker("0123456789abcdef", dead_pid(), 1)
+
+    def stray(me: str, other: str) -> subprocess.Popen[bytes]:
+        on_term = (
+            f"touch {me}.term; while [ ! -e {other}.term ]; do sleep 0.05; done; "
+            f"touch {me}.exited; exit 0"
+        )
+        return subprocess.Popen(
+            ["sh", "-c", f"trap '{on_term}' TERM; touch {me}.up; while :; do sleep 0.05; done"],
+            cwd=tmp_path,
+            env={**os.environ, procs.LAUNCH_VAR: marker},
+            start_new_session=True,
+        )
+
+    children = [stray("a", "b"), stray("b", "a")]
+    try:
+        wait_for(lambda: (tmp_path / "a.up").exists() and (tmp_path / "b.up").exists())
+        ended = strays.end(marker.__eq__, grace=20.0)
+        assert set(ended) >= {child.pid for child in children}
+        assert (tmp_path / "a.exited").exists()
+        assert (tmp_path / "b.exited").exists()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
