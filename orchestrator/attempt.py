@@ -302,20 +302,31 @@ async def _end_strays(
     plan: AttemptPlan, spec: RunSpec, log: _Log, role: str, info: RunInfo
 ) -> None:
     """End what a local run left running outside its process group (:mod:`strays`), when
-    anything still has the attempt's log open, and always after a run that failed or was cut
-    short: its clean-up may not have run (a test fixture's server, its output elsewhere, whose
-    test run was killed at its timeout), and the next attempt would find the port taken. Say
-    so in the log."""
+    anything still has the attempt's log open, and always after a run that was cut short: its
+    clean-up did not run (a test fixture's server, its output elsewhere, whose test run was
+    killed at its timeout), and the next attempt would find the port taken. Say so in the log.
+
+    A run that exited by itself, even failing, had its clean-up: what it left with its output
+    elsewhere (a build server such as Gradle's, which another attempt running meanwhile may
+    be using) is ended when the daemon stops."""
     marker = spec.env.get(procs.LAUNCH_VAR)
     if plan.remote is not None or marker is None or not procs.ENVIRON_READABLE:
         return
-    if info.succeeded and strays.held_elsewhere(log.fd) is False:
+    if not _cut_short(info) and strays.held_elsewhere(log.fd) is False:
         return
     ended = await anyio.to_thread.run_sync(strays.end, marker.__eq__, plan.kill_grace)
     if ended:
         name = plan.what if role == "run" else role
         pids = ("pids " if len(ended) > 1 else "pid ") + ", ".join(map(str, ended))
         log.write(f"--- ended what the {name} left running: {pids}\n")
+
+
+def _cut_short(info: RunInfo) -> bool:
+    """Whether a run was ended from outside (a timeout, an order, the daemon stopping, a
+    signal), not by its own exit."""
+    if info.state is RunState.EXITED:
+        return info.exit_code is not None and info.exit_code < 0
+    return info.state in (RunState.TIMED_OUT, RunState.CANCELLED, RunState.LOST)
 
 
 async def run_attempt(

@@ -10,14 +10,14 @@ Such a *stray* still carries its attempt's launch marker (:data:`procs.LAUNCH_VA
 environment of every child, inherited by everything it starts), and usually the run's log
 file as its output. So, on Linux:
 
-* After each local run that failed or was cut short (its clean-up may not have run), and
-  after one that succeeded when :func:`held_elsewhere` says that another process still has
+* After each local run that was cut short (its clean-up did not run), and after one that
+  exited by itself when :func:`held_elsewhere` says that another process still has
   the attempt's log file open (a write lease can only be taken on a file nobody else has
   open: two ``fcntl`` calls), the processes carrying the attempt's marker are looked for in
   ``/proc`` and their groups ended (SIGTERM, the grace period, SIGKILL) before the attempt
   goes on.
 * When the daemon stops, whatever still carries one of its markers is ended: strays of runs
-  that succeeded and closed their output are found there.
+  that exited by themselves and closed their output are found there.
 * A daemon that starts ends whatever carries a marker of its state directory: the strays of a
   predecessor that was killed.
 

@@ -193,13 +193,14 @@ def test_a_dead_daemons_strays_are_ended_at_start(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_run_cut_short_or_failed_has_its_strays_ended_though_they_closed_the_log(
+async def test_a_run_cut_short_has_its_strays_ended_though_they_closed_the_log(
     tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     """A test fixture's server, in a session of its own with its output elsewhere, whose test
-    run is killed at ``verify_timeout`` (its teardown never runs), or whose run fails: the next
-    attempt, which starts the same server, must not find the port taken."""
-    timed, failed = unique_seconds(), unique_seconds()
+    run is killed at ``verify_timeout`` or by a signal (its teardown never runs): the next
+    attempt, which starts the same server, must not find the port taken. One that a run which
+    exited by itself left (say, a build server) is left to the daemon's stop."""
+    timed, killed, failed = unique_seconds(), unique_seconds(), unique_seconds()
 
     def fixture(seconds: int, then: str) -> str:
         return (
@@ -211,21 +212,24 @@ async def test_a_run_cut_short_or_failed_has_its_strays_ended_though_they_closed
         "t",
         [
             {"id": "V", "command": "true", "verify": [fixture(timed, "sleep 30")]},
+            {"id": "K", "command": fixture(killed, "kill -KILL $$")},
             {"id": "F", "command": fixture(failed, "exit 1")},
         ],
-        track={"concurrency": 2, "max_iterations": 2, "verify_timeout": 1},
+        track={"concurrency": 3, "max_iterations": 2, "verify_timeout": 1},
     )
     try:
         run = await run_once(tracks_dir, kill_grace=0.5)
         logs = run.state / "logs" / "t"
-        for ident, name in (("V", "verify 1"), ("F", "command")):
+        assert "exited with status 3" in (logs / "F.attempt-2.log").read_text()
+        assert sleeping(failed) == []  # at the stop
+        for ident, name in (("V", "verify 1"), ("K", "command")):
             first = (logs / f"{ident}.attempt-1.log").read_text()
             assert f"--- ended what the {name} left running: pid " in first
             second = (logs / f"{ident}.attempt-2.log").read_text()
             assert "--- ended what" in second  # it ran as far as the first did
             assert "exited with status 3" not in second  # and found no server left over
     finally:
-        for pid in sleeping(timed) + sleeping(failed):
+        for pid in sleeping(timed) + sleeping(killed) + sleeping(failed):
             os.kill(pid, 9)
 
 
