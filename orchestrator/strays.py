@@ -13,7 +13,7 @@ file as its output. So, on Linux:
 * After each local run that was cut short (its clean-up did not run), and after one that
   exited by itself when :func:`held_elsewhere` says that another process still has
   the attempt's log file open (a write lease can only be taken on a file nobody else has
-  open: two ``fcntl`` calls), the processes carrying the attempt's marker are looked for in
+  open: three ``fcntl`` calls), the processes carrying the attempt's marker are looked for in
   ``/proc`` and their groups ended (SIGTERM, the grace period, SIGKILL) before the attempt
   goes on.
 * When the daemon stops, whatever still carries one of its markers is ended: strays of runs
