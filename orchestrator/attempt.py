@@ -316,7 +316,7 @@ async def _end_strays(
         return
     ended = await anyio.to_thread.run_sync(strays.end, marker.__eq__, plan.kill_grace)
     if ended:
-        name = plan.what if role == "run" else role
+        name = plan.what if role == "run" else role.replace("verify", "verification command")
         pids = ("pids " if len(ended) > 1 else "pid ") + ", ".join(map(str, ended))
         log.write(f"--- ended what the {name} left running: {pids}\n")
 

@@ -222,7 +222,7 @@ async def test_a_run_cut_short_has_its_strays_ended_though_they_closed_the_log(
         logs = run.state / "logs" / "t"
         assert "exited with status 3" in (logs / "F.attempt-2.log").read_text()
         assert sleeping(failed) == []  # at the stop
-        for ident, name in (("V", "verify 1"), ("K", "command")):
+        for ident, name in (("V", "verification command 1"), ("K", "command")):
             first = (logs / f"{ident}.attempt-1.log").read_text()
             assert f"--- ended what the {name} left running: pid " in first
             second = (logs / f"{ident}.attempt-2.log").read_text()
