@@ -6,10 +6,12 @@ For one task and one daemon-owned field:
 * *file* is what is on disk now,
 * *store* is what the daemon knows.
 
-A field the user did not touch (file == base) takes the store's value. A ``status`` the user
-changed is an order (``pending`` run again, ``skipped`` skip, ``complete`` accept, ``blocked``
-stop; whether it is applied is decided as for the command, by ``control.orders``); a status
-that is not an order (``in_progress``, ``failed``) is reported and overwritten.
+A field the user did not touch (file == base) takes the store's value. A task whose file shows
+an older attempt than the base is an older version put back (a checkout, a stash): every field
+takes the store's value, and nothing in it is an order. A ``status`` the user changed is an
+order (``pending`` run again, ``skipped`` skip, ``complete`` accept, ``blocked`` stop; whether
+it is applied is decided as for the command, by ``control.orders``); a status that is not an
+order (``in_progress``, ``failed``) is reported and overwritten.
 Any other daemon-owned field the user changed keeps the user's value until the daemon itself
 changes that field again (the later change wins). Fields a file did not have are added only
 once the daemon has something to say in them.
@@ -108,6 +110,9 @@ class UserChanges:
     """A changed status that is not an order (reported, then overwritten)."""
     fields: frozenset[str] = field(default_factory=frozenset)
     """Other daemon-owned fields the user changed."""
+    rewound: bool = False
+    """The task holds an older version of the daemon's fields than it last wrote (see
+    :func:`rewound`): nothing in it is an order, and the store's values are written back."""
 
 
 def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
@@ -117,6 +122,8 @@ def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
         for name in OWNED_FIELDS
         if not same(name, task.get(name, ABSENT), base.get(name, ABSENT))
     }
+    if changed and rewound(task, base):
+        return REWOUND
     ordered: Status | None = None
     not_order: str | None = None
     if "status" in changed:
@@ -133,6 +140,31 @@ def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
 
 
 NO_CHANGES = UserChanges()
+REWOUND = UserChanges(rewound=True)
+
+
+def rewound(task: Mapping[str, JSON], base: Base) -> bool:
+    """Whether a task shows an older attempt than the daemon last wrote into it: fewer
+    ``attempts``, or an earlier ``last_attempt`` (none counts as the earliest). An older
+    version of the file was put back (``git checkout`` or ``git stash`` of the tracks
+    directory, a backup, an editor's undo), which nobody means as orders: a person changes a
+    status, not the record of the attempts the daemon made."""
+    return _fewer(task.get("attempts", ABSENT), base.get("attempts", ABSENT)) or _earlier(
+        task.get("last_attempt", ABSENT), base.get("last_attempt", ABSENT)
+    )
+
+
+def _fewer(now: JSON, written: JSON) -> bool:
+    now = 0 if now is ABSENT or now is None else now
+    counts = (now, written)
+    return all(isinstance(n, int) and not isinstance(n, bool) for n in counts) and now < written
+
+
+def _earlier(now: JSON, written: JSON) -> bool:
+    """ISO 8601 times as the daemon writes them (UTC, one format) compare as text."""
+    if not isinstance(written, str):
+        return False
+    return now is ABSENT or now is None or (isinstance(now, str) and now < written)
 
 
 def track_changes(

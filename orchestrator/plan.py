@@ -140,6 +140,9 @@ class Plan:
     orders: tuple[Order, ...] = ()
     refused: tuple[Refused, ...] = ()
     ignored: tuple[Ignored, ...] = ()
+    rewound: tuple[str, ...] = ()
+    """Tasks whose file holds an older version of the daemon's fields (put back): written
+    back, not taken as orders (``merge.rewound``)."""
     trigger: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     """``start_after`` before and after, when it changed."""
     settings: tuple[SettingChange, ...] = ()
@@ -156,6 +159,7 @@ class Plan:
             or self.orders
             or self.refused
             or self.ignored
+            or self.rewound
             or self.trigger
             or self.settings
         )
@@ -178,6 +182,7 @@ class Plan:
             _n(len(self.orders), "order") if self.orders else "",
             f"{_n(len(self.refused), 'order')} refused" if self.refused else "",
             _n(len(self.ignored), "status ignored") if self.ignored else "",
+            f"{_n(len(self.rewound), 'task')} put back" if self.rewound else "",
             "trigger changed" if self.trigger else "",
             "settings changed" if self.settings else "",
         ]
@@ -227,6 +232,13 @@ class Plan:
                 f"? {item.id}: status {item.written!r} is not an order (write pending, "
                 "skipped, complete or blocked); the daemon's status is written back"
             )
+        for ident in self.rewound[:SHOWN]:
+            out.append(
+                f"< {ident}: an older attempt than the daemon wrote: an older version put back, "
+                "not an order; the daemon's record is written back (to run it again, change "
+                "only its status)"
+            )
+        out += _more(len(self.rewound), "task put back")
         return out
 
     def data(self) -> dict[str, Any]:
@@ -250,6 +262,7 @@ class Plan:
                 for r in self.refused[:KEPT]
             },
             "ignored": {i.id: i.written for i in self.ignored[:KEPT]},
+            "rewound": list(self.rewound[:KEPT]),
             "trigger": None if self.trigger is None else [list(t) for t in self.trigger],
             "settings": {s.name: [s.before, s.after] for s in self.settings},
             "counts": {
@@ -258,6 +271,7 @@ class Plan:
                 "changed": len(self.changed),
                 "orders": len(self.orders),
                 "refused": len(self.refused),
+                "rewound": len(self.rewound),
             },
         }
 
@@ -269,6 +283,7 @@ def diff(
     orders: Sequence[Order] = (),
     refused: Sequence[Refused] = (),
     ignored: Sequence[Ignored] = (),
+    rewound: Sequence[str] = (),
     running: Collection[str] = (),
     paused_now: bool | None = None,
 ) -> Plan:
@@ -340,6 +355,7 @@ def diff(
         orders=tuple(orders),
         refused=tuple(refused),
         ignored=tuple(ignored),
+        rewound=tuple(rewound),
         trigger=None if trigger_before == trigger_after else (trigger_before, trigger_after),
         settings=_settings(old, new, paused_now),
     )

@@ -386,6 +386,7 @@ class Writeback:
                     ordered.append(plans.Order(ident, change.ordered_status, current, unchanged))
             if change.not_an_order is not None:
                 ignored.append(plans.Ignored(ident, change.not_an_order))
+        rewound = [ident for ident, change in changes.items() if change.rewound]
         running = {
             k.id
             for k in engine.graph.keys(track.name)
@@ -397,6 +398,7 @@ class Writeback:
             orders=ordered,
             refused=refused,
             ignored=ignored,
+            rewound=rewound,
             running=running,
             paused_now=engine.graph.track_paused(track.name),
         )
@@ -610,7 +612,8 @@ def _consumed(
     changes: dict[str, merge.UserChanges],
 ) -> dict[str, Any]:
     """The base once a read is acted on: statuses written by the user are spent (orders
-    applied, or reported), tasks seen for the first time are imported as the file has them.
+    applied, or reported), and so are older versions put back (reported), tasks seen for the
+    first time are imported as the file has them.
     Other fields the user changed stay changed (their values are kept until the daemon's
     next change of them)."""
     items = doc[definition.list_key]
@@ -622,7 +625,9 @@ def _consumed(
             out.setdefault(ident, merge.file_fields(raw))
             continue
         change = changes.get(ident)
-        if change is not None and (change.ordered_status is not None or change.not_an_order):
+        if change is not None and change.rewound:
+            out[ident] = merge.file_fields(raw)  # reported once; the store's values go back
+        elif change is not None and (change.ordered_status is not None or change.not_an_order):
             spent = dict(base[ident])
             spent["status"] = raw["status"]
             out[ident] = spent

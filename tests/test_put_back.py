@@ -1,0 +1,106 @@
+"""An older version of a queue file put back (``git checkout``, ``git stash``, a backup) is not
+a set of orders: the daemon's record is written back, and no completed task runs again
+(docs/live-editing.md "An older version put back")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import merge, plan
+from orchestrator.model import Status
+from orchestrator.states import TaskState
+
+from . import live_harness as lh
+from .conftest import WriteTrack
+
+WRITTEN = {"status": "complete", "attempts": 2, "last_attempt": "2026-11-25T08:35:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    "on_disk",
+    [
+        {"status": "pending", "attempts": 0, "last_attempt": None},  # the file before the run
+        {"status": "pending"},  # a file that never had the daemon's fields
+        {**WRITTEN, "status": "pending", "attempts": 1},  # fewer attempts
+        {**WRITTEN, "status": "failed", "last_attempt": "2026-11-25T08:30:00+00:00"},  # earlier
+        {**WRITTEN, "attempts": 1},  # the same status: what the daemon wrote comes back too
+    ],
+)
+def test_an_older_attempt_than_the_daemon_wrote_is_a_version_put_back(
+    on_disk: dict[str, Any],
+) -> None:
+    assert merge.user_changes(on_disk, WRITTEN) == merge.REWOUND
+
+
+@pytest.mark.parametrize(
+    ("on_disk", "order"),
+    [
+        ({**WRITTEN, "status": "pending"}, Status.PENDING),  # a person's order: the status only
+        ({**WRITTEN, "status": "skipped", "attempts": 3}, Status.SKIPPED),  # more: not older
+        ({**WRITTEN, "status": "pending", "attempts": "2"}, Status.PENDING),  # not a count
+    ],
+)
+def test_a_status_changed_with_the_same_or_a_later_attempt_is_an_order(
+    on_disk: dict[str, Any], order: Status
+) -> None:
+    change = merge.user_changes(on_disk, WRITTEN)
+    assert not change.rewound
+    assert change.ordered_status is order
+
+
+def test_a_version_put_back_takes_the_daemons_values_in_every_field() -> None:
+    on_disk = {"status": "pending", "attempts": 0, "last_attempt": None, "error": "old"}
+    store = {**merge.store_fields(TaskState()), **WRITTEN}
+    merged = merge.merge_task(on_disk, WRITTEN, store, merge.REWOUND)
+    assert {k: merged.edits[k] for k in ("status", "attempts", "last_attempt")} == WRITTEN
+    assert merged.edits["error"] is None
+
+
+@pytest.mark.anyio
+async def test_a_file_put_back_runs_nothing_again_and_shows_the_daemons_record(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    path = write_track(
+        "t",
+        [
+            {"id": "A", "command": lh.note("A", tmp_path), "status": "pending", "attempts": 0},
+            {"id": "B", "command": lh.note("B", tmp_path), "status": "pending", "attempts": 0},
+        ],
+    )
+    committed = path.read_text()  # the version in the repository
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:B") is Status.COMPLETE)
+        record = await live.settled("t")
+        lh.write_in_place(path, committed)  # as `git checkout -- tracks/t.json` does
+        await live.until(lambda: put_back(live) == ["A", "B"])
+        await live.until(lambda: json.loads(path.read_text()) == record)
+        assert live.status("t:A") is Status.COMPLETE
+        assert not live.kinds("task_retry")
+        # A person's order afterwards is one, as ever.
+        doc = json.loads(path.read_text())
+        doc["features"][0]["status"] = "pending"
+        lh.write_and_rename(path, lh.dump(doc))
+        await live.until(lambda: lh.ledger(tmp_path).count("A") == 2)
+    assert lh.ledger(tmp_path).count("B") == 1
+
+
+def put_back(live: lh.Live) -> list[str]:
+    """The tasks the journaled plans reported put back, in order."""
+    out: list[str] = []
+    for event in live.engine.store.events():
+        if event.type == "reload_plan":
+            out += event.data.get("rewound", [])
+    return out
+
+
+def test_the_plan_says_which_tasks_were_put_back() -> None:
+    result = plan.Plan("t", "tracks/t.json", "change", rewound=("A", "B"))
+    assert not result.empty
+    assert result.headline() == "2 tasks put back"
+    assert result.lines()[0].startswith("< A: an older attempt than the daemon wrote")
+    assert result.data()["rewound"] == ["A", "B"]
+    assert result.data()["counts"]["rewound"] == 2
