@@ -25,7 +25,7 @@ WRITTEN = {"status": "complete", "attempts": 2, "last_attempt": "2026-11-25T08:3
     [
         {"status": "pending", "attempts": 0, "last_attempt": None},  # the file before the run
         {"status": "pending"},  # a file that never had the daemon's fields
-        {**WRITTEN, "status": "pending", "attempts": 1},  # fewer attempts
+        {**WRITTEN, "status": "in_progress", "attempts": 1},  # as written while it ran
         {**WRITTEN, "status": "failed", "last_attempt": "2026-11-25T08:30:00+00:00"},  # earlier
         {**WRITTEN, "attempts": 1},  # the same status: what the daemon wrote comes back too
     ],
@@ -42,6 +42,8 @@ def test_an_older_attempt_than_the_daemon_wrote_is_a_version_put_back(
         ({**WRITTEN, "status": "pending"}, Status.PENDING),  # a person's order: the status only
         ({**WRITTEN, "status": "skipped", "attempts": 3}, Status.SKIPPED),  # more: not older
         ({**WRITTEN, "status": "pending", "attempts": "2"}, Status.PENDING),  # not a count
+        ({**WRITTEN, "status": "pending", "attempts": 0}, Status.PENDING),  # the old loop's retry
+        ({**WRITTEN, "status": "Skipped", "attempts": 1}, Status.SKIPPED),  # fewer, an order
     ],
 )
 def test_a_status_changed_with_the_same_or_a_later_attempt_is_an_order(
@@ -104,3 +106,22 @@ def test_the_plan_says_which_tasks_were_put_back() -> None:
     assert result.lines()[0].startswith("< A: an older attempt than the daemon wrote")
     assert result.data()["rewound"] == ["A", "B"]
     assert result.data()["counts"]["rewound"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_retry_that_sets_attempts_back_to_0_is_an_order(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The old loop's way to retry a task: ``pending`` and ``attempts`` 0, ``last_attempt``
+    left as it was. Nothing else of the file is older: the person means it."""
+    fails = f"{lh.note('B', tmp_path)}; exit 1"
+    path = write_track("t", [{"id": "B", "command": fails, "max_iterations": 1}])
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:B") is Status.FAILED)
+        doc = await live.settled("t")
+        assert doc["features"][0]["attempts"] == 1
+        doc["features"][0].update(status="pending", attempts=0)
+        lh.write_and_rename(path, lh.dump(doc))
+        await live.until(lambda: lh.ledger(tmp_path).count("B") == 2)
+        await live.until(lambda: live.status("t:B") is Status.FAILED)
+        assert put_back(live) == []
