@@ -125,3 +125,24 @@ async def test_a_retry_that_sets_attempts_back_to_0_is_an_order(
         await live.until(lambda: lh.ledger(tmp_path).count("B") == 2)
         await live.until(lambda: live.status("t:B") is Status.FAILED)
         assert put_back(live) == []
+
+
+@pytest.mark.anyio
+async def test_a_version_put_back_is_reported_once_when_its_write_waits(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A save from an editor that had the file open since before A ran: A is put back, and
+    the task added in it starts first, so the file is merged on the next round; that round
+    does not report A again."""
+    path = write_track("t", [{"id": "A", "command": lh.note("A", tmp_path), "attempts": 0}])
+    stale = json.loads(path.read_text())
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(lambda: live.status("t:A") is Status.COMPLETE)
+        record = (await live.settled("t"))["features"][0]
+        stale["features"].append({"id": "D", "command": lh.note("D", tmp_path)})
+        lh.write_in_place(path, lh.dump(stale))
+        await live.until(lambda: "D" in lh.ledger(tmp_path))
+        await live.until(lambda: live.doc("t")["features"][0] == record)
+        await live.settled("t")
+        assert put_back(live) == ["A"]
+    assert lh.ledger(tmp_path) == ["A", "D"]
