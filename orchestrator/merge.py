@@ -146,18 +146,21 @@ REWOUND = UserChanges(rewound=True)
 def rewound(task: Mapping[str, JSON], base: Base) -> bool:
     """Whether a task shows an older attempt than the daemon last wrote into it: an earlier
     ``last_attempt`` (none counts as the earliest), or fewer ``attempts`` unless its status
-    is changed to an order. An older version of the file was put back (``git checkout`` or
-    ``git stash`` of the tracks directory, a backup, an editor's undo), which nobody means as
-    orders: a person changes a status, not the record of the attempts the daemon made.
+    is changed to an order and ``last_attempt`` left as it was. An older version of the file
+    was put back (``git checkout`` or ``git stash`` of the tracks directory, a backup, an
+    editor's undo), which nobody means as orders: a person changes a status, not the record
+    of the attempts the daemon made.
 
     Fewer ``attempts`` with the same ``last_attempt`` is what the daemon writes only while an
     attempt runs (``in_progress``, not an order); with a status that is an order it is a
     person's retry the old loop's way (``pending`` and ``attempts`` set back to 0)."""
-    if _earlier(task.get("last_attempt", ABSENT), base.get("last_attempt", ABSENT)):
+    last, written = task.get("last_attempt", ABSENT), base.get("last_attempt", ABSENT)
+    if _earlier(last, written):
         return True
-    return _fewer(task.get("attempts", ABSENT), base.get("attempts", ABSENT)) and not _ordered(
+    retried = same("last_attempt", last, written) and _ordered(
         task.get("status", ABSENT), base.get("status", ABSENT)
     )
+    return not retried and _fewer(task.get("attempts", ABSENT), base.get("attempts", ABSENT))
 
 
 def _ordered(now: JSON, written: JSON) -> bool:

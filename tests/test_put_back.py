@@ -28,6 +28,8 @@ WRITTEN = {"status": "complete", "attempts": 2, "last_attempt": "2026-11-25T08:3
         {**WRITTEN, "status": "in_progress", "attempts": 1},  # as written while it ran
         {**WRITTEN, "status": "failed", "last_attempt": "2026-11-25T08:30:00+00:00"},  # earlier
         {**WRITTEN, "attempts": 1},  # the same status: what the daemon wrote comes back too
+        # fewer attempts, an order, and a last attempt not the daemon's (another format)
+        {**WRITTEN, "status": "pending", "attempts": 0, "last_attempt": "2026-11-25T09:00:00"},
     ],
 )
 def test_an_older_attempt_than_the_daemon_wrote_is_a_version_put_back(
