@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from orchestrator import merge, plan
+from orchestrator.cli import cli
 from orchestrator.model import Status
 from orchestrator.states import TaskState
 
 from . import live_harness as lh
 from .conftest import WriteTrack
+from .daemon_harness import run_once
 
 WRITTEN = {"status": "complete", "attempts": 2, "last_attempt": "2026-11-25T08:35:00+00:00"}
 
@@ -148,3 +151,33 @@ async def test_a_version_put_back_is_reported_once_when_its_write_waits(
         await live.settled("t")
         assert put_back(live) == ["A"]
     assert lh.ledger(tmp_path) == ["A", "D"]
+
+
+@pytest.mark.anyio
+async def test_a_version_put_back_while_the_daemon_is_stopped(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The offline ``status`` and the next start both keep the daemon's record; a retry the
+    old loop's way in the same file is an order for both."""
+    fails = f"{lh.note('B', tmp_path)}; exit 1"
+    tasks = [
+        {"id": "A", "command": lh.note("A", tmp_path), "status": "pending", "attempts": 0},
+        {"id": "B", "command": fails, "status": "pending", "max_iterations": 1},
+    ]
+    path = write_track("t", tasks)
+    committed = json.loads(path.read_text())
+    state = tmp_path / "state"
+    await run_once(tracks_dir, state)
+    assert lh.ledger(tmp_path) == ["A", "B"]
+    record = json.loads(path.read_text())["features"]
+    committed["features"][1] = {**record[1], "status": "pending", "attempts": 0}
+    path.write_text(lh.dump(committed))  # A as in the repository; B retried
+
+    args = ["status", "--json", "--tracks", str(tracks_dir), "--state-dir", str(state)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    counts = json.loads(result.stdout)["tracks"][0]["counts"]
+    assert (counts["complete"], counts["pending"]) == (1, 1)
+
+    run = await run_once(tracks_dir, state)
+    assert lh.ledger(tmp_path) == ["A", "B", "B"]
+    assert run.task("t", "A") == record[0]
