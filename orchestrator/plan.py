@@ -235,8 +235,8 @@ class Plan:
         for ident in self.rewound[:SHOWN]:
             out.append(
                 f"< {ident}: an older attempt than the daemon wrote: an older version put back, "
-                "not an order; the daemon's record is written back (to run it again, change "
-                "only its status)"
+                "not an order; the daemon's record is written back (to give it an order, "
+                "write its status again)"
             )
         out += _more(len(self.rewound), "task put back")
         return out
