@@ -187,6 +187,16 @@ def launch_marker(store_id: str, daemon_pid: int, attempt_id: int) -> str:
     return f"{store_id}.{daemon_pid}.{attempt_id}"
 
 
+def marker_parts(marker: str) -> tuple[str, int, int] | None:
+    """The store id, daemon pid and attempt id of a :func:`launch_marker`; None for a value
+    that is not one (a person may set the variable to anything)."""
+    store_id, _, rest = marker.partition(".")
+    pid, _, attempt = rest.partition(".")
+    if not (store_id and pid.isdigit() and attempt.isdigit()):
+        return None
+    return store_id, int(pid), int(attempt)
+
+
 def find_launched(markers: Collection[str]) -> dict[int, int]:
     """The process groups holding a live process whose environment holds one of ``markers``
     (Linux): group id -> the earliest start ticks among the group's processes.

@@ -67,11 +67,10 @@ def end(match: Match, grace: float, done: Collection[int] = ()) -> list[int]:
 def of_daemon(store_id: str, daemon_pid: int, keep: Collection[int] = ()) -> Match:
     """Every marker a daemon gave its children (see :func:`procs.launch_marker`), but those
     of the attempts ``keep`` (left running on a cluster)."""
-    prefix = f"{store_id}.{daemon_pid}."
 
     def match(marker: str) -> bool:
-        attempt = marker.removeprefix(prefix)
-        return marker.startswith(prefix) and attempt.isdigit() and int(attempt) not in keep
+        parts = procs.marker_parts(marker)
+        return parts is not None and parts[:2] == (store_id, daemon_pid) and parts[2] not in keep
 
     return match
 
@@ -83,17 +82,15 @@ def of_store(store_id: str, keep: Collection[int] = ()) -> Match:
     A marker whose daemon is alive belongs to another daemon on a copy of the state directory
     (the lock keeps a second one off this one): its children are left alone.
     """
-    prefix = f"{store_id}."
     alive: dict[int, bool] = {}
 
     def match(marker: str) -> bool:
-        pid, _, attempt = marker.removeprefix(prefix).partition(".")
-        if not (marker.startswith(prefix) and pid.isdigit() and attempt.isdigit()):
+        parts = procs.marker_parts(marker)
+        if parts is None or parts[0] != store_id or parts[2] in keep:
             return False
-        if int(attempt) in keep:
-            return False
-        if int(pid) not in alive:
-            alive[int(pid)] = procs.alive(int(pid))
-        return not alive[int(pid)]
+        pid = parts[1]
+        if pid not in alive:
+            alive[pid] = procs.alive(pid)
+        return not alive[pid]
 
     return match

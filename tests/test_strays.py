@@ -102,6 +102,8 @@ def test_an_open_during_the_probe_does_not_end_the_daemon(tmp_path: Path) -> Non
 
 def test_the_markers_each_moment_ends() -> None:
     ours, gone = os.getpid(), dead_pid()
+    assert procs.marker_parts(procs.launch_marker("s1", ours, 3)) == ("s1", ours, 3)
+    assert procs.marker_parts("anything a person wrote") is None
     daemon = strays.of_daemon("s1", ours, keep={7})
     assert daemon(f"s1.{ours}.3")
     assert not daemon(f"s1.{ours}.7")
