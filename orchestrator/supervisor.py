@@ -360,9 +360,8 @@ def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
             leaves.append(exc)
 
     walk(group)
-    if len(leaves) == 1:
-        return leaves[0]
-    # Every runner that tried to record found the state unwritable: one cause, said once.
-    if all(isinstance(exc, StateError) for exc in leaves):
+    # Several leaves that are all StateError: every runner that tried to record found the
+    # state unwritable, one cause, said once.
+    if len(leaves) == 1 or all(isinstance(exc, StateError) for exc in leaves):
         return leaves[0]
     return group
