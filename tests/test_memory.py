@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,6 @@ def test_freed_heap_memory_goes_back_to_the_system() -> None:
 
 
 def test_settle_collects_and_keeps_what_is_alive_out_of_the_collectors_sight() -> None:
-    import gc
-
     class Cycle:
         def __init__(self) -> None:
             self.me = self
@@ -76,8 +75,6 @@ def test_settle_collects_and_keeps_what_is_alive_out_of_the_collectors_sight() -
 async def test_what_start_up_loaded_is_kept_out_of_the_collectors_sight(
     tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    import gc
-
     write_track("t", [{"id": f"T{i}", "command": "true"} for i in range(3)])
     gc.unfreeze()
     try:
