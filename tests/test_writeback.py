@@ -103,9 +103,13 @@ async def test_a_failed_write_is_tried_again_by_itself(
                     while len(logged) < 4:  # noqa: ASYNC110
                         await anyio.sleep(0.01)  # tried again by itself, twice or more
                 assert "summary" not in json.loads(path.read_text())
+            # The file is renamed into place (in a worker thread) before the write returns
+            # and says so: wait for the words, then look at the file.
+            again = "queue file written again"
             with anyio.fail_after(5):
-                while "summary" not in json.loads(path.read_text()):  # noqa: ASYNC110
+                while not any(e["event"] == again for e in logged):  # noqa: ASYNC110
                     await anyio.sleep(0.01)
+            assert "summary" in json.loads(path.read_text())
         failed = [e for e in logged if e["event"].startswith("cannot write the queue file")]
         # Said once, not at every try: a disk full all night makes one warning.
         assert [e["log_level"] for e in failed[:3]] == ["warning", "debug", "debug"]
