@@ -14,6 +14,7 @@ from . import (
     breakdown,
     chainpath,
     dispatch,
+    floor,
     gitattempt,
     live,
     load,
@@ -39,6 +40,7 @@ ALL = {
     "spawnwait": spawnwait.run,
     "breakdown": breakdown.run,
     "chainpath": chainpath.run,
+    "floor": floor.run,
 }
 
 
