@@ -17,49 +17,52 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from . import eventtext
 from .daemon import Engine
 from .model import Status, TaskKey
 
 SHOWN_EVENTS = 10
 
-_QUIET = {"task_started"}
+_QUIET = {"task_started", "task_complete"}
+"""Said otherwise: a task's start is in the table, its completion is its attempt's PASS."""
+
+_STYLES = {
+    "track_started": "bold cyan",
+    "track_complete": "bold green",
+    "task_failed": "bold red",
+    "task_blocked": "bold magenta",
+    "daemon_stopping": "bold yellow",
+    "daemon_paused": "bold magenta",
+    "daemon_resumed": "bold",
+    "track_paused": "magenta",
+    "track_resumed": "bold",
+    "reload_plan": "cyan",
+    "track_added": "cyan",
+    "track_removed": "cyan",
+    "queue_file_invalid": "bold red",
+    "config_invalid": "bold red",
+    "budget_exceeded": "bold red",
+    "usage_limit": "bold yellow",
+    "usage_limit_reset": "bold",
+    "worktree_kept": "yellow",
+    "git_lock_left": "yellow",
+}
+"""How an event's line looks; any other kind is dim."""
 
 
 def _event_line(kind: str, subject: TaskKey | str | None, data: Mapping[str, Any]) -> Text | None:
-    who = str(subject) if subject is not None else "daemon"
+    if kind in _QUIET:
+        return None
     if kind == "attempt_finished":
         verdict = data.get("verdict")
         style = {"PASS": "green", "FAIL": "red", "BLOCKED": "magenta"}.get(str(verdict), "")
-        line = Text.assemble((f"{who} attempt {data.get('attempt')}: ", ""), (str(verdict), style))
+        line = Text.assemble(
+            (f"{subject} attempt {data.get('attempt')}: ", ""), (str(verdict), style)
+        )
         if data.get("reason"):
             line.append(f"  {str(data['reason'])[:100]}", style="dim")
         return line
-    if kind == "track_started":
-        refs = ", ".join(data.get("trigger", []))
-        return Text(f"trigger fired: track {who} starts (start_after {refs})", style="bold cyan")
-    if kind == "track_complete":
-        return Text(f"track {who} complete", style="bold green")
-    if kind == "task_failed":
-        return Text(f"{who} FAILED after {data.get('attempts')} attempts", style="bold red")
-    if kind == "task_blocked":
-        return Text(f"{who} BLOCKED: {data.get('reason')}", style="bold magenta")
-    if kind == "daemon_stopping":
-        return Text(f"stopping ({len(data.get('running', []))} running)", style="bold yellow")
-    if kind == "daemon_paused":
-        return Text(f"daemon paused: {data.get('reason')}", style="bold magenta")
-    if kind == "daemon_resumed":
-        return Text("daemon resumed", style="bold")
-    if kind == "reload_plan":
-        return Text(f"reload {who}: {data.get('summary')}", style="cyan")
-    if kind == "queue_file_invalid":
-        problems = data.get("problems") or ["?"]
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        return Text(f"not applied: {problems[0]}{more}", style="bold red")
-    if kind in ("track_added", "track_removed"):
-        return Text(f"track {who} {kind.removeprefix('track_')} ({data.get('file')})", style="cyan")
-    if kind in _QUIET or kind == "task_complete":
-        return None
-    return Text(f"{kind} {who} {dict(data) if data else ''}".rstrip(), style="dim")
+    return Text(eventtext.sentence(kind, subject, data), style=_STYLES.get(kind, "dim"))
 
 
 class Progress:

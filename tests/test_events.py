@@ -68,7 +68,7 @@ def test_events_read_as_sentences() -> None:
     )
     assert said("task_failed", attempts=3, reason="x") == "t:A FAILED after 3 attempts: x"
     assert summary({"type": "track_started", "track": "p", "data": {"trigger": ["b:X"]}}) == (
-        "track p started: start_after b:X"
+        "trigger fired: track p starts (start_after b:X)"
     )
     assert (
         summary({"type": "daemon_started", "data": {"pid": 7}}) == "orchestratord started (pid 7)"

@@ -99,7 +99,7 @@ async def test_a_webhook_gets_the_events_it_asked_for_after_retries(
     kinds = sorted((b["type"], b["ref"]) for b in server.bodies)
     assert kinds == [("task_complete", "t:OK"), ("task_failed", "t:BAD")]
     failed = next(b for b in server.bodies if b["type"] == "task_failed")
-    assert failed["text"] == "t:BAD FAILED after 1 attempts: the command exited with status 2"
+    assert failed["text"] == "t:BAD FAILED after 1 attempt: the command exited with status 2"
     assert failed["data"] == {"reason": "the command exited with status 2", "attempts": 1}
     assert isinstance(failed["seq"], int)
     assert failed["source"].startswith("orchestratord ")

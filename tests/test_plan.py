@@ -148,7 +148,9 @@ def test_the_progress_view_shows_reloads_in_one_line() -> None:
     assert line.plain == "reload backend: 3 removed, 1 changed"
     bad = _event_line("queue_file_invalid", None, {"problems": ["t.json: $: broken", "more"]})
     assert bad is not None
-    assert bad.plain == "not applied: t.json: $: broken (+1 more)"
+    assert bad.plain == (
+        "not applied: t.json: $: broken (+1 more); the last good version stays in force"
+    )
 
 
 def test_a_refused_order_is_listed_with_its_reason_not_as_an_order() -> None:

@@ -69,6 +69,8 @@ def test_cards_move_as_tasks_change_and_buttons_use_the_token(
                 page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
                 page.wait_for_selector(cell("t", "complete", "t:B"), timeout=WAIT_MS)
                 assert page.locator(cell("t", "in_progress", "t:A")).count() == 0
+                # The feed says what happened in the daemon's own words (``text``).
+                page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
 
                 page.click('.card[data-ref="t:A"]')  # a card opens its attempts and log tail
                 page.wait_for_selector("aside pre.log:has-text('--- PASS')", timeout=WAIT_MS)

@@ -389,6 +389,8 @@ class Event(_Response):
     task: str | None = None
     ref: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    text: str = ""
+    """The event in words, as the terminal, the board and notifications say it."""
     task_state: TaskState | None = None
 
 

@@ -27,6 +27,7 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .. import eventtext
 from ..daemon import Engine
 from ..model import TaskKey
 from ..store import EventRow
@@ -51,35 +52,15 @@ def message(row: EventRow) -> Message:
         "task": row.key.id if row.key is not None else None,
         "ref": str(row.key) if row.key is not None else None,
         "data": dict(row.data),
+        "text": eventtext.sentence(row.type, row.key or row.track, row.data),
     }
 
 
 def summary(event: Mapping[str, Any]) -> str:
-    """One sentence for people (notifications, the web board's feed)."""
-    kind = event["type"]
-    data = event.get("data") or {}
-    who = event.get("ref") or event.get("track") or "orchestratord"
-    reason = f": {data['reason']}" if data.get("reason") else ""
-    sentences = {
-        "task_started": f"{who} attempt {data.get('attempt')} started",
-        "attempt_finished": f"{who} attempt {data.get('attempt')}: {data.get('verdict')}{reason}",
-        "attempt_interrupted": f"{who} attempt interrupted{reason}",
-        "task_complete": f"{who} is complete",
-        "task_failed": f"{who} FAILED after {data.get('attempts')} attempts{reason}",
-        "task_blocked": f"{who} is BLOCKED{reason}",
-        "task_skipped": f"{who} was skipped{reason}",
-        "task_retry": f"{who} will run again{reason}",
-        "track_started": f"track {who} started: start_after {', '.join(data.get('trigger', []))}",
-        "track_complete": f"track {who} is complete",
-        "track_paused": f"track {who} paused{reason}",
-        "track_resumed": f"track {who} resumed",
-        "queue_file_invalid": f"a queue file is invalid ({who}); the last good version stays",
-        "daemon_started": f"orchestratord started (pid {data.get('pid')})",
-        "daemon_stopping": f"orchestratord is stopping ({len(data.get('running', []))} running)",
-        "daemon_paused": f"orchestratord paused{reason}",
-        "daemon_resumed": "orchestratord resumed",
-    }
-    return sentences.get(kind, f"{kind} {who}")
+    """One sentence for people (:mod:`orchestrator.eventtext`) of an event as the outside sees
+    it (:func:`message`)."""
+    subject = event.get("ref") or event.get("track")
+    return eventtext.sentence(event["type"], subject, event.get("data") or {})
 
 
 class EventLog:

@@ -1,0 +1,120 @@
+"""Every kind of event reads as a sentence, in the terminal, on the board, in notifications."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator import eventtext
+from orchestrator.control.api import EVENT_TYPES
+from orchestrator.control.events import message, summary
+from orchestrator.model import TaskKey
+from orchestrator.progress import _event_line
+from orchestrator.store import EventRow
+
+TASK = TaskKey("backend", "PROVIDER-013")
+
+# Each kind with data as the daemon journals it (see the ``journal`` and ``announce`` calls).
+SAMPLES: dict[str, tuple[TaskKey | str | None, dict[str, Any]]] = {
+    "daemon_started": (None, {"pid": 4242, "tracks": ["backend"]}),
+    "daemon_stopping": (None, {"running": ["backend:PROVIDER-013"]}),
+    "daemon_paused": (None, {"reason": "by order"}),
+    "daemon_resumed": (None, {}),
+    "task_started": (TASK, {"attempt": 2, "iteration": 2, "max_iterations": 5}),
+    "attempt_finished": (TASK, {"attempt": 2, "verdict": "FAIL", "reason": "tests fail"}),
+    "attempt_interrupted": (TASK, {"reason": "the daemon stopped during the attempt"}),
+    "task_complete": (TASK, {"attempts": 2}),
+    "task_failed": (TASK, {"attempts": 1, "reason": "exit 2"}),
+    "task_blocked": (TASK, {"reason": "needs a key"}),
+    "task_skipped": (TASK, {"reason": "not needed", "by": "order"}),
+    "task_retry": (TASK, {"reason": "try again", "by": "order"}),
+    "track_started": ("patient", {"trigger": ["backend:PROVIDER-013"]}),
+    "track_complete": ("backend", {}),
+    "track_paused": ("backend", {"reason": "by order"}),
+    "track_resumed": ("backend", {}),
+    "track_added": ("backend", {"file": "tracks/backend.json"}),
+    "track_removed": ("backend", {"file": "tracks/backend.json", "reason": "its file is gone"}),
+    "queue_file_invalid": ("backend", {"problems": ["backend.json: $: not JSON", "more"]}),
+    "reload_plan": ("backend", {"summary": "1 added", "added": ["X"]}),
+    "attempt_reattached": (TASK, {"attempt": 3}),
+    "worktree_kept": ("backend", {"path": "/w/backend", "files": ["a.py", "b.py"]}),
+    "worktree_removed": ("backend", {"path": "/w/backend", "branch": "orchestratord/backend"}),
+    "worktree_remade": ("backend", {"path": "/w/backend", "reason": "half made"}),
+    "git_lock_removed": ("backend", {"path": "/r/.git/index.lock", "reason": "stale"}),
+    "git_lock_left": ("backend", {"path": "/r/.git/index.lock", "reason": "may be live"}),
+    "budget_exceeded": (
+        TASK,
+        {"scope": "track", "of": "backend", "unit": "usd", "limit": 5.0, "spent": 5.25},
+    ),
+    "usage_limit": (
+        TASK,
+        {
+            "agent": "claude",
+            "until": "2026-11-26T09:00:00+00:00",
+            "message": "limit reached",
+            "tracks": ["backend", "patient"],
+        },
+    ),
+    "usage_limit_reset": (None, {"agent": "claude", "tracks": ["backend"]}),
+    "config_reloaded": (None, {"changed": ["max_parallel"], "at_restart": ["state_dir"]}),
+    "config_invalid": (None, {"problems": ["orchestratord.toml:3: max_parallel: bad"]}),
+    "logs_pruned": (None, {"files": 12, "bytes": 3 * 1024 * 1024}),
+}
+
+
+def test_every_kind_has_a_sentence_of_its_own() -> None:
+    assert set(SAMPLES) == set(EVENT_TYPES)
+    assert [kind for kind in EVENT_TYPES if not eventtext.worded(kind)] == []
+
+
+@pytest.mark.parametrize("kind", EVENT_TYPES)
+def test_a_sentence_says_what_the_data_holds_in_words(kind: str) -> None:
+    subject, data = SAMPLES[kind]
+    said = eventtext.sentence(kind, subject, data)
+    assert "{" not in said
+    assert "'" not in said
+    assert "None" not in said
+    assert kind not in said
+    if subject is not None and kind not in ("budget_exceeded", "usage_limit"):
+        assert str(subject) in said  # those two name what crossed: a budget, an agent
+
+
+@pytest.mark.parametrize("kind", EVENT_TYPES)
+def test_a_sentence_of_an_event_without_data_does_not_fail(kind: str) -> None:
+    assert eventtext.sentence(kind, "backend", {})
+
+
+def test_some_sentences_word_for_word() -> None:
+    def said(kind: str) -> str:
+        return eventtext.sentence(kind, *SAMPLES[kind])
+
+    assert said("budget_exceeded") == (
+        "track budget of $5.00 crossed by backend (spent $5.25); its track is paused"
+    )
+    assert said("usage_limit") == (
+        "usage limit of agent claude reached (limit reached): tracks backend, patient wait"
+        " until 2026-11-26T09:00:00+00:00"
+    )
+    assert said("worktree_removed") == (
+        "track backend: worktree /w/backend removed (branch orchestratord/backend stays)"
+    )
+    assert said("task_failed") == "backend:PROVIDER-013 FAILED after 1 attempt: exit 2"
+    assert said("logs_pruned") == "log retention removed 12 old attempt files (3.0 MiB)"
+    assert said("config_reloaded") == (
+        "configuration reloaded: max_parallel changed; at the next start: state_dir"
+    )
+    assert eventtext.sentence("something_new", "backend", {}) == "backend: something new"
+
+
+def test_the_terminal_the_stream_and_notifications_say_the_same() -> None:
+    subject, data = SAMPLES["worktree_removed"]
+    row = EventRow(7, "2026-11-26T04:40:00+00:00", 1.0, "worktree_removed", None, data, "backend")
+    sent = message(row)
+    assert sent["text"] == eventtext.sentence("worktree_removed", subject, data)
+    assert summary(sent) == sent["text"]
+    line = _event_line("worktree_removed", subject, data)
+    assert line is not None
+    assert line.plain == sent["text"]
+    task_row = EventRow(8, "2026-11-26T04:40:01+00:00", 2.0, "task_blocked", TASK, {}, "backend")
+    assert message(task_row)["text"] == "backend:PROVIDER-013 is BLOCKED"
