@@ -8,8 +8,9 @@ Per task, in the order the daemon does it and with the daemon's own parts:
 * the child spawned (:func:`orchestrator.executors.spawn.spawn`, the daemon's kind of
   environment, a new session, stdin from ``/dev/null``, output to the log);
 * its exit seen through a pidfd on the event loop (uvloop where the daemon uses it), reaped;
-* the end of its log read (where the daemon looks for ``<promise>``);
-* the verdict recorded (a second transaction, with the daemon's two events).
+* the end of its log read (where the daemon looks for ``<blocked>`` and ``<promise>``);
+* the verdict, from the exit status and the log's end, recorded (a second transaction, with
+  the daemon's two events).
 
 Nothing else: no scheduler, graph, Ralph loop, write-back or bookkeeping. 5,000 independent
 ``/bin/true`` at parallelism 2, then the same without the store, then ``ninja -j2`` running
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -41,22 +43,30 @@ from .common import scratch_root
 from .dispatch import CHAIN, PARALLEL, TASKS, timed_daemon
 from .gen import TRUE, write_chain, write_tracks
 
-HEADER = f"$ {TRUE}\n".encode()
 TAIL = 65536
 """How much of a log's end is read (the daemon reads up to ``log_max_bytes``)."""
 
 
 async def _floor(
-    root: Path, *, store: Store | None, count: int, parallel: int
+    root: Path, *, store: Store | None, count: int, parallel: int, command: tuple[str, ...]
 ) -> tuple[float, float]:
-    """Wall and CPU seconds of ``count`` attempts of ``/bin/true``, ``parallel`` at a time."""
+    """Wall and CPU seconds of ``count`` attempts of ``command``, ``parallel`` at a time."""
     logs = root / "logs"
     logs.mkdir()
     loop = asyncio.get_running_loop()
     base = dict(os.environ)
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    header = f"$ {shlex.join(command)}\n".encode()
     running = TaskState().with_owned(status=Status.IN_PROGRESS)
-    complete = running.with_owned(status=Status.COMPLETE, attempts=1)
+    ended = {
+        verdict: running.with_owned(status=status, attempts=1)
+        for verdict, status in (
+            ("PASS", Status.COMPLETE),
+            ("FAIL", Status.FAILED),
+            ("BLOCKED", Status.BLOCKED),
+        )
+    }
+    kinds = {"PASS": "task_complete", "FAIL": "task_failed", "BLOCKED": "task_blocked"}
     left = list(range(count))
 
     async def attempt(number: int) -> None:
@@ -64,7 +74,8 @@ async def _floor(
         path = str(logs / f"T-{number}.attempt-1.log")
         log = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            os.write(log, HEADER)
+            os.write(log, header)
+            start = os.fstat(log).st_size  # the run's output begins here (as the daemon's header)
             attempt_id = 0
             if store is not None:
                 started = ("task_started", key, {"attempt": 1, "iteration": 1, "max_iterations": 3})
@@ -77,7 +88,7 @@ async def _floor(
                 ORCHESTRATORD_FAILURE_FILE=str(logs / f"{key.id}.last-failure.txt"),
                 ORCHESTRATORD_LAUNCH=f"floor.{os.getpid()}.{attempt_id}",
             )
-            pid = spawn.spawn([TRUE], str(root), env, stdin, log)
+            pid = spawn.spawn(command, str(root), env, stdin, log)
             if pid is None:
                 raise RuntimeError("posix_spawn is not usable here")
             watch = os.pidfd_open(pid)
@@ -88,15 +99,22 @@ async def _floor(
             finally:
                 loop.remove_reader(watch)
                 os.close(watch)
-            os.waitpid(pid, 0)  # noqa: ASYNC222 - it has exited (its pidfd said so)
+            _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - it has exited (its pidfd said so)
+            code = os.waitstatus_to_exitcode(status)
             size = os.fstat(log).st_size
-            os.pread(log, min(size, TAIL), max(0, size - TAIL))
+            begin = max(start, size - TAIL)
+            tail = os.pread(log, size - begin, begin)
         finally:
             os.close(log)
+        # The verdict as the daemon's, from what the child did: nothing is taken for granted.
+        verdict = "BLOCKED" if b"<blocked>" in tail else "PASS" if code == 0 else "FAIL"
         if store is not None:
-            finished = ("attempt_finished", key, {"attempt": 1, "verdict": "PASS", "reason": None})
-            done = ("task_complete", key, {"attempts": 1})
-            store.finish_attempt(attempt_id, key, complete, "PASS", None, 0, finished, done)
+            reason = None if verdict == "PASS" else f"exit status {code}"
+            data = {"attempt": 1, "verdict": verdict, "reason": reason}
+            finished = ("attempt_finished", key, data)
+            done = (kinds[verdict], key, {"attempts": 1})
+            state = ended[verdict]
+            store.finish_attempt(attempt_id, key, state, verdict, reason, code, finished, done)
 
     async def slot() -> None:
         while left:
@@ -111,12 +129,16 @@ async def _floor(
 
 
 def _run_floor(
-    root: Path, with_store: bool, count: int = TASKS, parallel: int = PARALLEL
+    root: Path,
+    with_store: bool,
+    count: int = TASKS,
+    parallel: int = PARALLEL,
+    command: tuple[str, ...] = (TRUE,),
 ) -> tuple[float, float]:
     async def main() -> tuple[float, float]:
         store = Store.open(root / "state", SystemClock()) if with_store else None
         try:
-            return await _floor(root, store=store, count=count, parallel=parallel)
+            return await _floor(root, store=store, count=count, parallel=parallel, command=command)
         finally:
             if store is not None:
                 store.close()
