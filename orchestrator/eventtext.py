@@ -18,11 +18,13 @@ from .budgets import Crossing
 from .model import TaskKey
 
 Data = Mapping[str, Any]
+_DAEMON = "orchestratord"
+"""Who an event without a task or track is about."""
 
 
 def sentence(kind: str, subject: TaskKey | str | None, data: Data) -> str:
     """The event in words; ``subject``: its task, its track, or None (the daemon)."""
-    who = str(subject) if subject is not None else "orchestratord"
+    who = str(subject) if subject is not None else _DAEMON
     words = _SENTENCES.get(kind)
     if words is None:
         return f"{who}: {kind.replace('_', ' ')}"
@@ -80,6 +82,15 @@ def _config_reloaded(who: str, data: Data) -> str:
     return text + (f"; at the next start: {_names(later)}" if later else "")
 
 
+def _invalid_file(who: str, data: Data) -> str:
+    """A track's file keeps its last good version in force; a file that is no track yet (a new
+    one, or one that did not load at start-up) has none: nothing of it runs."""
+    first = _first(data.get("problems"))
+    if who == _DAEMON:
+        return f"not loaded: {first}; none of its tasks run until it is fixed"
+    return f"not applied: {first}; the last good version stays in force"
+
+
 def _usage_limit(who: str, data: Data) -> str:
     message = f" ({data['message']})" if data.get("message") else ""
     return (
@@ -115,9 +126,7 @@ _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     "track_resumed": lambda who, d: f"track {who} resumed",
     "track_added": lambda who, d: f"track {who} added ({d.get('file')})",
     "track_removed": lambda who, d: f"track {who} removed ({d.get('file')}){_reason(d)}",
-    "queue_file_invalid": lambda who, d: (
-        f"not applied: {_first(d.get('problems'))}; the last good version stays in force"
-    ),
+    "queue_file_invalid": _invalid_file,
     "reload_plan": lambda who, d: f"reload {who}: {d.get('summary')}",
     "attempt_reattached": lambda who, d: (
         f"{who} attempt {d.get('attempt')} found running on the cluster again"

@@ -107,6 +107,18 @@ def test_some_sentences_word_for_word() -> None:
     assert eventtext.sentence("something_new", "backend", {}) == "backend: something new"
 
 
+def test_a_file_that_is_no_track_has_no_last_good_version_to_keep() -> None:
+    """Journaled with a track: its file changed for the worse, the track runs as it was. With
+    none: a new file, or one that did not load at start-up; none of its tasks run."""
+    data = {"file": "tracks/new.json", "problems": ["tracks/new.json: $: not JSON"]}
+    assert eventtext.sentence("queue_file_invalid", "backend", data) == (
+        "not applied: tracks/new.json: $: not JSON; the last good version stays in force"
+    )
+    assert eventtext.sentence("queue_file_invalid", None, data) == (
+        "not loaded: tracks/new.json: $: not JSON; none of its tasks run until it is fixed"
+    )
+
+
 def test_the_terminal_the_stream_and_notifications_say_the_same() -> None:
     subject, data = SAMPLES["worktree_removed"]
     row = EventRow(7, "2026-11-26T04:40:00+00:00", 1.0, "worktree_removed", None, data, "backend")

@@ -146,7 +146,7 @@ def test_the_progress_view_shows_reloads_in_one_line() -> None:
     line = _event_line("reload_plan", "backend", plan.data())
     assert line is not None
     assert line.plain == "reload backend: 3 removed, 1 changed"
-    bad = _event_line("queue_file_invalid", None, {"problems": ["t.json: $: broken", "more"]})
+    bad = _event_line("queue_file_invalid", "t", {"problems": ["t.json: $: broken", "more"]})
     assert bad is not None
     assert bad.plain == (
         "not applied: t.json: $: broken (+1 more); the last good version stays in force"
