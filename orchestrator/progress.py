@@ -24,13 +24,15 @@ from .model import Status, TaskKey
 SHOWN_EVENTS = 10
 
 _QUIET = {"task_started", "task_complete"}
-"""Said otherwise: a task's start is in the table, its completion is its attempt's PASS."""
+"""Said otherwise: a task's start is in the table, its completion is its attempt's PASS.
+Not so for an order's (``by``): a person accepted it, with no attempt's PASS to say so."""
 
 _STYLES = {
     "track_started": "bold cyan",
     "track_complete": "bold green",
     "task_failed": "bold red",
     "task_blocked": "bold magenta",
+    "task_complete": "bold",
     "daemon_stopping": "bold yellow",
     "daemon_paused": "bold magenta",
     "daemon_resumed": "bold",
@@ -51,7 +53,7 @@ _STYLES = {
 
 
 def _event_line(kind: str, subject: TaskKey | str | None, data: Mapping[str, Any]) -> Text | None:
-    if kind in _QUIET:
+    if kind in _QUIET and not data.get("by"):
         return None
     if kind == "attempt_finished":
         verdict = data.get("verdict")

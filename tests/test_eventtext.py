@@ -119,6 +119,14 @@ def test_a_file_that_is_no_track_has_no_last_good_version_to_keep() -> None:
     )
 
 
+def test_the_terminal_says_a_task_accepted_by_order_is_complete() -> None:
+    """A task's own completion is its attempt's PASS line; an accept order has no such line."""
+    assert _event_line("task_complete", TASK, {"attempts": 2}) is None
+    ordered = _event_line("task_complete", TASK, {"reason": "accept ordered", "by": "order"})
+    assert ordered is not None
+    assert ordered.plain == "backend:PROVIDER-013 is complete: accept ordered"
+
+
 def test_the_terminal_the_stream_and_notifications_say_the_same() -> None:
     subject, data = SAMPLES["worktree_removed"]
     row = EventRow(7, "2026-11-26T04:40:00+00:00", 1.0, "worktree_removed", None, data, "backend")
