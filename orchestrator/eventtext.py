@@ -26,9 +26,12 @@ def sentence(kind: str, subject: TaskKey | str | None, data: Data) -> str:
     """The event in words; ``subject``: its task, its track, or None (the daemon)."""
     who = str(subject) if subject is not None else _DAEMON
     words = _SENTENCES.get(kind)
-    if words is None:
-        return f"{who}: {kind.replace('_', ' ')}"
-    return words(who, data)
+    if words is not None:
+        try:
+            return words(who, data)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            pass  # data of another shape (another version's journal): said as any other kind
+    return f"{who}: {kind.replace('_', ' ')}"
 
 
 def worded(kind: str) -> bool:

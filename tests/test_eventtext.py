@@ -85,6 +85,23 @@ def test_a_sentence_of_an_event_without_data_does_not_fail(kind: str) -> None:
     assert eventtext.sentence(kind, "backend", {})
 
 
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [
+        ("daemon_stopping", {"running": 2}),
+        ("worktree_kept", {"path": "/w", "files": 7}),
+        ("budget_exceeded", {"scope": None, "limit": 5, "spent": 6}),
+        ("budget_exceeded", {"scope": "week", "limit": 5, "spent": 6}),
+    ],
+)
+def test_data_of_another_shape_gets_the_plain_sentence_not_an_error(
+    kind: str, data: dict[str, Any]
+) -> None:
+    """Sentences are made for every event of the journal the stream replays and events.jsonl
+    is written from (an error there would stop the event service), whatever wrote it."""
+    assert eventtext.sentence(kind, "backend", data) == f"backend: {kind.replace('_', ' ')}"
+
+
 def test_some_sentences_word_for_word() -> None:
     def said(kind: str) -> str:
         return eventtext.sentence(kind, *SAMPLES[kind])
