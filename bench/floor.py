@@ -6,8 +6,10 @@ Per task, in the order the daemon does it and with the daemon's own parts:
 * the attempt recorded before the child starts (one transaction of the real :class:`Store`,
   with the daemon's event);
 * the child spawned (:func:`orchestrator.executors.spawn.spawn`, the daemon's kind of
-  environment, a new session, stdin from ``/dev/null``, output to the log);
-* its exit seen through a pidfd on the event loop (uvloop where the daemon uses it), reaped;
+  environment, a new session, stdin from ``/dev/null``, output to the log), and its process
+  (argv, pid, group, start) kept for the next transaction, as the daemon's recorder does;
+* its exit seen through a pidfd on the event loop (uvloop where the daemon uses it), its group
+  sent SIGTERM (what the command left behind ends with it), reaped;
 * the end of its log read (where the daemon looks for ``<blocked>`` and ``<promise>``);
 * the verdict, from the exit status and the log's end, recorded (a second transaction, with
   the daemon's two events).
@@ -27,6 +29,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import anyio
 
+from orchestrator import procs
 from orchestrator.clock import SystemClock
 from orchestrator.executors import spawn
 from orchestrator.model import Status, TaskKey
@@ -69,6 +73,7 @@ async def _floor(
         )
     }
     kinds = {"PASS": "task_complete", "FAIL": "task_failed", "BLOCKED": "task_blocked"}
+    boot = procs.boot_id()
     left = list(range(count))
 
     async def attempt(number: int) -> None:
@@ -93,6 +98,21 @@ async def _floor(
             pid = spawn.spawn(command, str(root), env, stdin, log)
             if pid is None:
                 raise RuntimeError("posix_spawn is not usable here")
+            record = 0
+            if store is not None:
+                ticks = procs.start_ticks_now()
+                run_id = f"a{attempt_id}-run"
+                record = store.record_process(
+                    attempt_id,
+                    "run",
+                    command,
+                    str(root),
+                    pid,
+                    ticks,
+                    boot,
+                    run_id=run_id,
+                    later=True,
+                )
             watch = os.pidfd_open(pid)
             exited = loop.create_future()
             loop.add_reader(watch, exited.set_result, None)
@@ -101,6 +121,7 @@ async def _floor(
             finally:
                 loop.remove_reader(watch)
                 os.close(watch)
+            procs.terminate_group(pid, signal.SIGTERM)
             _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 - it has exited (its pidfd said so)
             code = os.waitstatus_to_exitcode(status)
             size = os.fstat(log).st_size
@@ -111,6 +132,7 @@ async def _floor(
         # The verdict as the daemon's, from what the child did: nothing is taken for granted.
         verdict = "BLOCKED" if b"<blocked>" in tail else "PASS" if code == 0 else "FAIL"
         if store is not None:
+            store.end_process(record, code)
             reason = None if verdict == "PASS" else f"exit status {code}"
             data = {"attempt": 1, "verdict": verdict, "reason": reason}
             finished = ("attempt_finished", key, data)
@@ -182,7 +204,7 @@ def _independent() -> None:
         daemon = timed_daemon(Path(tmp) / "tracks", Path(tmp) / "state")
         figures["daemon"] = (daemon["wall"], daemon["cpu"] - daemon["startup_cpu"])
     notes = {
-        "floor": "log, record, spawn, pidfd, read the log's end, record",
+        "floor": "log, record, spawn, pidfd, end the group, reap, read the log's end, record",
         "floor, no store": "the same without the two transactions",
         "daemon": "bench dispatch's graph: 20 tracks, with dependencies (CPU: start-up left out)",
     }

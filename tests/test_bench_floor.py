@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from bench.floor import _run_floor
 from orchestrator.clock import SystemClock
 from orchestrator.model import Status, TaskKey
 from orchestrator.store import Store
+
+from .process_harness import alive
 
 
 def test_every_attempt_is_logged_recorded_and_finished(tmp_path: Path) -> None:
@@ -90,3 +93,29 @@ def test_children_run_at_once_while_the_loop_waits_for_their_exits(tmp_path: Pat
             assert (attempt.verdict, attempt.exit_code) == ("PASS", 0)
     finally:
         store.close()
+
+
+def test_each_child_is_recorded_and_what_it_left_in_its_group_is_ended(tmp_path: Path) -> None:
+    """As the daemon's: the process (argv, pid, group, exit) in the store, and SIGTERM to the
+    child's group once it has exited (here a ``sleep`` it left running)."""
+    left = tmp_path / "left"
+    left.mkdir()
+    command = ("/bin/sh", "-c", f'sleep 60 & echo $! > "{left}/$ORCHESTRATORD_TASK_ID"')
+    _run_floor(tmp_path, True, count=2, parallel=2, command=command)
+    store = Store.open(tmp_path / "state", SystemClock())
+    try:
+        for number in range(2):
+            (attempt,) = store.attempts(TaskKey("t", f"T-{number}"))
+            (process,) = store.processes(attempt.id)
+            assert (process.argv, process.role, process.exit_code) == (command, "run", 0)
+            assert process.pid is not None
+            assert process.pgid == process.pid
+            assert process.ended_at is not None
+    finally:
+        store.close()
+    sleepers = [int(path.read_text()) for path in left.iterdir()]
+    assert len(sleepers) == 2
+    deadline = time.monotonic() + 10
+    while any(map(alive, sleepers)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(map(alive, sleepers))
