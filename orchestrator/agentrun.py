@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentoutput, agents, budgets, gitlocks
+from . import agentoutput, agents, budgets, eventtext, gitlocks
 from .attempt import AttemptPlan, AttemptResult, Gate
 from .clock import iso
 from .config import Settings
@@ -336,7 +336,7 @@ class AgentRuntime:
             engine.journal("worktree_removed", track, path=path, branch=finished.branch)
             log.info("worktree removed", track=track, path=path, branch=finished.branch)
             return
-        data = {"path": path, "files": list(finished.files[:50])}
+        data = {"path": path, "files": list(finished.files[: eventtext.FILES_LISTED])}
         engine.journal("worktree_kept", track, **data)
         log.warning(
             "worktree kept: it has uncommitted changes",

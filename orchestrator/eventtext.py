@@ -11,7 +11,7 @@ version of the daemon may lack a field: a sentence never fails, it says less.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 from .budgets import Crossing
@@ -53,6 +53,17 @@ def _first(problems: Any) -> str:
 
 def _count(number: Any, thing: str) -> str:
     return f"{number} {thing}{'' if number == 1 else 's'}"
+
+
+FILES_LISTED = 50
+"""How many of its changed files a ``worktree_kept`` event lists, at most."""
+
+
+def _files(files: Sized) -> str:
+    """How many files a list cut to :data:`FILES_LISTED` stands for."""
+    if len(files) >= FILES_LISTED:
+        return f"{FILES_LISTED} files or more"
+    return _count(len(files), "file")
 
 
 def _names(items: Any) -> str:
@@ -136,7 +147,7 @@ _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     ),
     "worktree_kept": lambda who, d: (
         f"track {who}: worktree {d.get('path')} kept, it has uncommitted changes"
-        f" ({_count(len(d.get('files') or []), 'file')})"
+        f" ({_files(d.get('files') or [])})"
     ),
     "worktree_removed": lambda who, d: (
         f"track {who}: worktree {d.get('path')} removed (branch {d.get('branch')} stays)"

@@ -102,6 +102,14 @@ def test_data_of_another_shape_gets_the_plain_sentence_not_an_error(
     assert eventtext.sentence(kind, "backend", data) == f"backend: {kind.replace('_', ' ')}"
 
 
+def test_a_kept_worktree_with_more_changes_than_listed_is_not_said_to_have_fewer() -> None:
+    """The event lists at most FILES_LISTED files: a full list stands for that many or more."""
+    few = {"path": "/w/backend", "files": ["a.py", "b.py"]}
+    assert eventtext.sentence("worktree_kept", "backend", few).endswith("(2 files)")
+    full = {"path": "/w/backend", "files": [f"f{n}.py" for n in range(eventtext.FILES_LISTED)]}
+    assert eventtext.sentence("worktree_kept", "backend", full).endswith("(50 files or more)")
+
+
 def test_some_sentences_word_for_word() -> None:
     def said(kind: str) -> str:
         return eventtext.sentence(kind, *SAMPLES[kind])
