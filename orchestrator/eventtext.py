@@ -113,6 +113,17 @@ def _usage_limit(who: str, data: Data) -> str:
     )
 
 
+def _usage_limit_reset(who: str, data: Data) -> str:
+    """The tracks resumed: those the wait held that are still paused, still in the tracks
+    directory, and held by nothing else (a budget, another agent's wait)."""
+    over = f"usage limit of agent {data.get('agent')} over"
+    if not data.get("tracks"):
+        return (
+            f"{over}; no track resumed (each is held for another reason, running already, or gone)"
+        )
+    return f"{over}: tracks {_names(data.get('tracks'))} resumed"
+
+
 _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     "daemon_started": lambda who, d: f"orchestratord started (pid {d.get('pid')})",
     "daemon_stopping": lambda who, d: (
@@ -163,9 +174,7 @@ _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     ),
     "budget_exceeded": _budget,
     "usage_limit": _usage_limit,
-    "usage_limit_reset": lambda who, d: (
-        f"usage limit of agent {d.get('agent')} over: tracks {_names(d.get('tracks'))} resumed"
-    ),
+    "usage_limit_reset": _usage_limit_reset,
     "config_reloaded": _config_reloaded,
     "config_invalid": lambda who, d: (
         f"configuration not reloaded: {_first(d.get('problems'))}; the settings in force stay"

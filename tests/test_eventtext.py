@@ -110,6 +110,14 @@ def test_a_kept_worktree_with_more_changes_than_listed_is_not_said_to_have_fewer
     assert eventtext.sentence("worktree_kept", "backend", full).endswith("(50 files or more)")
 
 
+def test_a_usage_limit_over_that_resumes_no_track_says_so() -> None:
+    said = eventtext.sentence("usage_limit_reset", None, {"agent": "claude", "tracks": []})
+    assert said == (
+        "usage limit of agent claude over; no track resumed (each is held for another reason,"
+        " running already, or gone)"
+    )
+
+
 def test_some_sentences_word_for_word() -> None:
     def said(kind: str) -> str:
         return eventtext.sentence(kind, *SAMPLES[kind])
