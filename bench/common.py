@@ -43,7 +43,8 @@ def run_daemon(
     """Run ``start --once`` in this process; return wall and CPU seconds and the engine.
 
     ``startup_cpu``: the CPU seconds until the daemon was ready (tracks loaded and checked,
-    state reconciled, files synced), which ``cpu`` includes.
+    state reconciled, files synced), which ``cpu`` includes; ``startup_wall``: the same in wall
+    seconds, which ``wall`` includes.
     """
     cfg = config.load(
         flags={"tracks": str(tracks), "state_dir": str(state), **flags}, env={}, cwd=tracks.parent
@@ -54,6 +55,7 @@ def run_daemon(
     def ready(engine: Engine) -> None:
         result["engine"] = engine
         result["ready_cpu"] = time.process_time()
+        result["ready_wall"] = time.perf_counter()
         if on_ready is not None:
             on_ready(engine)
 
@@ -68,6 +70,7 @@ def run_daemon(
             )
             result.update(code=code, wall=time.perf_counter() - wall, cpu=time.process_time() - cpu)
             result["startup_cpu"] = result.pop("ready_cpu", cpu) - cpu
+            result["startup_wall"] = result.pop("ready_wall", wall) - wall
         del ballast
 
     # Tracks without a workdir work in the daemon's working directory: the scratch directory,

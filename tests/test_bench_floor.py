@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from bench.common import run_daemon
 from bench.floor import _run_floor
+from bench.gen import TRUE, write_chain
 from orchestrator.clock import SystemClock
 from orchestrator.model import Status, TaskKey
 from orchestrator.store import Store
@@ -119,3 +123,12 @@ def test_each_child_is_recorded_and_what_it_left_in_its_group_is_ended(tmp_path:
     while any(map(alive, sleepers)) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(map(alive, sleepers))
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_daemon_start_up_is_told_apart_in_wall_seconds_too(tmp_path: Path) -> None:
+    """The floor has no start-up; the daemon's run is also shown from ready on."""
+    write_chain(tmp_path / "tracks", 3, [TRUE])
+    result = run_daemon(tmp_path / "tracks", tmp_path / "state")
+    assert result["code"] == 0
+    assert 0 < result["startup_wall"] < result["wall"]
