@@ -2,7 +2,7 @@
 
 Every child runs in its own session, so its process group id equals its pid. These helpers are
 small and synchronous. :func:`end_leftovers` sleeps while it waits for a grace period: a
-restarted daemon calls it once per recorded attempt, from a worker thread.
+restarted daemon calls :func:`end_recorded` once for every recorded group, from a worker thread.
 
 Identity on Linux is (boot id, pid, start ticks): a pid alone can be reused, but not within one
 boot with an earlier start time. Elsewhere nothing can be proven about a recorded pid, so
@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,13 +292,31 @@ def end_groups(groups: Mapping[int, int | None], boot: str | None, grace: float)
     """As :func:`end_leftovers`, for several groups (group id -> ``not_before_ticks``) at once:
     all get SIGTERM, then share one grace period, so that ending many takes no longer than
     ending one."""
+    ended = end_recorded([(pgid, first, boot) for pgid, first in groups.items()], grace)
+    return sorted(pid for pids in ended.values() for pid in pids)
+
+
+def end_recorded(
+    groups: Iterable[tuple[int, int | None, str | None]], grace: float
+) -> dict[int, list[int]]:
+    """As :func:`end_leftovers`, for the groups of several records at once (each its group id,
+    ``not_before_ticks`` and boot id): all get SIGTERM, then share one grace period. Group id
+    -> the pids ended in it; a group where nothing was provably the record's is absent."""
     current = boot_id()
-    if boot is None or current is None or boot != current:
-        return []
-    stats = _all_stats()
-    ours = [stat for pgid, first in groups.items() for stat in _ours(stats, pgid, first)]
+    if current is None:
+        return {}
+    stats: list[ProcStat] | None = None
+    found: dict[int, dict[int, ProcStat]] = {}
+    for pgid, first, boot in groups:
+        if boot != current:
+            continue
+        stats = _all_stats() if stats is None else stats
+        for stat in _ours(stats, pgid, first):
+            found.setdefault(pgid, {})[stat.pid] = stat
+    unique = {stat.pid: stat for members in found.values() for stat in members.values()}
+    ours = list(unique.values())
     if not ours:
-        return []
+        return {}
     _signal_each(ours, signal.SIGTERM)
     deadline = time.monotonic() + max(grace, 0.0)
     left = [stat for stat in ours if _still_there(stat)]
@@ -306,7 +324,7 @@ def end_groups(groups: Mapping[int, int | None], boot: str | None, grace: float)
         time.sleep(_POLL)
         left = [stat for stat in left if _still_there(stat)]
     _signal_each(left, signal.SIGKILL)
-    return sorted(stat.pid for stat in ours)
+    return {pgid: sorted(members) for pgid, members in found.items()}
 
 
 def _ours(stats: list[ProcStat], pgid: int, not_before_ticks: int | None) -> list[ProcStat]:

@@ -67,17 +67,16 @@ def _unrecorded(
 
 def recover(store: Store, grace: float) -> Recovered:
     """Synchronous (it may wait up to ``grace`` for leftovers): run it in a worker thread."""
-    ended: list[int] = []
     remote = store.remote_attempts()
-    seen: set[int] = set()
-    for proc in store.open_processes():
-        if proc.executor != "local":
-            continue  # a remote run: not a process of this machine
-        if proc.pgid is not None:
-            gone = procs.end_leftovers(proc.pgid, proc.start_ticks, proc.boot_id, grace)
-            if gone:  # one refused (its start is not the record's) is left to the markers
-                seen.add(proc.pgid)
-            ended.extend(gone)
+    local = [proc for proc in store.open_processes() if proc.executor == "local"]  # (else remote)
+    # Every group at once, sharing one grace period (not one per group: many that ignore
+    # SIGTERM would hold the start-up for minutes). A group refused (its start is not the
+    # record's) is left to the markers.
+    recorded = [(p.pgid, p.start_ticks, p.boot_id) for p in local if p.pgid is not None]
+    gone = procs.end_recorded(recorded, grace)
+    seen = set(gone)
+    ended = sorted(pid for pids in gone.values() for pid in pids)
+    for proc in local:
         store.end_process(proc.id, None)
     running = store.running_attempts()
     attempts = [a for a in running if a.id not in remote]

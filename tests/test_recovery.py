@@ -142,3 +142,29 @@ def test_a_recorded_group_refused_for_its_start_is_found_by_its_marker(tmp_path:
         assert procs.end_leftovers(leader.pid, late, procs.boot_id(), 2.0) == []
         members = procs.group_members(leader.pid)
         assert sorted(recover(store, grace=2.0).processes_ended) == members
+
+
+def test_recorded_groups_that_ignore_sigterm_share_one_grace_period(tmp_path: Path) -> None:
+    """Every recorded group of the dead daemon gets SIGTERM before any gets SIGKILL: ending
+    them one after the other would hold the start-up for a grace period per group (minutes,
+    with many attempts that ignore SIGTERM; a service manager gives up on the start first).
+    Each leader ignores SIGTERM and, when it gets it, writes how many leaders are alive."""
+    store = Store.open(tmp_path, FixedClock())
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    count = (
+        f"n=0; for p in $(cat {pids}); do read -r s < /proc/$p/stat && set -- $s && "
+        '[ "$3" != Z ] && n=$((n+1)); done; echo $n >>'
+    )
+    loop = "while :; do sleep 0.05 2>/dev/null; done"
+    script = f"trap '{count} {seen}' TERM; echo $$ >> {pids}; {loop}"
+    with session(script) as a, session(script) as b, session(script) as c:
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 3)
+        for n, leader in enumerate((a, b, c)):
+            key = TaskKey("t", f"X{n}")
+            state = TaskState(Owned(status=Status.IN_PROGRESS))
+            attempt = store.begin_attempt(key, state, 1, 1, "l")
+            ticks = procs.process_start_ticks(leader.pid)
+            store.record_process(attempt, "run", ["sh"], "/", leader.pid, ticks, procs.boot_id())
+        result = recover(store, grace=1.0)
+        assert {a.pid, b.pid, c.pid} <= set(result.processes_ended)
+        assert seen.read_text().split() == ["3", "3", "3"]
