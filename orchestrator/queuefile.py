@@ -10,6 +10,7 @@ the original, so a reader never sees half a file; the file's own formatting is k
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import tempfile
@@ -155,7 +156,7 @@ def _prepare(path: Path, text: str | bytes) -> tuple[str, FileId]:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode("utf-8") if isinstance(text, str) else text)
@@ -169,6 +170,24 @@ def _prepare(path: Path, text: str | bytes) -> tuple[str, FileId]:
         raise
     # A rename keeps inode, size and modification time: this is the id the file will have.
     return tmp_name, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def remove_leftover_temps(path: Path) -> list[Path]:
+    """Remove the temporary files that writes of ``path`` left next to it: a process killed
+    between creating one and renaming it into place (``kill -9``, a power cut) leaves it
+    there, half written or whole, and nothing else would ever remove it. Only names of the
+    form :func:`_prepare` gives (``.NAME.XXXXXXXX.tmp``); for a process that writes ``path``
+    alone (the daemon, holding the state directory's lock). Returns what was removed."""
+    removed = []
+    pattern = f".{glob.escape(path.name)}.{'?' * 8}{TEMP_SUFFIX}"
+    for temp in sorted(path.parent.glob(pattern)):
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed.append(temp)
+    return removed
 
 
 def _commit(tmp_name: str, path: Path) -> None:

@@ -25,7 +25,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentrun, procs, strays, workspace
+from . import agentrun, procs, queuefile, strays, workspace
 from .clock import Clock, SystemClock
 from .config import Config
 from .daemon import Engine, Track
@@ -119,6 +119,17 @@ def _load_tracks(
     engine.install(ws.report, tracks)
 
 
+def _remove_leftover_temps(engine: Engine) -> None:
+    """Remove the temporary files a killed daemon's unfinished writes left next to the queue
+    files (the files themselves are whole: the write renames the temporary into place)."""
+    for track in engine.tracks.values():
+        for temp in queuefile.remove_leftover_temps(track.path):
+            log.info(
+                "removed an unfinished write of a queue file left by a daemon that was killed",
+                file=queuefile.display_path(temp),
+            )
+
+
 @dataclass(slots=True)
 class Runtime:
     """What a service of the daemon gets: the engine, the write-back, and the workers."""
@@ -181,6 +192,7 @@ async def serve(
         engine = Engine(cfg, store, executor, clock)
         writeback = Writeback(engine, cfg.settings.writeback_delay, cfg.settings.watch_quiet)
         _load_tracks(engine, cfg, writeback, recovered.states)
+        _remove_leftover_temps(engine)
         engine.restore_pause()
         async with anyio.create_task_group() as tg:
             engine.placement = Placement(cfg, executor, store, tg)
