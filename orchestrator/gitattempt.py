@@ -17,7 +17,9 @@ into the next commit.
 A daemon killed after git made an attempt's verified commit and before the store recorded the
 PASS leaves that commit at the tree's HEAD. The attempt runs again (at the same number) and
 finds it there (by its trailers): its changes count as the new run's, so that the same work is
-not "no changes", and a PASS with the same tree keeps that commit instead of making another.
+not "no changes", and a PASS with the same tree keeps that commit instead of making another;
+a PASS with another tree is committed on top of it (it may be merged already: replaced, it
+would conflict with itself at the merge).
 """
 
 from __future__ import annotations
@@ -389,10 +391,15 @@ class GitAttempt:
         )
         message = commit_message(self.task, self.number)
         env = gitwork.ident_env(self.tree.repo)
+        parents = [self.start] if self.start else []
         if self.adopted is not None and tree == gitwork.tree_of(root, self.adopted):
             commit = self.adopted  # the same work, verified again: its commit stands
         else:
-            parents = [self.start] if self.start else []
+            if self.adopted is not None:
+                # The commit made before the daemon stopped may be merged (or pushed) since:
+                # it stays, and what this run changed differently goes on top of it.
+                parents = [self.adopted]
+                message = commit_message(self.task, self.number, reason=self._follows())
             commit = gitwork.commit_tree(root, tree, parents, message, env)
         gitwork.update_ref(root, "HEAD", commit, gitwork.head(root))
         if self.tree.own:
@@ -401,6 +408,13 @@ class GitAttempt:
             self._put_index_back()
             self._sync_index()
         return commit
+
+    def _follows(self) -> str:
+        assert self.adopted is not None
+        return (
+            f"The attempt ran again after the daemon stopped before recording its verified "
+            f"commit {self.adopted[:12]}; this commit holds what the run again changed since."
+        )
 
     def _sync_index(self) -> None:
         """In a shared checkout: the committed paths' index entries follow the new HEAD."""

@@ -7,13 +7,23 @@ random moments.
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 import structlog.testing
 
 from orchestrator import queuefile
+from orchestrator.clock import SystemClock
+from orchestrator.model import TaskKey
+from orchestrator.store import Store
 
+from . import process_harness as ph
+from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 from .daemon_harness import run_once
+from .test_git_races import pause_at_ref_update
 
 pytestmark = pytest.mark.anyio
 
@@ -38,3 +48,51 @@ async def test_the_temporary_file_of_a_killed_write_is_removed_at_the_next_start
     assert all(other.exists() for other in mine)
     removed = [e for e in logs if e["event"].startswith("removed an unfinished write")]
     assert [e["file"] for e in removed] == [queuefile.display_path(half)]
+
+
+@needs_git
+@pytest.mark.parametrize(
+    ("worktrees", "ref"),
+    [
+        (True, "refs/heads/main"),  # merged into the base branch already
+        (True, "refs/heads/orchestratord/t"),  # committed on the track's branch only
+        (False, "refs/heads/main"),  # committed in the checkout
+    ],
+)
+def test_a_verified_commit_made_before_a_kill_stays_when_the_run_again_differs(
+    worktrees: bool, ref: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """SIGKILL right after git moved a branch to an attempt's verified commit, before the store
+    recorded the PASS; the attempt runs again after the restart and this time writes something
+    else (an agent seldom writes the same twice). That commit may be merged already: it must
+    stay in the history, with the second run's changes committed on top of it, not replaced by
+    a commit beside it (which then conflicts with it at the merge: the task was blocked, its
+    track stuck) nor taken off a branch that has it."""
+    repo = make_repo(tmp_path / "repo")
+    write_config(tmp_path, f"[git]\nworktrees = {str(worktrees).lower()}\n")
+    runs = tmp_path / "runs"
+    command = f"echo x >> {runs}; echo run $(wc -l < {runs}) > a.txt"
+    write_track("t", [{"id": "K", "command": command}], track={"workdir": "../repo"})
+    marker = tmp_path / "hook.pid"
+    pause_at_ref_update(repo, ref, marker)
+    state = tmp_path / "state"
+    proc = ph.daemon(tracks_dir, state)
+    try:
+        ph.wait_for(marker.exists)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+    first = git(repo, "log", "-1", "--format=%H", "--grep=^Task: K$", "--all")
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    store = Store.open(state, SystemClock())
+    attempts = store.attempts(TaskKey("t", "K"))
+    assert [(a.state, a.verdict) for a in attempts] == [("interrupted", None), ("finished", "PASS")]
+    commit = attempts[-1].details.commit_id
+    assert commit is not None
+    assert git(repo, "rev-parse", f"{commit}^") == first  # on top of the first, not beside it
+    assert git(repo, "merge-base", "--is-ancestor", commit, "main") == ""
+    assert git(repo, "show", "main:a.txt") == "run 2"
+    assert git(repo, "status", "--porcelain") == ""
