@@ -40,6 +40,9 @@ from .model import TaskDef, TaskKey, Verdict
 from .worktrees import Tree, Trees, in_thread, ref_part
 
 SHOWN = 20
+MAX_RUNS_AGAIN = 100
+"""How many commits of one attempt, each on top of the last, are looked through for the
+commit it started from (one per kill between a commit and its record)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +200,24 @@ class GitAttempt:
         if not self.resumed:
             return None
         head = gitwork.head(self.root)
-        if head is None:
-            return None
-        lines = gitwork.out(self.root, "log", "-1", "--format=%B", head).splitlines()
+        return head if head is not None and self._made_by_this_attempt(head) else None
+
+    def _made_by_this_attempt(self, commit: str) -> bool:
+        """Whether ``commit`` is a PASS commit of this attempt (by its trailers)."""
+        lines = gitwork.out(self.root, "log", "-1", "--format=%B", commit).splitlines()
         wanted = trailers(self.task.key, "PASS", self.number).splitlines()
-        return head if all(line in lines for line in wanted) else None
+        return all(line in lines for line in wanted)
 
     def _adopt(self, orphan: str) -> None:
-        """Start from the commit before ``orphan``, with its changes as this attempt's."""
-        self.start = gitwork.commit_of(self.root, f"{orphan}^1")
+        """Start from the commit before ``orphan``, with its changes as this attempt's; before
+        the first of this attempt's commits, when a run again made one on top of another
+        (the daemon killed more than once in that window)."""
+        start = gitwork.commit_of(self.root, f"{orphan}^1")
+        for _ in range(MAX_RUNS_AGAIN):
+            if start is None or not self._made_by_this_attempt(start):
+                break
+            start = gitwork.commit_of(self.root, f"{start}^1")
+        self.start = start
         self.adopted = orphan
         base = gitwork.tree_of(self.root, self.start)
         undone = gitwork.changes(self.root, gitwork.tree_of(self.root, orphan), base)

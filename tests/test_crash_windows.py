@@ -96,3 +96,39 @@ def test_a_verified_commit_made_before_a_kill_stays_when_the_run_again_differs(
     assert git(repo, "merge-base", "--is-ancestor", commit, "main") == ""
     assert git(repo, "show", "main:a.txt") == "run 2"
     assert git(repo, "status", "--porcelain") == ""
+
+
+@needs_git
+def test_an_attempt_killed_twice_after_its_commit_counts_all_its_commits_as_its_own(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Killed after the verified commit (run 1), then after the commit on top of it (run 2);
+    the third run writes what the first did. Its changes are counted from before the first
+    of the attempt's commits: not "no changes" (against the second), so the attempt passes
+    at once and the commit on top puts back the first run's content."""
+    repo = make_repo(tmp_path / "repo")
+    write_config(tmp_path, "[git]\nworktrees = true\n")
+    runs = tmp_path / "runs"
+    command = f"echo x >> {runs}; echo run $((2 - $(wc -l < {runs}) % 2)) > a.txt"
+    write_track("t", [{"id": "K", "command": command}], track={"workdir": "../repo"})
+    state = tmp_path / "state"
+    for n in (1, 2):
+        marker = tmp_path / f"hook-{n}.pid"
+        pause_at_ref_update(repo, "refs/heads/main", marker)
+        proc = ph.daemon(tracks_dir, state)
+        try:
+            ph.wait_for(marker.exists)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+    assert git(repo, "show", "main:a.txt") == "run 2"
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    attempts = Store.open(state, SystemClock()).attempts(TaskKey("t", "K"))
+    assert [(a.number, a.verdict) for a in attempts] == [(1, None), (1, None), (1, "PASS")]
+    assert git(repo, "show", "main:a.txt") == "run 1"
+    assert git(repo, "log", "--format=%s", "main").splitlines()[:4] == [
+        "K: (no description)"
+    ] * 3 + ["first"]
