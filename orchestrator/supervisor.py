@@ -96,6 +96,23 @@ async def _reload(reload: Callable[[], Awaitable[ReloadResult]]) -> None:
     await reload()
 
 
+class _EarlyHangup:
+    """SIGHUP during start-up (recovery can wait ``kill_grace`` for a dead daemon's leftovers;
+    loading thousands of tasks takes seconds), before :func:`_signals` handles it: its default
+    action would end the daemon there and then, with nothing said (``launchctl kill HUP``, or
+    a script's ``kill -HUP`` right after a start). It is noted instead, and the reload done
+    once the daemon runs. Only from the main thread (where signal handlers are set)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.seen = True
+
+
 def _load_tracks(
     engine: Engine, cfg: Config, writeback: Writeback, states: Mapping[TaskKey, TaskState]
 ) -> None:
@@ -183,6 +200,9 @@ async def serve(
     """Run the daemon until stopped; return the exit status."""
     clock = clock or SystemClock()
     control = control or Control()
+    hangup = _EarlyHangup()
+    if handle_signals:
+        hangup.install()
     lock = StateLock(cfg.state_dir)
     lock.acquire()
     store = Store.open(cfg.state_dir, clock)
@@ -221,6 +241,9 @@ async def serve(
                 tasks=len(engine.graph),
             )
             await reattach(engine, engine.placement, rt.resume)
+            if hangup.seen and control.reload is not None:
+                log.info("SIGHUP during start-up: reloading every queue file now")
+                tg.start_soon(_reload, control.reload)
             engine.dispatch()
             if on_ready is not None:
                 on_ready(engine)

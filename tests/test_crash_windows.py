@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import structlog.testing
 
-from orchestrator import queuefile
+from orchestrator import procs, queuefile
 from orchestrator.clock import SystemClock
-from orchestrator.model import TaskKey
+from orchestrator.model import Owned, Status, TaskKey
+from orchestrator.states import TaskState
 from orchestrator.store import Store
 
 from . import process_harness as ph
@@ -132,3 +134,39 @@ def test_an_attempt_killed_twice_after_its_commit_counts_all_its_commits_as_its_
     assert git(repo, "log", "--format=%s", "main").splitlines()[:4] == [
         "K: (no description)"
     ] * 3 + ["first"]
+
+
+def test_sighup_during_start_up_does_not_end_the_daemon(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A SIGHUP while the daemon recovers from a crash (here: waiting ``kill_grace`` for a
+    leftover that ignores SIGTERM) ended the daemon there and then, its default action, with
+    nothing in the log. It is a reload: the daemon starts, and reloads once it runs."""
+    write_track("t", [{"id": "A", "command": "true"}])
+    state = tmp_path / "state"
+    store = Store.open(state, SystemClock())
+    attempt = store.begin_attempt(
+        TaskKey("t", "A"), TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l"
+    )
+    termed = tmp_path / "termed"
+    script = f"trap 'touch {termed}' TERM; while :; do sleep 0.05 2>/dev/null; done"
+    leftover = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        ticks = procs.process_start_ticks(leftover.pid)
+        store.record_process(attempt, "run", ["sh"], "/", leftover.pid, ticks, procs.boot_id())
+        store.close()
+        log = tmp_path / "daemon.log"
+        proc = ph.daemon(tracks_dir, state, log=log, kill_grace="3")
+        try:
+            ph.wait_for(termed.exists)  # recovery waits for the leftover to go
+            proc.send_signal(signal.SIGHUP)
+            ph.wait_for(lambda: proc.poll() is not None or "SIGHUP during" in log.read_text())
+            assert proc.poll() is None, log.read_text()
+            assert ph.stop(proc) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        leftover.kill()
+        leftover.wait(10)
