@@ -103,6 +103,8 @@ class Reloader:
         for problem in engine.problems:  # files not loaded at start-up (already reported)
             path = (Path.cwd() / problem.file).resolve()
             self._problems.setdefault(path, []).append(problem)
+        self._unloaded = set(self._problems)
+        """Files not loaded at start-up, there ever since (not put back: see :meth:`_adopt`)."""
         self._remember()
         memory.settle(keep=True)
 
@@ -222,6 +224,7 @@ class Reloader:
     def _gone(self, path: Path, name: str | None, *, definitive: bool) -> None:
         self.settle.clear(path)
         if name is None:
+            self._unloaded.discard(path)
             if self._problems.pop(path, None) is not None:
                 log.info("invalid queue file removed", file=queuefile.display_path(path))
             return
@@ -286,9 +289,22 @@ class Reloader:
         self._problems.pop(path, None)
         self._publish()
         engine.journal("track_added", name, file=definition.path)
-        self.writeback.start_fresh(name)
+        if not self._resumes(name, path):
+            self.writeback.start_fresh(name)
         await anyio.lowlevel.checkpoint()  # what the new track started begins first
         await self.writeback.sync(name)
+
+    def _resumes(self, name: str, path: Path) -> bool:
+        """Whether ``path``, valid now, is the file the daemon last wrote for ``name``, there
+        all along but not loaded at start-up (a save that did not read or validate then, the
+        daemon stopped or killed meanwhile): its statuses that differ from that write are a
+        person's orders, as in any save of the file; not a file put back, whose statuses give
+        way to the daemon's record."""
+        if path not in self._unloaded:
+            return False
+        self._unloaded.discard(path)
+        written = self.engine.store.written(name)
+        return written is not None and Path(written.path) == path
 
     def _invalid(self, path: Path, problems: list[Problem], version: FileId) -> None:
         wait = self.settle.wait(path, version)

@@ -7,6 +7,7 @@ random moments.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from orchestrator.model import Owned, Status, TaskKey
 from orchestrator.states import TaskState
 from orchestrator.store import Store
 
+from . import live_harness as lh
 from . import process_harness as ph
 from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
@@ -170,3 +172,34 @@ def test_sighup_during_start_up_does_not_end_the_daemon(
     finally:
         leftover.kill()
         leftover.wait(10)
+
+
+async def test_orders_in_the_fix_of_a_file_broken_at_start_up_are_orders(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The daemon stopped (or was killed) while a person's save of a queue file was broken;
+    it starts without that track. The save that fixes the file also says `pending` on a
+    complete task and `skipped` on a failed one: orders against the daemon's last write, as
+    any save of that file (they were taken for a file put back, the store's statuses written
+    over them, and lost)."""
+    path = write_track(
+        "t",
+        [
+            {"id": "A", "command": lh.note("A", tmp_path)},
+            {"id": "F", "command": "exit 3", "max_iterations": 1},
+        ],
+    )
+    assert (await run_once(tracks_dir)).code == 1
+    good = json.loads(path.read_text())
+    assert [t["status"] for t in good["features"]] == ["complete", "failed"]
+    lh.write_in_place(path, lh.dump(good)[:-5])  # a save cut short: not JSON
+    async with lh.live_daemon(tracks_dir) as live:
+        assert "t" not in live.engine.tracks
+        good["features"][0]["status"] = "pending"
+        good["features"][1]["status"] = "skipped"
+        lh.write_and_rename(path, lh.dump(good))
+        await live.until(lambda: "t" in live.engine.tracks)
+        await live.until(lambda: live.status("t:F") is Status.SKIPPED)
+        await live.until(lambda: lh.ledger(tmp_path) == ["A", "A"])
+        await live.until(lambda: live.status("t:A") is Status.COMPLETE)
+        await live.settled("t")
