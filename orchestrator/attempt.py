@@ -203,12 +203,22 @@ class _Log:
         os.close(self.fd)
 
 
+INTERRUPTED_MARK = "--- interrupted"
+
+
 def note_interrupted(path: str, reason: str) -> None:
     """End the log of an attempt cut short (an order, a stop, a killed daemon) with why, so its
     output is not taken for a whole run; the attempt that runs again under the same number
-    writes its own header after it. Best effort: the log may be gone."""
-    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as log:
-        log.write(f"--- interrupted: {reason}\n")
+    writes its own header after it. One cut short before its run wrote that header (while its
+    working tree was set up, say) says so: a log that ends with a note already, or is empty,
+    had nothing from it. Best effort: the log may be gone."""
+    with contextlib.suppress(OSError), open(path, "a+b") as log:
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(size - 4096, 0))
+        lines = log.read().splitlines()
+        before = not lines or lines[-1].startswith(INTERRUPTED_MARK.encode())
+        when = " before its run began" if before else ""
+        log.write(f"{INTERRUPTED_MARK}{when}: {reason}\n".encode("utf-8", "replace"))
 
 
 def trim_log(path: str, limit: int) -> bool:

@@ -19,6 +19,7 @@ import structlog.testing
 from orchestrator import procs, queuefile
 from orchestrator.clock import SystemClock
 from orchestrator.model import Owned, Status, TaskKey
+from orchestrator.recovery import recover
 from orchestrator.states import TaskState
 from orchestrator.store import Store
 
@@ -27,6 +28,7 @@ from . import process_harness as ph
 from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 from .daemon_harness import run_once
+from .fakes import FixedClock
 from .test_git_races import pause_at_ref_update
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +205,28 @@ async def test_orders_in_the_fix_of_a_file_broken_at_start_up_are_orders(
         await live.until(lambda: lh.ledger(tmp_path) == ["A", "A"])
         await live.until(lambda: live.status("t:A") is Status.COMPLETE)
         await live.settled("t")
+
+
+def test_an_attempt_killed_again_before_its_run_began_says_so_in_its_log(tmp_path: Path) -> None:
+    """Killed while the attempt run again was set up (waiting for its working tree, git
+    bringing it up to date), before its run wrote its header: the log said
+    `--- interrupted: ...` once per kill, line after line, as if each had output. Each such
+    note now says the run had not begun."""
+    log = tmp_path / "X.attempt-1.log"
+    log.write_text("=== t:X attempt 1 ===\n$ make\nhalf of the output\n")
+    store = Store.open(tmp_path / "state", FixedClock())
+    key, state = TaskKey("t", "X"), TaskState(Owned(status=Status.IN_PROGRESS))
+    for _ in range(3):  # the first run, then two runs again killed before their header
+        store.begin_attempt(key, state, 1, 1, str(log))
+        recover(store, grace=1.0)
+    never = tmp_path / "Y.attempt-1.log"  # killed before its first run wrote anything
+    store.begin_attempt(TaskKey("t", "Y"), state, 1, 1, str(never))
+    recover(store, grace=1.0)
+    why = "the daemon stopped (or was killed) during this attempt"
+    assert log.read_text().splitlines()[-4:] == [
+        "half of the output",
+        f"--- interrupted: {why}",
+        f"--- interrupted before its run began: {why}",
+        f"--- interrupted before its run began: {why}",
+    ]
+    assert never.read_text() == f"--- interrupted before its run began: {why}\n"
