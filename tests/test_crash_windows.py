@@ -8,7 +8,6 @@ random moments.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -29,7 +28,7 @@ from .agent_harness import git, make_repo, needs_git, write_config
 from .conftest import WriteTrack
 from .daemon_harness import run_once
 from .fakes import FixedClock
-from .test_git_races import pause_at_ref_update
+from .test_git_races import kill_at_ref_update
 
 pytestmark = pytest.mark.anyio
 
@@ -79,17 +78,8 @@ def test_a_verified_commit_made_before_a_kill_stays_when_the_run_again_differs(
     runs = tmp_path / "runs"
     command = f"echo x >> {runs}; echo run $(wc -l < {runs}) > a.txt"
     write_track("t", [{"id": "K", "command": command}], track={"workdir": "../repo"})
-    marker = tmp_path / "hook.pid"
-    pause_at_ref_update(repo, ref, marker)
     state = tmp_path / "state"
-    proc = ph.daemon(tracks_dir, state)
-    try:
-        ph.wait_for(marker.exists)
-    finally:
-        proc.kill()
-        proc.wait(10)
-    os.kill(int(marker.read_text()), signal.SIGKILL)
-    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+    kill_at_ref_update(repo, ref, tracks_dir, state, tmp_path / "hook.pid")
     first = git(repo, "log", "-1", "--format=%H", "--grep=^Task: K$", "--all")
     again = ph.start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr
@@ -119,16 +109,7 @@ def test_an_attempt_killed_twice_after_its_commit_counts_all_its_commits_as_its_
     write_track("t", [{"id": "K", "command": command}], track={"workdir": "../repo"})
     state = tmp_path / "state"
     for n in (1, 2):
-        marker = tmp_path / f"hook-{n}.pid"
-        pause_at_ref_update(repo, "refs/heads/main", marker)
-        proc = ph.daemon(tracks_dir, state)
-        try:
-            ph.wait_for(marker.exists)
-        finally:
-            proc.kill()
-            proc.wait(10)
-        os.kill(int(marker.read_text()), signal.SIGKILL)
-    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+        kill_at_ref_update(repo, "refs/heads/main", tracks_dir, state, tmp_path / f"hook-{n}.pid")
     assert git(repo, "show", "main:a.txt") == "run 2"
     again = ph.start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr

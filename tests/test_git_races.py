@@ -45,6 +45,20 @@ def pause_at_ref_update(repo: Path, ref: str, marker: Path, state: str = "commit
     hook.chmod(0o755)
 
 
+def kill_at_ref_update(repo: Path, ref: str, tracks_dir: Path, state: Path, marker: Path) -> None:
+    """Start the daemon, SIGKILL it (and the git waiting in the hook) once git has moved
+    ``ref`` (see :func:`pause_at_ref_update`), and take the hook away again."""
+    pause_at_ref_update(repo, ref, marker)
+    proc = ph.daemon(tracks_dir, state)
+    try:
+        ph.wait_for(marker.exists)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+
+
 @pytest.mark.parametrize(
     ("worktrees", "ref"),
     [
@@ -63,17 +77,8 @@ def test_a_daemon_killed_once_its_verified_commit_is_made_records_it_after_resta
     repo = make_repo(tmp_path / "repo")
     write_config(tmp_path, f"[git]\nworktrees = {str(worktrees).lower()}\n")
     write_track("t", [{"id": "K", "command": "echo done > a.txt"}], track={"workdir": "../repo"})
-    marker = tmp_path / "hook.pid"
-    pause_at_ref_update(repo, ref, marker)
     state = tmp_path / "state"
-    proc = ph.daemon(tracks_dir, state)
-    try:
-        ph.wait_for(marker.exists)
-    finally:
-        proc.kill()
-        proc.wait(10)
-    os.kill(int(marker.read_text()), signal.SIGKILL)
-    (repo / ".git" / "hooks" / "reference-transaction").unlink()
+    kill_at_ref_update(repo, ref, tracks_dir, state, tmp_path / "hook.pid")
     again = ph.start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr
     store = Store.open(state, SystemClock())
