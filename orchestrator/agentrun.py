@@ -19,6 +19,7 @@ uncommitted changes.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ from .errors import GitError
 from .gitattempt import GitAttempt, Outcome
 from .guardrails import Guardrails, NoTests
 from .model import TaskKey
+from .recovery import INTERRUPTED
 from .store import AttemptDetails, HoldRow, Spend
 from .worktrees import Tree, Trees
 
@@ -182,11 +184,23 @@ class AgentRuntime:
                 await anyio.lowlevel.checkpoint()
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
-            resumed = any(
-                a.number == number and a.state == "interrupted" for a in engine.store.attempts(key)
-            )
+            cut = [
+                a
+                for a in engine.store.attempts(key)
+                if a.number == number and a.state == "interrupted"
+            ]
             attempt = GitAttempt(
-                self.trees, tree, task, number, self.guardrails, scratch, stamp, resumed
+                self.trees,
+                tree,
+                task,
+                number,
+                self.guardrails,
+                scratch,
+                stamp,
+                resumed=bool(cut),
+                # by a daemon that died (recovery's reason) or stopped (another pid): not an
+                # order in this daemon's life, after which the person meant it to run again
+                after_stop=any(a.reason == INTERRUPTED or a.daemon_pid != os.getpid() for a in cut),
             )
             try:
                 notes = [*remade, *await attempt.begin()]

@@ -122,6 +122,12 @@ Note = Callable[[str], None]
 class Gate(Protocol):
     """Checks what a successful run changed, before verification (git: changes, guardrails)."""
 
+    @property
+    def verified(self) -> str | None:
+        """This attempt's PASS, verified and committed before the daemon stopped and not
+        recorded (git: the commit): recorded now, nothing is run again. None: run it."""
+        ...
+
     async def after_run(self, note: Note, what: str) -> AttemptResult | None:
         """None to go on to verification, or the attempt's verdict."""
         ...
@@ -376,6 +382,12 @@ async def _decide(
 ) -> AttemptResult:
     limit = plan.log_max_bytes
     resuming = bool(reattach)
+    if gate is not None and gate.verified is not None:
+        log.write(
+            f"--- PASS: verified and committed as {gate.verified[:12]} before the daemon stopped;"
+            " recorded now, not run again\n"
+        )
+        return AttemptResult(Verdict.PASS, None, 0)
     if plan.blocked is not None:
         log.write(f"--- BLOCKED: {plan.blocked}\n")
         return AttemptResult(Verdict.BLOCKED, plan.blocked, None, plan.blocked)

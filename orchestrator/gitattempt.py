@@ -15,11 +15,14 @@ so (a conflict blocks the task). Any other verdict keeps the changes on
 into the next commit.
 
 A daemon killed after git made an attempt's verified commit and before the store recorded the
-PASS leaves that commit at the tree's HEAD. The attempt runs again (at the same number) and
-finds it there (by its trailers): its changes count as the new run's, so that the same work is
-not "no changes", and a PASS with the same tree keeps that commit instead of making another;
-a PASS with another tree is committed on top of it (it may be merged already: replaced, it
-would conflict with itself at the merge).
+PASS leaves that commit at the tree's HEAD. The attempt, taken up again at the same number,
+finds it there (by its trailers). When the tree still holds exactly that commit's work, the
+PASS was decided already: it is recorded (and the commit merged, if it is not yet) without
+running anything again (:attr:`GitAttempt.verified`). Otherwise (the tree changed since) the
+attempt runs again and the commit's changes count as the new run's, so that the same work is
+not "no changes"; a PASS with the same tree keeps that commit instead of making another, a
+PASS with another tree is committed on top of it (it may be merged already: replaced, it would
+conflict with itself at the merge).
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class GitAttempt:
         scratch: Path,
         stamp: str,
         resumed: bool = False,
+        after_stop: bool = False,
     ) -> None:
         self.trees = trees
         self.tree = tree
@@ -106,9 +110,14 @@ class GitAttempt:
         self.stamp = stamp
         self.resumed = resumed
         """The task's attempt of this number was interrupted: it is run again."""
+        self.after_stop = after_stop
+        """It was interrupted by the end of the daemon that ran it (a stop, a kill), not by an
+        order since: a PASS it verified and committed then is recorded (:attr:`verified`)."""
         self.start: str | None = None
         self.adopted: str | None = None
         """This attempt's verified commit, made before an unclean stop (see the docstring)."""
+        self.verified: str | None = None
+        """:attr:`adopted`, when the tree holds exactly its work: a PASS to record, not to run."""
         self.t0 = gitwork.EMPTY_TREE
         self.t1: str | None = None
         self.changed: list[Change] = []
@@ -176,10 +185,6 @@ class GitAttempt:
         self.t0 = self._snapshot()
         if orphan is not None:
             self._adopt(orphan)
-            notes.append(
-                f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
-                "daemon stopped and never recorded: its changes count as this attempt's"
-            )
         if not tree.own:
             before = self._recorded_t0() if self.resumed else None
             if before is not None and before != self.t0:
@@ -189,6 +194,8 @@ class GitAttempt:
                     "stopped counts as this attempt's"
                 )
             self._record_t0()
+        if orphan is not None:
+            notes.append(self._check_verified(orphan) if self.after_stop else self._counted(orphan))
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
         notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
@@ -222,6 +229,27 @@ class GitAttempt:
         base = gitwork.tree_of(self.root, self.start)
         undone = gitwork.changes(self.root, gitwork.tree_of(self.root, orphan), base)
         self.t0 = gitwork.apply_changes(self.root, self.t0, base, undone, self.scratch)
+
+    def _check_verified(self, orphan: str) -> str:
+        """Whether the tree holds exactly the work of ``orphan`` (then :attr:`verified`, and
+        the changes are measured for good); the note for the attempt's log."""
+        self._measure()
+        if self.changed and self._tree_to_commit() == gitwork.tree_of(self.root, orphan):
+            self.verified = orphan
+            return (
+                f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
+                "daemon stopped and never recorded; the tree still holds exactly its work: its "
+                "PASS is recorded, nothing is run again"
+            )
+        self.t1, self.changed = None, []  # measured again after the run
+        return self._counted(orphan, "the tree changed since, so the attempt runs again and ")
+
+    @staticmethod
+    def _counted(orphan: str, why: str = "") -> str:
+        return (
+            f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before it was "
+            f"cut short and never recorded; {why}its changes count as this attempt's"
+        )
 
     @property
     def _t0_file(self) -> Path:
@@ -394,13 +422,7 @@ class GitAttempt:
         if not enabled and not self.tree.own:
             self._put_index_back()
             return None  # git.commit = false: the changes stay in the checkout
-        assert self.t1 is not None
-        base_tree = gitwork.tree_of(root, self.start)
-        tree = (
-            self.t1
-            if self.t0 == base_tree
-            else gitwork.apply_changes(root, base_tree, self.t1, self.changed, self.scratch)
-        )
+        tree = self._tree_to_commit()
         message = commit_message(self.task, self.number)
         env = gitwork.ident_env(self.tree.repo)
         parents = [self.start] if self.start else []
@@ -420,6 +442,14 @@ class GitAttempt:
             self._put_index_back()
             self._sync_index()
         return commit
+
+    def _tree_to_commit(self) -> str:
+        """The tree a PASS commits: the commit the attempt started from, with its changes."""
+        assert self.t1 is not None
+        base_tree = gitwork.tree_of(self.root, self.start)
+        if self.t0 == base_tree:
+            return self.t1
+        return gitwork.apply_changes(self.root, base_tree, self.t1, self.changed, self.scratch)
 
     def _follows(self) -> str:
         assert self.adopted is not None

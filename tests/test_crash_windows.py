@@ -64,15 +64,15 @@ async def test_the_temporary_file_of_a_killed_write_is_removed_at_the_next_start
         (False, "refs/heads/main"),  # committed in the checkout
     ],
 )
-def test_a_verified_commit_made_before_a_kill_stays_when_the_run_again_differs(
+def test_a_verified_commit_made_before_a_kill_is_recorded_not_run_again(
     worktrees: bool, ref: str, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     """SIGKILL right after git moved a branch to an attempt's verified commit, before the store
-    recorded the PASS; the attempt runs again after the restart and this time writes something
-    else (an agent seldom writes the same twice). That commit may be merged already: it must
-    stay in the history, with the second run's changes committed on top of it, not replaced by
-    a commit beside it (which then conflicts with it at the merge: the task was blocked, its
-    track stuck) nor taken off a branch that has it."""
+    recorded the PASS. The commit says the attempt passed (verification and gate first, then
+    the commit): after the restart that PASS is recorded, and the commit merged where it is not
+    yet, without running the command again. Run again, it would write something else (an agent
+    seldom writes the same twice), and a failing run again took the verified work back off the
+    branch, perhaps merged already."""
     repo = make_repo(tmp_path / "repo")
     write_config(tmp_path, f"[git]\nworktrees = {str(worktrees).lower()}\n")
     runs = tmp_path / "runs"
@@ -83,42 +83,16 @@ def test_a_verified_commit_made_before_a_kill_stays_when_the_run_again_differs(
     first = git(repo, "log", "-1", "--format=%H", "--grep=^Task: K$", "--all")
     again = ph.start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr
+    assert runs.read_text().count("x") == 1  # not run again
     store = Store.open(state, SystemClock())
     attempts = store.attempts(TaskKey("t", "K"))
     assert [(a.state, a.verdict) for a in attempts] == [("interrupted", None), ("finished", "PASS")]
-    commit = attempts[-1].details.commit_id
-    assert commit is not None
-    assert git(repo, "rev-parse", f"{commit}^") == first  # on top of the first, not beside it
-    assert git(repo, "merge-base", "--is-ancestor", commit, "main") == ""
-    assert git(repo, "show", "main:a.txt") == "run 2"
-    assert git(repo, "status", "--porcelain") == ""
-
-
-@needs_git
-def test_an_attempt_killed_twice_after_its_commit_counts_all_its_commits_as_its_own(
-    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
-) -> None:
-    """Killed after the verified commit (run 1), then after the commit on top of it (run 2);
-    the third run writes what the first did. Its changes are counted from before the first
-    of the attempt's commits: not "no changes" (against the second), so the attempt passes
-    at once and the commit on top puts back the first run's content."""
-    repo = make_repo(tmp_path / "repo")
-    write_config(tmp_path, "[git]\nworktrees = true\n")
-    runs = tmp_path / "runs"
-    command = f"echo x >> {runs}; echo run $((2 - $(wc -l < {runs}) % 2)) > a.txt"
-    write_track("t", [{"id": "K", "command": command}], track={"workdir": "../repo"})
-    state = tmp_path / "state"
-    for n in (1, 2):
-        kill_at_ref_update(repo, "refs/heads/main", tracks_dir, state, tmp_path / f"hook-{n}.pid")
-    assert git(repo, "show", "main:a.txt") == "run 2"
-    again = ph.start_once(tracks_dir, state)
-    assert again.returncode == 0, again.stderr
-    attempts = Store.open(state, SystemClock()).attempts(TaskKey("t", "K"))
-    assert [(a.number, a.verdict) for a in attempts] == [(1, None), (1, None), (1, "PASS")]
+    assert attempts[-1].details.commit_id == first
+    assert git(repo, "merge-base", "--is-ancestor", first, "main") == ""
     assert git(repo, "show", "main:a.txt") == "run 1"
-    assert git(repo, "log", "--format=%s", "main").splitlines()[:4] == [
-        "K: (no description)"
-    ] * 3 + ["first"]
+    assert git(repo, "status", "--porcelain") == ""
+    log = Path(attempts[-1].log_path).read_text()
+    assert f"--- PASS: verified and committed as {first[:12]} before the daemon stopped" in log
 
 
 def test_sighup_during_start_up_does_not_end_the_daemon(

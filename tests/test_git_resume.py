@@ -1,0 +1,135 @@
+"""An attempt taken up again that finds its own verified commit at HEAD (git, own worktree).
+
+The commit was made, and the daemon stopped before the store recorded the PASS. Cut short by
+the daemon's end, the PASS was decided: it is recorded as it is. Cut short by an order (a skip,
+then a retry), the person meant it to run again: it runs, and that commit's changes count as
+its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import config
+from orchestrator.attempt import AttemptResult
+from orchestrator.gitattempt import GitAttempt, commit_message
+from orchestrator.guardrails import Guardrails
+from orchestrator.model import TaskDef, TaskKey, Verdict
+from orchestrator.worktrees import Tree, Trees
+
+from .agent_harness import git, make_repo, needs_git
+
+pytestmark = [needs_git, pytest.mark.anyio]
+
+TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
+PASS = AttemptResult(Verdict.PASS, None, 0)
+
+
+async def _tree(tmp_path: Path, own: bool = True) -> tuple[Path, Trees, Tree]:
+    """A worktree of its own (two tracks share the repository), or the checkout itself."""
+    repo = make_repo(tmp_path / "repo", {"app.txt": "base\n"})
+    cfg = config.load(flags={"state_dir": str(tmp_path / "state")}, env={}, cwd=tmp_path)
+    trees = Trees(cfg)
+    workdirs = {"a": repo, "b": repo} if own else {"a": repo}
+    tree = await trees.prepare("a", repo, lambda: workdirs, "branch")
+    assert tree is not None
+    assert tree.own is own
+    return repo, trees, tree
+
+
+def _verified_commit(tree: Tree, text: str) -> str:
+    """What a killed daemon left: this attempt's PASS commit of ``text`` at the tree's HEAD."""
+    (tree.root / "app.txt").write_text(text)
+    git(tree.root, "commit", "-q", "-am", commit_message(TASK, 1))
+    return git(tree.root, "rev-parse", "HEAD")
+
+
+def _attempt(trees: Trees, tree: Tree, tmp_path: Path, *, after_stop: bool) -> GitAttempt:
+    return GitAttempt(
+        trees,
+        tree,
+        TASK,
+        1,
+        Guardrails.build([]),
+        tmp_path / "s.idx",
+        "STAMP",
+        resumed=True,
+        after_stop=after_stop,
+    )
+
+
+async def test_cut_short_by_the_daemons_end_its_pass_is_recorded(tmp_path: Path) -> None:
+    _, trees, tree = await _tree(tmp_path)
+    made = _verified_commit(tree, "done\n")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    notes = await attempt.begin()
+    assert attempt.verified == made
+    assert any("its PASS is recorded, nothing is run again" in note for note in notes)
+    outcome = await attempt.conclude(PASS, True)
+    assert outcome.result.verdict is Verdict.PASS
+    assert outcome.commit == made
+    assert outcome.files == ("app.txt",)
+    assert git(tree.root, "rev-parse", "HEAD") == made
+
+
+async def test_in_a_checkout_a_persons_other_edits_do_not_count(tmp_path: Path) -> None:
+    """A shared checkout holds a person's own uncommitted work too: edits of other files made
+    since do not make the tree differ from the commit's work."""
+    repo, trees, tree = await _tree(tmp_path, own=False)
+    made = _verified_commit(tree, "done\n")
+    (repo / "notes.txt").write_text("a person's notes\n")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    await attempt.begin()
+    assert attempt.verified == made
+    outcome = await attempt.conclude(PASS, True)
+    assert outcome.commit == made
+    assert (repo / "notes.txt").read_text() == "a person's notes\n"  # still there, not committed
+    assert git(repo, "show", f"{made}:app.txt") == "done"
+
+
+async def test_in_a_checkout_an_edit_of_its_work_since_runs_it_again(tmp_path: Path) -> None:
+    """The commit's own file changed since (a person, or a half-finished write): the tree no
+    longer holds exactly the verified work, so the attempt runs again, as before."""
+    repo, trees, tree = await _tree(tmp_path, own=False)
+    made = _verified_commit(tree, "done\n")
+    (repo / "app.txt").write_text("done, then changed\n")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    notes = await attempt.begin()
+    assert attempt.verified is None
+    assert attempt.adopted == made
+    assert any("the tree changed since, so the attempt runs again" in note for note in notes)
+
+
+async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(tmp_path: Path) -> None:
+    _, trees, tree = await _tree(tmp_path)
+    made = _verified_commit(tree, "run 1\n")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=False)
+    notes = await attempt.begin()
+    assert attempt.verified is None
+    assert attempt.adopted == made
+    assert any("its changes count as this attempt's" in note for note in notes)
+    (tree.root / "app.txt").write_text("run 2\n")  # the run again writes something else
+    outcome = await attempt.conclude(PASS, True)
+    assert outcome.commit is not None
+    assert git(tree.root, "rev-parse", f"{outcome.commit}^") == made  # on top: it stays
+    assert git(tree.root, "show", f"{outcome.commit}:app.txt") == "run 2"
+
+
+async def test_commits_of_the_attempt_stacked_count_from_before_the_first(tmp_path: Path) -> None:
+    """Cut short twice after its commit: a run again that writes what the first run did has
+    changes (against where the attempt started), not "no changes" (against its second commit)."""
+    _, trees, tree = await _tree(tmp_path)
+    base = git(tree.root, "rev-parse", "HEAD")
+    _verified_commit(tree, "run 1\n")
+    second = _verified_commit(tree, "run 2\n")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=False)
+    await attempt.begin()
+    assert attempt.start == base
+    (tree.root / "app.txt").write_text("run 1\n")
+    outcome = await attempt.conclude(PASS, True)
+    assert outcome.result.verdict is Verdict.PASS
+    assert outcome.commit is not None
+    assert git(tree.root, "rev-parse", f"{outcome.commit}^") == second
+    assert git(tree.root, "show", f"{outcome.commit}:app.txt") == "run 1"
