@@ -185,8 +185,13 @@ class GitAttempt:
         self.t0 = self._snapshot()
         if orphan is not None:
             self._adopt(orphan)
+            # Before the tree recorded when the first run began counts: that commit says what
+            # the attempt changed, and what else the checkout holds now (what verification
+            # left, a person's edits meanwhile) is not part of its work.
+            if self.after_stop:
+                notes.append(self._check_verified(orphan))
         if not tree.own:
-            before = self._recorded_t0() if self.resumed else None
+            before = self._recorded_t0() if self.resumed and self.verified is None else None
             if before is not None and before != self.t0:
                 self.t0 = before
                 notes.append(
@@ -194,8 +199,8 @@ class GitAttempt:
                     "stopped counts as this attempt's"
                 )
             self._record_t0()
-        if orphan is not None:
-            notes.append(self._check_verified(orphan) if self.after_stop else self._counted(orphan))
+        if orphan is not None and not self.after_stop:
+            notes.append(self._counted(orphan))
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
         notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")

@@ -95,6 +95,38 @@ def test_a_verified_commit_made_before_a_kill_is_recorded_not_run_again(
     assert f"--- PASS: verified and committed as {first[:12]} before the daemon stopped" in log
 
 
+@needs_git
+def test_a_verified_commit_in_a_checkout_is_recorded_whatever_else_the_checkout_holds(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """As above, in a shared checkout that holds more than the commit's work when the daemon
+    starts again: what verification left there (it ran after the changes were measured), and
+    a person's file written while the daemon was down. Neither is the attempt's work: the PASS
+    is recorded as it is, not run again (which also committed both files as the task's)."""
+    repo = make_repo(tmp_path / "repo")
+    write_config(tmp_path, "[git]\nworktrees = false\n")
+    runs = tmp_path / "runs"
+    command = f"echo x >> {runs}; echo run $(wc -l < {runs}) > a.txt"
+    task = {"id": "K", "command": command, "verify": "touch verified.out"}
+    write_track("t", [task], track={"workdir": "../repo"})
+    state = tmp_path / "state"
+    kill_at_ref_update(repo, "refs/heads/main", tracks_dir, state, tmp_path / "hook.pid")
+    first = git(repo, "rev-parse", "main")
+    (repo / "notes.txt").write_text("a person's notes\n")
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    assert runs.read_text().count("x") == 1  # not run again
+    attempts = Store.open(state, SystemClock()).attempts(TaskKey("t", "K"))
+    assert [a.verdict for a in attempts] == [None, "PASS"]
+    assert attempts[-1].details.commit_id == first
+    assert git(repo, "rev-parse", "main") == first
+    assert git(repo, "show", "--name-only", "--format=", first) == "a.txt"
+    assert sorted(git(repo, "status", "--porcelain").splitlines()) == [
+        "?? notes.txt",
+        "?? verified.out",
+    ]
+
+
 def test_sighup_during_start_up_does_not_end_the_daemon(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
