@@ -19,7 +19,6 @@ uncommitted changes.
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -41,7 +40,7 @@ from .errors import GitError
 from .gitattempt import GitAttempt, Outcome
 from .guardrails import Guardrails, NoTests
 from .model import TaskKey
-from .recovery import INTERRUPTED
+from .recovery import INTERRUPTED, STOPPED
 from .store import AttemptDetails, HoldRow, Spend
 from .worktrees import Tree, Trees
 
@@ -198,9 +197,11 @@ class AgentRuntime:
                 scratch,
                 stamp,
                 resumed=bool(cut),
-                # by a daemon that died (recovery's reason) or stopped (another pid): not an
-                # order in this daemon's life, after which the person meant it to run again
-                after_stop=any(a.reason == INTERRUPTED or a.daemon_pid != os.getpid() for a in cut),
+                # Each time by its daemon's end (a kill, recovery's reason; or a stop), never by
+                # an order, after which the person meant it to run again: a daemon's pid says
+                # nothing of that (an order, then a restart, then a retry), nor which of the
+                # cuts came after the commit.
+                after_stop=bool(cut) and all(a.reason in (INTERRUPTED, STOPPED) for a in cut),
             )
             try:
                 notes = [*remade, *await attempt.begin()]

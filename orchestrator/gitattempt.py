@@ -111,8 +111,8 @@ class GitAttempt:
         self.resumed = resumed
         """The task's attempt of this number was interrupted: it is run again."""
         self.after_stop = after_stop
-        """It was interrupted by the end of the daemon that ran it (a stop, a kill), not by an
-        order since: a PASS it verified and committed then is recorded (:attr:`verified`)."""
+        """Each time it was interrupted, by the end of the daemon that ran it (a stop, a kill),
+        never by an order: a PASS it verified and committed then is recorded (:attr:`verified`)."""
         self.start: str | None = None
         self.adopted: str | None = None
         """This attempt's verified commit, made before an unclean stop (see the docstring)."""

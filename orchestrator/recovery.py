@@ -34,6 +34,8 @@ from .store import AttemptRow, Store
 log = structlog.get_logger("orchestratord")
 
 INTERRUPTED = "the daemon stopped (or was killed) during this attempt"
+STOPPED = "the daemon stopped during the attempt"
+"""The reason of an attempt cut short by its daemon's orderly stop (no order for its task)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from .executors.base import Executor, RunInfo, RunSpec
 from .gitattempt import Outcome
 from .model import FOR_A_PERSON, Command, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
+from .recovery import STOPPED
 from .states import Event, TaskState, transition
 from .store import EventSpec
 
@@ -632,7 +633,7 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
         log.info("left running on the cluster", task=str(key), attempt_id=attempt_id)
         return
     state = engine.states.get(key)
-    reason = engine.cancel_reasons.get(key, "the daemon stopped during the attempt")
+    reason = engine.cancel_reasons.get(key, STOPPED)
     # In progress again for a loop queued behind this one (a new order): that loop's state.
     still_running = (
         state is not None and state.status is Status.IN_PROGRESS and not engine.loop_queued(key)

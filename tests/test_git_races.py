@@ -180,6 +180,74 @@ async def test_skip_then_retry_while_git_concludes_runs_the_task_again(
     )
 
 
+async def _skipped_while_git_commits(
+    tmp_path: Path, tracks_dir: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Task ``t:K`` (``command``) skipped while git committed its passing attempt, in a daemon
+    that then stopped: the commit stays at HEAD, the attempt was cut short by the order. The
+    queue file is returned with the task pending again (retried while no daemon ran)."""
+    held = lh.hold(monkeypatch, gitattempt.GitAttempt, "_commit")
+    path = tracks_dir / "t.json"
+    path.write_text(
+        lh.dump({"track": {"workdir": "../repo"}, "features": [{"id": "K", "command": command}]})
+    )
+    async with lh.live_daemon(tracks_dir) as live:
+        await live.until(held.entered.is_set)
+        live.engine.order(TaskKey("t", "K"), Event.ORDER_SKIP, "not now")
+        held.release.set()
+        await live.until(lambda: live.status("t:K") is Status.SKIPPED)
+        await live.until(lambda: not live.engine.busy())
+    monkeypatch.undo()
+    lh.set_status(path, "K", "pending")
+    return path
+
+
+async def test_skipped_while_git_commits_then_retried_after_a_restart_runs_again(
+    tmp_path: Path, tracks_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry comes to another daemon (another pid) than the one the skip cut the attempt
+    in: the person meant it to run again all the same, not to have the commit recorded."""
+    repo = make_repo(tmp_path / "repo")
+    await _skipped_while_git_commits(
+        tmp_path, tracks_dir, f"echo done > a.txt; {lh.note('K', tmp_path)}", monkeypatch
+    )
+    state = tmp_path / "state"
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    assert lh.ledger(tmp_path) == ["K", "K"]
+    attempts = Store.open(state, SystemClock()).attempts(TaskKey("t", "K"))
+    assert [(a.number, a.verdict) for a in attempts] == [(1, None), (1, "PASS")]
+    assert git(repo, "status", "--porcelain") == ""
+
+
+async def test_skipped_then_retried_and_killed_while_run_again_runs_again(
+    tmp_path: Path, tracks_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped while git committed, retried, and the run again was killed before it ended:
+    the last cut is the daemon's end, but the commit is from before the order, and the person
+    meant the attempt to run again: it does, not the commit recorded."""
+    make_repo(tmp_path / "repo")
+    started = tmp_path / "started"
+    ledger = tmp_path / "ledger"
+    command = (
+        f"{lh.note('K', tmp_path)}; "
+        f"if [ $(wc -l < {ledger}) -eq 2 ]; then touch {started}; sleep 60; fi; echo done > a.txt"
+    )
+    await _skipped_while_git_commits(tmp_path, tracks_dir, command, monkeypatch)
+    state = tmp_path / "state"
+    proc = ph.daemon(tracks_dir, state)
+    try:
+        ph.wait_for(started.exists)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    again = ph.start_once(tracks_dir, state)
+    assert again.returncode == 0, again.stderr
+    assert lh.ledger(tmp_path) == ["K", "K", "K"]
+    attempts = Store.open(state, SystemClock()).attempts(TaskKey("t", "K"))
+    assert [a.verdict for a in attempts] == [None, None, "PASS"]
+
+
 async def test_an_attempt_waiting_for_its_tree_does_not_start_once_the_track_is_paused(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
