@@ -133,3 +133,29 @@ async def test_commits_of_the_attempt_stacked_count_from_before_the_first(tmp_pa
     assert outcome.commit is not None
     assert git(tree.root, "rev-parse", f"{outcome.commit}^") == second
     assert git(tree.root, "show", f"{outcome.commit}:app.txt") == "run 1"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        commit_message(TASK, 2),  # another attempt of the task (a PASS recorded, then reopened)
+        commit_message(TaskDef(TaskKey("b", "T"), 0, 2, description="t"), 1),  # another track
+        commit_message(TaskDef(TaskKey("a", "U"), 0, 2, description="t"), 1),  # another task
+        commit_message(TASK, 1, "FAIL", "kept"),  # not a PASS
+    ],
+    ids=["attempt", "track", "task", "verdict"],
+)
+async def test_a_commit_at_head_that_is_not_this_attempts_pass_is_left_alone(
+    message: str, tmp_path: Path
+) -> None:
+    """Only this very attempt's PASS commit is taken for its own: another's at HEAD with the
+    tree holding its work must not be recorded as this attempt's PASS (nothing was run)."""
+    _, trees, tree = await _tree(tmp_path)
+    (tree.root / "app.txt").write_text("done\n")
+    git(tree.root, "commit", "-q", "-am", message)
+    head = git(tree.root, "rev-parse", "HEAD")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    await attempt.begin()
+    assert attempt.adopted is None
+    assert attempt.verified is None
+    assert attempt.start == head
