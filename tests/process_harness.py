@@ -66,6 +66,16 @@ def daemon(
         )
 
 
+def kill_when(tracks: Path, state: Path, ready: Callable[[], bool]) -> None:
+    """Start a daemon and SIGKILL it once ``ready()`` (what it started is left behind)."""
+    proc = daemon(tracks, state)
+    try:
+        wait_for(ready)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def stop(
     proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = DEADLINE
 ) -> int:

@@ -49,12 +49,7 @@ def kill_at_ref_update(repo: Path, ref: str, tracks_dir: Path, state: Path, mark
     """Start the daemon, SIGKILL it (and the git waiting in the hook) once git has moved
     ``ref`` (see :func:`pause_at_ref_update`), and take the hook away again."""
     pause_at_ref_update(repo, ref, marker)
-    proc = ph.daemon(tracks_dir, state)
-    try:
-        ph.wait_for(marker.exists)
-    finally:
-        proc.kill()
-        proc.wait(10)
+    ph.kill_when(tracks_dir, state, marker.exists)
     os.kill(int(marker.read_text()), signal.SIGKILL)
     (repo / ".git" / "hooks" / "reference-transaction").unlink()
 
@@ -235,12 +230,7 @@ async def test_skipped_then_retried_and_killed_while_run_again_runs_again(
     )
     await _skipped_while_git_commits(tmp_path, tracks_dir, command, monkeypatch)
     state = tmp_path / "state"
-    proc = ph.daemon(tracks_dir, state)
-    try:
-        ph.wait_for(started.exists)
-    finally:
-        proc.kill()
-        proc.wait(10)
+    ph.kill_when(tracks_dir, state, started.exists)
     again = ph.start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr
     assert lh.ledger(tmp_path) == ["K", "K", "K"]
