@@ -383,11 +383,14 @@ async def _decide(
     limit = plan.log_max_bytes
     resuming = bool(reattach)
     if gate is not None and gate.verified is not None:
-        log.write(
-            f"--- PASS: verified and committed as {gate.verified[:12]} before the daemon stopped;"
-            " recorded now, not run again\n"
+        # Said in the verdict's reason too: the journal, the terminal, the board and the
+        # notifications tell a PASS recorded from its commit from one that ran just now.
+        said = (
+            f"verified and committed as {gate.verified[:12]} before the daemon stopped;"
+            " recorded now, not run again"
         )
-        return AttemptResult(Verdict.PASS, None, 0)
+        log.write(f"--- PASS: {said}\n")
+        return AttemptResult(Verdict.PASS, said, 0)
     if plan.blocked is not None:
         log.write(f"--- BLOCKED: {plan.blocked}\n")
         return AttemptResult(Verdict.BLOCKED, plan.blocked, None, plan.blocked)

@@ -93,6 +93,8 @@ def test_a_verified_commit_made_before_a_kill_is_recorded_not_run_again(
     assert git(repo, "status", "--porcelain") == ""
     log = Path(attempts[-1].log_path).read_text()
     assert f"--- PASS: verified and committed as {first[:12]} before the daemon stopped" in log
+    assert attempts[-1].reason is not None
+    assert "not run again" in attempts[-1].reason  # the journal's attempt_finished says so too
 
 
 @needs_git
