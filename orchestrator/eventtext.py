@@ -92,8 +92,10 @@ def _budget(who: str, data: Data) -> str:
 def _config_reloaded(who: str, data: Data) -> str:
     changed = data.get("changed") or []
     later = data.get("at_restart") or []
-    text = f"configuration reloaded: {_names(changed)} changed"
-    return text + (f"; at the next start: {_names(later)}" if later else "")
+    now = f"{_names(changed)} changed" if changed else "nothing changes now"
+    return f"configuration reloaded: {now}" + (
+        f"; at the next start: {_names(later)}" if later else ""
+    )
 
 
 def _invalid_file(who: str, data: Data) -> str:

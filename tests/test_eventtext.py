@@ -171,3 +171,19 @@ def test_the_terminal_the_stream_and_notifications_say_the_same() -> None:
     assert line.plain == sent["text"]
     task_row = EventRow(8, "2026-11-26T04:40:01+00:00", 2.0, "task_blocked", TASK, {}, "backend")
     assert message(task_row)["text"] == "backend:PROVIDER-013 is BLOCKED"
+
+
+def test_a_reload_that_changes_nothing_now_says_so() -> None:
+    said = eventtext.sentence("config_reloaded", None, {"changed": [], "at_restart": ["state_dir"]})
+    assert said == "configuration reloaded: nothing changes now; at the next start: state_dir"
+
+
+def test_notifications_say_the_sentence_the_event_carries() -> None:
+    from orchestrator.control.notify import environment, payload
+
+    row = EventRow(9, "2026-11-26T06:20:00+00:00", 3.0, "task_blocked", TASK, {}, "backend")
+    sent = message(row)
+    assert payload(sent)["text"] == sent["text"] == "backend:PROVIDER-013 is BLOCKED"
+    assert environment(sent)["ORCHESTRATORD_EVENT_SUMMARY"] == sent["text"]
+    older = {k: v for k, v in sent.items() if k != "text"}  # queued by an older daemon
+    assert payload(older)["text"] == sent["text"]

@@ -73,9 +73,15 @@ class _Queue:
             self.items.popleft()
 
 
+def _text(event: dict[str, Any]) -> str:
+    """The event's sentence: the one it carries (:func:`.events.message`), else made now."""
+    text = event.get("text")
+    return text if isinstance(text, str) and text else summary(event)
+
+
 def payload(event: dict[str, Any]) -> dict[str, Any]:
     """What a webhook receives: the event, a sentence, and who sent it."""
-    return {**event, "text": summary(event), "source": f"orchestratord {__version__}"}
+    return {**event, "text": _text(event), "source": f"orchestratord {__version__}"}
 
 
 def environment(event: dict[str, Any]) -> dict[str, str]:
@@ -84,7 +90,7 @@ def environment(event: dict[str, Any]) -> dict[str, str]:
     env.update(
         ORCHESTRATORD_EVENT=event["type"],
         ORCHESTRATORD_EVENT_JSON=orjson.dumps(event).decode(),
-        ORCHESTRATORD_EVENT_SUMMARY=summary(event),
+        ORCHESTRATORD_EVENT_SUMMARY=_text(event),
         ORCHESTRATORD_EVENT_SEQ=str(event["seq"]),
         ORCHESTRATORD_EVENT_AT=event["at"],
         ORCHESTRATORD_EVENT_TRACK=event.get("track") or "",
