@@ -122,34 +122,41 @@ def user_changes(task: Mapping[str, JSON], base: Base) -> UserChanges:
         for name in OWNED_FIELDS
         if not same(name, task.get(name, ABSENT), base.get(name, ABSENT))
     }
-    if changed and rewound(task, base):
-        return REWOUND
+    if not changed:
+        return NO_CHANGES
     ordered: Status | None = None
     not_order: str | None = None
     if "status" in changed:
         changed.discard("status")
         raw = task.get("status", ABSENT)
-        status = STATUS_ALIASES.get(raw.strip().lower()) if isinstance(raw, str) else None
+        status = _status(raw)
         if raw is ABSENT:
             pass  # the user deleted the field: the daemon writes it again
         elif status is not None and status in ORDER_STATUSES:
             ordered = status
         else:
             not_order = str(raw)
+    if rewound(task, base, ordered is not None):
+        return REWOUND
     return UserChanges(ordered, not_order, frozenset(changed))
+
+
+def _status(raw: JSON) -> Status | None:
+    """A status as a file spells it (any case, an old alias), or None."""
+    return STATUS_ALIASES.get(raw.strip().lower()) if isinstance(raw, str) else None
 
 
 NO_CHANGES = UserChanges()
 REWOUND = UserChanges(rewound=True)
 
 
-def rewound(task: Mapping[str, JSON], base: Base) -> bool:
+def rewound(task: Mapping[str, JSON], base: Base, ordered: bool) -> bool:
     """Whether a task shows an older attempt than the daemon last wrote into it: an earlier
     ``last_attempt`` (none counts as the earliest), or fewer ``attempts`` unless its status
-    is changed to an order and ``last_attempt`` left as it was. An older version of the file
-    was put back (``git checkout`` or ``git stash`` of the tracks directory, a backup, an
-    editor's undo), which nobody means as orders: a person changes a status, not the record
-    of the attempts the daemon made.
+    is changed to an order (``ordered``) and ``last_attempt`` left as it was. An older version
+    of the file was put back (``git checkout`` or ``git stash`` of the tracks directory, a
+    backup, an editor's undo), which nobody means as orders: a person changes a status, not
+    the record of the attempts the daemon made.
 
     Fewer ``attempts`` with the same ``last_attempt`` is what the daemon writes only while an
     attempt runs (``in_progress``, not an order); with a status that is an order it is a
@@ -157,17 +164,8 @@ def rewound(task: Mapping[str, JSON], base: Base) -> bool:
     last, written = task.get("last_attempt", ABSENT), base.get("last_attempt", ABSENT)
     if _earlier(last, written):
         return True
-    retried = same("last_attempt", last, written) and _ordered(
-        task.get("status", ABSENT), base.get("status", ABSENT)
-    )
+    retried = ordered and same("last_attempt", last, written)
     return not retried and _fewer(task.get("attempts", ABSENT), base.get("attempts", ABSENT))
-
-
-def _ordered(now: JSON, written: JSON) -> bool:
-    """Whether a status is changed to one that is an order."""
-    if not isinstance(now, str) or same("status", now, written):
-        return False
-    return STATUS_ALIASES.get(now.strip().lower()) in ORDER_STATUSES
 
 
 def _fewer(now: JSON, written: JSON) -> bool:
