@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,23 +285,16 @@ def end_leftovers(
     seconds, then SIGKILL. With no boot id (recorded or current: not Linux), or a different
     one, nothing is provable and nothing is done. Blocking: call it from a thread.
     """
-    return end_groups({pgid: not_before_ticks}, boot, grace)
-
-
-def end_groups(groups: Mapping[int, int | None], boot: str | None, grace: float) -> list[int]:
-    """As :func:`end_leftovers`, for several groups (group id -> ``not_before_ticks``) at once:
-    all get SIGTERM, then share one grace period, so that ending many takes no longer than
-    ending one."""
-    ended = end_recorded([(pgid, first, boot) for pgid, first in groups.items()], grace)
-    return sorted(pid for pids in ended.values() for pid in pids)
+    return end_recorded([(pgid, not_before_ticks, boot)], grace).get(pgid, [])
 
 
 def end_recorded(
     groups: Iterable[tuple[int, int | None, str | None]], grace: float
 ) -> dict[int, list[int]]:
     """As :func:`end_leftovers`, for the groups of several records at once (each its group id,
-    ``not_before_ticks`` and boot id): all get SIGTERM, then share one grace period. Group id
-    -> the pids ended in it; a group where nothing was provably the record's is absent."""
+    ``not_before_ticks`` and boot id): all get SIGTERM, then share one grace period, so that
+    ending many takes no longer than ending one. Group id -> the pids ended in it; a group
+    where nothing was provably the record's is absent."""
     current = boot_id()
     if current is None:
         return {}

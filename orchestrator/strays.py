@@ -60,8 +60,10 @@ def end(match: Match, grace: float, done: Collection[int] = ()) -> list[int]:
     """End the process groups holding a process whose launch marker ``match`` accepts (SIGTERM
     to all, one ``grace`` period for all, SIGKILL); return the pids ended. ``done``: groups
     ended already. Blocking: call it from a worker thread."""
-    found = {pgid: first for pgid, first in procs.find_marked(match).items() if pgid not in done}
-    return procs.end_groups(found, procs.boot_id(), grace) if found else []
+    boot = procs.boot_id()
+    found = [(g, first, boot) for g, first in procs.find_marked(match).items() if g not in done]
+    ended = procs.end_recorded(found, grace) if found else {}
+    return sorted(pid for pids in ended.values() for pid in pids)
 
 
 def of_daemon(store_id: str, daemon_pid: int, keep: Collection[int] = ()) -> Match:
