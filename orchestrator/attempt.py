@@ -328,21 +328,13 @@ async def _end_strays(
     marker = spec.env.get(procs.LAUNCH_VAR)
     if plan.remote is not None or marker is None or not procs.ENVIRON_READABLE:
         return
-    if not _cut_short(info) and strays.held_elsewhere(log.fd) is False:
+    if not info.cut_short and strays.held_elsewhere(log.fd) is False:
         return
     ended = await anyio.to_thread.run_sync(strays.end, marker.__eq__, plan.kill_grace)
     if ended:
         name = plan.what if role == "run" else role.replace("verify", "verification command")
         pids = ("pids " if len(ended) > 1 else "pid ") + ", ".join(map(str, ended))
         log.write(f"--- ended what the {name} left running: {pids}\n")
-
-
-def _cut_short(info: RunInfo) -> bool:
-    """Whether a run was ended from outside (a timeout, an order, the daemon stopping, a
-    signal), not by its own exit."""
-    if info.state is RunState.EXITED:
-        return info.exit_code is not None and info.exit_code < 0
-    return info.state in (RunState.TIMED_OUT, RunState.CANCELLED, RunState.LOST)
 
 
 async def run_attempt(

@@ -50,6 +50,10 @@ class QueueFile:
         return self.track is not None and not any(p.is_error for p in self.problems)
 
 
+TEMP_SUFFIX = ".tmp"
+"""The end of the names of the temporary files a write makes next to the file it replaces."""
+
+
 def display_path(path: Path, base: Path | None = None) -> str:
     """``path`` relative to ``base`` (default: the working directory) when inside it."""
     base = base or Path.cwd()
@@ -170,9 +174,6 @@ def _prepare(path: Path, text: str | bytes) -> tuple[str, FileId]:
         raise
     # A rename keeps inode, size and modification time: this is the id the file will have.
     return tmp_name, (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-TEMP_SUFFIX = ".tmp"
 
 
 def remove_leftover_temps(path: Path) -> list[Path]:

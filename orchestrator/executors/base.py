@@ -101,6 +101,14 @@ class RunInfo:
         return self.state is RunState.EXITED and self.exit_code == 0
 
     @property
+    def cut_short(self) -> bool:
+        """Ended from outside (a timeout, an order, the daemon stopping, a signal), not by its
+        own exit: whatever clean-up it had did not run."""
+        if self.state is RunState.EXITED:
+            return self.exit_code is not None and self.exit_code < 0
+        return self.state in (RunState.TIMED_OUT, RunState.CANCELLED, RunState.LOST)
+
+    @property
     def duration(self) -> float | None:
         if self.started is None or self.ended is None:
             return None
