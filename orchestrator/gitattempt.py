@@ -189,7 +189,7 @@ class GitAttempt:
             # the attempt changed, and what else the checkout holds now (what verification
             # left, a person's edits meanwhile) is not part of its work.
             if self.after_stop:
-                notes.append(self._check_verified(orphan))
+                self._check_verified(orphan)
         if not tree.own:
             before = self._recorded_t0() if self.resumed and self.verified is None else None
             if before is not None and before != self.t0:
@@ -199,8 +199,8 @@ class GitAttempt:
                     "stopped counts as this attempt's"
                 )
             self._record_t0()
-        if orphan is not None and not self.after_stop:
-            notes.append(self._counted(orphan))
+        if orphan is not None:
+            notes.append(self._orphan_note(orphan))
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
         notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
@@ -235,26 +235,30 @@ class GitAttempt:
         undone = gitwork.changes(self.root, gitwork.tree_of(self.root, orphan), base)
         self.t0 = gitwork.apply_changes(self.root, self.t0, base, undone, self.scratch)
 
-    def _check_verified(self, orphan: str) -> str:
-        """Whether the tree holds exactly the work of ``orphan`` (then :attr:`verified`, and
-        the changes are measured for good); the note for the attempt's log."""
+    def _check_verified(self, orphan: str) -> None:
+        """:attr:`verified` when the tree holds exactly the work of ``orphan`` (its changes
+        then measured for good; else measured again after the run)."""
         self._measure()
         if self.changed and self._tree_to_commit() == gitwork.tree_of(self.root, orphan):
             self.verified = orphan
-            return (
-                f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
-                "daemon stopped and never recorded; the tree still holds exactly its work: its "
-                "PASS is recorded, nothing is run again"
-            )
-        self.t1, self.changed = None, []  # measured again after the run
-        return self._counted(orphan, "the tree changed since, so the attempt runs again and ")
+        else:
+            self.t1, self.changed = None, []
 
-    @staticmethod
-    def _counted(orphan: str, why: str = "") -> str:
-        return (
+    def _orphan_note(self, orphan: str) -> str:
+        """What the attempt's log says of its own commit found at HEAD."""
+        found = (
             f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before it was "
-            f"cut short and never recorded; {why}its changes count as this attempt's"
+            "cut short and never recorded; "
         )
+        if self.verified is not None:
+            then = (
+                "the tree still holds exactly its work: its PASS is recorded, nothing is run again"
+            )
+        elif self.after_stop:
+            then = "the tree changed since, so the attempt runs again; its changes count as its own"
+        else:
+            then = "its changes count as this attempt's"
+        return found + then
 
     @property
     def _t0_file(self) -> Path:
@@ -459,8 +463,8 @@ class GitAttempt:
     def _follows(self) -> str:
         assert self.adopted is not None
         return (
-            f"The attempt ran again after the daemon stopped before recording its verified "
-            f"commit {self.adopted[:12]}; this commit holds what the run again changed since."
+            f"The attempt ran again after it was cut short before its verified commit "
+            f"{self.adopted[:12]} was recorded; this commit holds what the run again changed."
         )
 
     def _sync_index(self) -> None:
