@@ -94,8 +94,8 @@ async def _floor(
                 ORCHESTRATORD_TRACK=key.track,
                 ORCHESTRATORD_ATTEMPT="1",
                 ORCHESTRATORD_FAILURE_FILE=str(logs / f"{key.id}.last-failure.txt"),
-                ORCHESTRATORD_LAUNCH=f"floor.{os.getpid()}.{attempt_id}",
             )
+            env[procs.LAUNCH_VAR] = procs.launch_marker("floor", os.getpid(), attempt_id)
             pid = spawn.spawn(command, str(root), env, stdin, log)
             if pid is None:
                 raise RuntimeError("posix_spawn is not usable here")
