@@ -33,6 +33,10 @@ WRITTEN = {"status": "complete", "attempts": 2, "last_attempt": "2026-11-25T08:3
         {**WRITTEN, "attempts": 1},  # the same status: what the daemon wrote comes back too
         # fewer attempts, an order, and a last attempt not the daemon's (another format)
         {**WRITTEN, "status": "pending", "attempts": 0, "last_attempt": "2026-11-25T09:00:00"},
+        # no last attempt is the earliest, even with an order and as many attempts
+        {**WRITTEN, "status": "pending", "last_attempt": None},
+        {"status": "complete", "last_attempt": WRITTEN["last_attempt"]},  # no count is 0
+        {**WRITTEN, "attempts": None},
     ],
 )
 def test_an_older_attempt_than_the_daemon_wrote_is_a_version_put_back(
@@ -57,6 +61,23 @@ def test_a_status_changed_with_the_same_or_a_later_attempt_is_an_order(
     change = merge.user_changes(on_disk, WRITTEN)
     assert not change.rewound
     assert change.ordered_status is order
+
+
+@pytest.mark.parametrize(
+    ("on_disk", "not_an_order", "fields"),
+    [
+        ({**WRITTEN, "status": "failed"}, "failed", frozenset()),  # as many attempts: not older
+        ({**WRITTEN, "error": "see the log"}, None, frozenset({"error"})),
+        ({**WRITTEN, "attempts": 3, "passes": 1}, None, frozenset({"attempts", "passes"})),
+    ],
+)
+def test_other_changes_with_as_many_attempts_are_not_a_version_put_back(
+    on_disk: dict[str, Any], not_an_order: str | None, fields: frozenset[str]
+) -> None:
+    change = merge.user_changes(on_disk, WRITTEN)
+    assert not change.rewound
+    assert change.not_an_order == not_an_order
+    assert change.fields == fields
 
 
 def test_a_version_put_back_takes_the_daemons_values_in_every_field() -> None:
