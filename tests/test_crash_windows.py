@@ -44,6 +44,7 @@ async def test_the_temporary_file_of_a_killed_write_is_removed_at_the_next_start
     half = path.parent / ".t.json.k1ll3d9x.tmp"
     half.write_text('{"features": [{"id": "A", "sta')
     mine = [path.parent / ".notes.tmp", path.parent / ".t.json.tmp", path.parent / "t.json.bak"]
+    mine += [path.parent / ".t.json.old-notes.tmp", path.parent / ".notes.md.k1ll3d9x.tmp"]
     for other in mine:
         other.write_text("someone else's")
     with structlog.testing.capture_logs() as logs:
