@@ -156,6 +156,8 @@ def test_sighup_during_start_up_does_not_end_the_daemon(
             proc.send_signal(signal.SIGHUP)
             ph.wait_for(lambda: proc.poll() is not None or "SIGHUP during" in log.read_text())
             assert proc.poll() is None, log.read_text()
+            # ... and the reload it asked for is done once the daemon runs
+            ph.wait_for(lambda: "config reloaded" in log.read_text().partition("SIGHUP during")[2])
             assert ph.stop(proc) == 0
         finally:
             if proc.poll() is None:
