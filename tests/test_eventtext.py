@@ -187,3 +187,7 @@ def test_notifications_say_the_sentence_the_event_carries() -> None:
     assert environment(sent)["ORCHESTRATORD_EVENT_SUMMARY"] == sent["text"]
     older = {k: v for k, v in sent.items() if k != "text"}  # queued by an older daemon
     assert payload(older)["text"] == sent["text"]
+    # The sentence it carries, not one made again now (another version's wording, say).
+    then = {**sent, "text": "backend:PROVIDER-013 is BLOCKED, as said when it happened"}
+    assert payload(then)["text"] == then["text"]
+    assert environment(then)["ORCHESTRATORD_EVENT_SUMMARY"] == then["text"]
