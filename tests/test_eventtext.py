@@ -66,6 +66,7 @@ SAMPLES: dict[str, tuple[TaskKey | str | None, dict[str, Any]]] = {
 def test_every_kind_has_a_sentence_of_its_own() -> None:
     assert set(SAMPLES) == set(EVENT_TYPES)
     assert [kind for kind in EVENT_TYPES if not eventtext.worded(kind)] == []
+    assert not eventtext.worded("something_new")
 
 
 @pytest.mark.parametrize("kind", EVENT_TYPES)
@@ -137,6 +138,12 @@ def test_some_sentences_word_for_word() -> None:
     assert said("config_reloaded") == (
         "configuration reloaded: max_parallel changed; at the next start: state_dir"
     )
+    assert said("queue_file_invalid") == (
+        "not applied: backend.json: $: not JSON (+1 more); the last good version stays in force"
+    )
+    assert eventtext.sentence("config_invalid", None, {"problems": ["a", "b", "c"]}) == (
+        "configuration not reloaded: a (+2 more); the settings in force stay"
+    )
     assert eventtext.sentence("something_new", "backend", {}) == "backend: something new"
 
 
@@ -158,6 +165,22 @@ def test_the_terminal_says_a_task_accepted_by_order_is_complete() -> None:
     ordered = _event_line("task_complete", TASK, {"reason": "accept ordered", "by": "order"})
     assert ordered is not None
     assert ordered.plain == "backend:PROVIDER-013 is complete: accept ordered"
+
+
+def test_the_terminal_shows_what_matters_in_bold_and_colour() -> None:
+    failed = _event_line("task_failed", *SAMPLES["task_failed"])
+    assert failed is not None
+    assert failed.style == "bold red"
+    other = _event_line("worktree_removed", *SAMPLES["worktree_removed"])
+    assert other is not None
+    assert other.style == "dim"
+    finished = _event_line("attempt_finished", *SAMPLES["attempt_finished"])
+    assert finished is not None
+    assert finished.plain == "backend:PROVIDER-013 attempt 2: FAIL  tests fail"
+    assert [(finished.plain[s.start : s.end], s.style) for s in finished.spans] == [
+        ("FAIL", "red"),
+        ("  tests fail", "dim"),
+    ]
 
 
 def test_the_terminal_the_stream_and_notifications_say_the_same() -> None:
