@@ -100,6 +100,11 @@ async def test_in_a_checkout_an_edit_of_its_work_since_runs_it_again(tmp_path: P
     assert attempt.verified is None
     assert attempt.adopted == made
     assert any("the tree changed since, so the attempt runs again" in note for note in notes)
+    (repo / "app.txt").write_text("run again\n")  # what it commits is what the run again wrote
+    outcome = await attempt.conclude(PASS, True)
+    assert outcome.commit is not None
+    assert git(repo, "rev-parse", f"{outcome.commit}^") == made
+    assert git(repo, "show", f"{outcome.commit}:app.txt") == "run again"
 
 
 async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(tmp_path: Path) -> None:
@@ -115,6 +120,8 @@ async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(tmp_path
     assert outcome.commit is not None
     assert git(tree.root, "rev-parse", f"{outcome.commit}^") == made  # on top: it stays
     assert git(tree.root, "show", f"{outcome.commit}:app.txt") == "run 2"
+    message = " ".join(git(tree.root, "log", "-1", "--format=%B", outcome.commit).split())
+    assert f"cut short before its verified commit {made[:12]}" in message  # says why on top
 
 
 async def test_commits_of_the_attempt_stacked_count_from_before_the_first(tmp_path: Path) -> None:
