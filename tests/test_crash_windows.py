@@ -199,6 +199,30 @@ async def test_orders_in_the_fix_of_a_file_broken_at_start_up_are_orders(
         await live.settled("t")
 
 
+async def test_a_file_broken_at_start_up_then_removed_and_saved_again_is_a_file_put_back(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """As above, but the broken file is removed before a file is saved there again: that is
+    no longer the file the daemon last wrote (a version put back, a copy from elsewhere), so
+    its statuses give way to the daemon's record, as for any file put back."""
+    path = write_track("t", [{"id": "A", "command": lh.note("A", tmp_path)}])
+    assert (await run_once(tracks_dir)).code == 0
+    good = json.loads(path.read_text())
+    lh.write_in_place(path, lh.dump(good)[:-5])  # a save cut short: not JSON
+    async with lh.live_daemon(tracks_dir, watch=False) as live:
+        assert "t" not in live.engine.tracks
+        path.unlink()
+        assert live.control.reload is not None
+        await live.control.reload()
+        good["features"][0]["status"] = "pending"
+        lh.write_and_rename(path, lh.dump(good))
+        await live.control.reload()
+        assert "t" in live.engine.tracks
+        await live.settled("t")
+        assert live.status("t:A") is Status.COMPLETE
+    assert lh.ledger(tmp_path) == ["A"]
+
+
 def test_an_attempt_killed_again_before_its_run_began_says_so_in_its_log(tmp_path: Path) -> None:
     """Killed while the attempt run again was set up (waiting for its working tree, git
     bringing it up to date), before its run wrote its header: the log said
