@@ -223,6 +223,31 @@ async def test_a_file_broken_at_start_up_then_removed_and_saved_again_is_a_file_
     assert lh.ledger(tmp_path) == ["A"]
 
 
+async def test_a_file_broken_at_start_up_elsewhere_than_the_daemon_wrote_is_a_file_put_back(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The same track's file in another place than the daemon last wrote it (the tracks
+    directory moved, a copy), not loaded at start-up: fixed, it is not the daemon's own
+    last write either, and its statuses give way to the daemon's record."""
+    path = write_track("t", [{"id": "A", "command": lh.note("A", tmp_path)}])
+    state = tmp_path / "state"
+    assert (await run_once(tracks_dir, state)).code == 0
+    good = json.loads(path.read_text())
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    lh.write_in_place(moved / "t.json", lh.dump(good)[:-5])  # a save cut short: not JSON
+    async with lh.live_daemon(moved, state, watch=False) as live:
+        assert "t" not in live.engine.tracks
+        good["features"][0]["status"] = "pending"
+        lh.write_and_rename(moved / "t.json", lh.dump(good))
+        assert live.control.reload is not None
+        await live.control.reload()
+        assert "t" in live.engine.tracks
+        await live.settled("t")
+        assert live.status("t:A") is Status.COMPLETE
+    assert lh.ledger(tmp_path) == ["A"]
+
+
 def test_an_attempt_killed_again_before_its_run_began_says_so_in_its_log(tmp_path: Path) -> None:
     """Killed while the attempt run again was set up (waiting for its working tree, git
     bringing it up to date), before its run wrote its header: the log said
