@@ -167,6 +167,10 @@ def test_a_dead_daemons_strays_are_ended_at_start(tmp_path: Path) -> None:
     key = TaskKey("t", "X")
     attempt = store.begin_attempt(key, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
     store.finish_attempt(attempt, key, TaskState(Owned(status=Status.COMPLETE)), "PASS", None, 0)
+    # An attempt whose run goes on on a cluster (re-attached to): what carries its marker stays.
+    running = TaskState(Owned(status=Status.IN_PROGRESS))
+    remote = store.begin_attempt(TaskKey("t", "R"), running, 1, 1, "l")
+    store.record_process(remote, "run", ["sh"], "/", None, None, None, executor="ray", run_id="r")
     dead = dead_pid()
     seconds = unique_seconds()
     children = {
@@ -179,15 +183,17 @@ def test_a_dead_daemons_strays_are_ended_at_start(tmp_path: Path) -> None:
             "stray": procs.launch_marker(store.store_id, dead, attempt),
             "live daemon": procs.launch_marker(store.store_id, os.getpid(), attempt),
             "other store": procs.launch_marker("0123456789abcdef", dead, attempt),
+            "remote run": procs.launch_marker(store.store_id, dead, remote),
         }.items()
     }
     try:
-        wait_for(lambda: len(sleeping(seconds)) == 3)
+        wait_for(lambda: len(sleeping(seconds)) == 4)
         result = recover(store, grace=2.0)
         assert result.processes_ended == (children["stray"].pid,)
         children["stray"].wait(10)
         assert alive(children["live daemon"].pid)
         assert alive(children["other store"].pid)
+        assert alive(children["remote run"].pid)
     finally:
         for child in children.values():
             child.kill()
