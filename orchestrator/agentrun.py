@@ -40,7 +40,7 @@ from .errors import GitError
 from .gitattempt import GitAttempt, Outcome
 from .guardrails import Guardrails, NoTests
 from .model import TaskKey
-from .recovery import INTERRUPTED, STOPPED
+from .recovery import DAEMON_ENDS
 from .store import AttemptDetails, HoldRow, Spend
 from .worktrees import Tree, Trees
 
@@ -201,7 +201,7 @@ class AgentRuntime:
                 # an order, after which the person meant it to run again: a daemon's pid says
                 # nothing of that (an order, then a restart, then a retry), nor which of the
                 # cuts came after the commit.
-                after_stop=bool(cut) and all(a.reason in (INTERRUPTED, STOPPED) for a in cut),
+                after_stop=bool(cut) and all(a.reason in DAEMON_ENDS for a in cut),
             )
             try:
                 notes = [*remade, *await attempt.begin()]

@@ -36,6 +36,10 @@ log = structlog.get_logger("orchestratord")
 INTERRUPTED = "the daemon stopped (or was killed) during this attempt"
 STOPPED = "the daemon stopped during the attempt"
 """The reason of an attempt cut short by its daemon's orderly stop (no order for its task)."""
+STOPPING = "the daemon is stopping"
+"""The reason of an attempt the orderly stop ended at the end of its grace period."""
+DAEMON_ENDS = (INTERRUPTED, STOPPED, STOPPING)
+"""The reasons of an attempt cut short by its daemon's end, not by an order."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from .model import Status, TaskKey
 from .placement import Placement, Resume, reattach
 from .progress import Progress
 from .reconfigure import ConfigReloader
-from .recovery import recover
+from .recovery import STOPPING, recover
 from .retention import LogRetention
 from .sdnotify import NotifyService
 from .states import TaskState
@@ -311,7 +311,7 @@ async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg:
                     await _until_not_busy(engine)
                     tg.cancel_scope.cancel()
         for key in engine.running_keys():
-            engine.cancel_running(key, "the daemon is stopping")
+            engine.cancel_running(key, STOPPING)
         await _until_not_busy(engine)
         await _end_strays(engine, cfg)
         await writeback.flush()
