@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,58 @@ def test_cards_move_as_tasks_change_and_buttons_use_the_token(
 def _paused_in_file(path: Path) -> bool:
     section = json.loads(path.read_text()).get("track")
     return isinstance(section, dict) and section.get("paused") is True
+
+
+def test_a_reconnect_after_a_restart_brings_only_what_was_missed_with_its_own_time(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The board's EventSource reconnects to the same address; the daemon replays after its
+    ``Last-Event-ID``, not after the address's ``since``, and the feed stamps each event with
+    when it happened, not with when the browser got it."""
+    from playwright.sync_api import sync_playwright
+
+    gate = tmp_path / "gate"
+    write_track("t", [{"id": "A", "command": f"while [ ! -e {gate} ]; do sleep 0.05; done"}])
+    state = tmp_path / "state"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    proc = daemon(tracks_dir, state, "--http", address)
+    try:
+        wait_for((state / api.INFO_NAME).exists)
+        token = (state / api.TOKEN_NAME).read_text().strip()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"http://{address}/#token={token}")
+                page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
+                gate.touch()
+                page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+                page.wait_for_selector("#link.down", timeout=WAIT_MS)
+                proc = daemon(tracks_dir, state, "--http", address)
+                started = "#feed div:has-text('orchestratord started')"
+                page.wait_for_selector(started, timeout=WAIT_MS)
+                page.wait_for_selector("#link:not(.down)", timeout=WAIT_MS)
+                feed = page.inner_text("#feed")
+                assert feed.count("track t is complete") == 1, feed
+                logged = [
+                    json.loads(line)
+                    for line in (state / api.EVENTS_LOG_NAME).read_text().splitlines()
+                ]
+                at = [e["at"] for e in logged if e["type"] == "daemon_started"][-1]
+                shown = page.get_attribute(f"{started} time", "datetime", timeout=2000)
+                assert shown is not None
+                gap = datetime.fromisoformat(shown) - datetime.fromisoformat(at)
+                assert abs(gap) < timedelta(milliseconds=1), (shown, at)
+            finally:
+                browser.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0

@@ -233,7 +233,9 @@ class Handlers:
                 await self.ctx.closing.wait()
 
     async def events(self, request: Request) -> Response:
-        since_text = request.query_params.get("since") or request.headers.get("last-event-id")
+        # A browser's EventSource reconnects to the same address (its ``since``) and says in
+        # ``Last-Event-ID`` what it already has: that is the newer of the two.
+        since_text = request.headers.get("last-event-id") or request.query_params.get("since")
         since = int(since_text) if since_text and since_text.isdigit() else None
         return StreamingResponse(
             self._event_stream(since),
