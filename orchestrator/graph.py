@@ -55,7 +55,10 @@ class TrackSpec:
         nodes = []
         for node in self.tasks:
             status = status_of(node.key)
-            nodes.append(node if status is None else replace(node, status=status))
+            if status is None or status is node.status:  # most of them: no copy to make
+                nodes.append(node)
+            else:
+                nodes.append(replace(node, status=status))
         return replace(self, tasks=tuple(nodes))
 
 

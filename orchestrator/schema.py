@@ -583,7 +583,7 @@ def _tasks(
             memo.turn()
             return _read_tasks(track, list_key, raw, problem)  # problems named at their place
         for index, task in zip(misses, fresh, strict=True):
-            found[index] = replace(task, index=index)
+            found[index] = task if task.index == index else replace(task, index=index)
     tasks: list[TaskDef] = []
     for index, (key, known) in enumerate(zip(keys, found, strict=True)):
         assert known is not None
