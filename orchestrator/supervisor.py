@@ -19,7 +19,8 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import FrameType
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -105,9 +106,21 @@ class _EarlyHangup:
 
     def __init__(self) -> None:
         self.seen = False
+        self._installed = False
+        self._before: Callable[[int, FrameType | None], Any] | int | None = None
 
     def install(self) -> None:
-        signal.signal(signal.SIGHUP, self._note)
+        self._before = signal.signal(signal.SIGHUP, self._note)
+        self._installed = True
+
+    def remove(self) -> None:
+        """Put back the handler found before. The event loop, when it stops handling SIGHUP,
+        leaves the default, which would end a program that runs the daemon and goes on."""
+        if self._installed:
+            # None: set outside Python; the default is the closest there is to put back.
+            before = signal.SIG_DFL if self._before is None else self._before
+            signal.signal(signal.SIGHUP, before)
+            self._installed = False
 
     def _note(self, signum: int, frame: object) -> None:
         self.seen = True
@@ -266,6 +279,7 @@ async def serve(
         _log_stopped(engine, code)
         return code
     finally:
+        hangup.remove()
         store.close()
         lock.release()
 

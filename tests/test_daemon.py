@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,13 @@ from orchestrator.attempt import AttemptPlan
 from orchestrator.clock import SystemClock
 from orchestrator.daemon import Engine
 from orchestrator.errors import AlreadyRunningError
+from orchestrator.executors.local import LocalExecutor
 from orchestrator.model import TaskKey
 from orchestrator.store import Store
-from orchestrator.supervisor import Control
+from orchestrator.supervisor import Control, serve
 
 from .conftest import WriteTrack
-from .daemon_harness import run_once
+from .daemon_harness import run_once, settings
 from .live_harness import ledger, live_daemon, note
 from .process_harness import wait_for
 
@@ -674,3 +676,22 @@ async def test_a_defect_while_the_daemon_stops_leaves_the_task_for_the_next_star
         assert live.engine.states[key].status.value == "pending"
         (attempt,) = live.engine.store.attempts(key)
         assert attempt.state == "interrupted"
+
+
+async def test_the_daemon_leaves_sighup_as_it_found_it(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The start-up SIGHUP guard is put back when the daemon returns: a SIGHUP afterwards
+    reaches the handler the embedding program had, not the daemon's note."""
+    write_track("t", [{"id": "A", "command": "true"}])
+    got: list[int] = []
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: got.append(signum))
+    try:
+        cfg = settings(tracks_dir, tracks_dir.parent / "state")
+        async with LocalExecutor(cfg.settings.kill_grace) as executor:
+            assert await serve(cfg, executor, once=True, handle_signals=True) == 0
+        os.kill(os.getpid(), signal.SIGHUP)
+        await anyio.sleep(0.05)
+        assert got == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, before)
