@@ -297,7 +297,7 @@ def _track_table(track: Mapping[str, Any]) -> Table:
     trigger = track["trigger"]
     if trigger:
         if trigger["holds"]:
-            notes.append(f"trigger holds: start_after {', '.join(trigger['refs'])}")
+            notes.append(f"trigger fired: start_after {', '.join(trigger['refs'])}")
         else:
             notes.append(f"waiting for trigger: {', '.join(trigger['waiting_on'])}")
     for item in track["running"]:

@@ -188,6 +188,19 @@ def test_status_table_renders(tracks_dir: Path, write_track: WriteTrack) -> None
     assert "ONLY" in out
 
 
+def test_status_says_whether_a_trigger_still_waits_or_has_fired(
+    tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("a", [{"id": "GO"}])
+    write_track("b", [{"id": "X"}], track={"start_after": ["a:GO"]})
+    _, out, _ = run("status", "--tracks", str(tracks_dir))
+    assert "waiting for trigger: a:GO" in out
+    write_track("a", [{"id": "GO", "status": "complete"}])
+    _, out, _ = run("status", "--tracks", str(tracks_dir))
+    assert "trigger fired: start_after a:GO" in out
+    assert "waiting for trigger" not in out
+
+
 def test_python_dash_m_works() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator", "validate", str(REPO / "tracks")],
