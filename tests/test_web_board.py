@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +17,9 @@ from orchestrator.control import api
 
 from .conftest import WriteTrack
 from .process_harness import daemon, wait_for
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 20_000
@@ -25,6 +31,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@contextlib.contextmanager
+def browser_page() -> Iterator[Page]:
+    """A page of a headless chromium, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
 def cell(track: str, column: str, ref: str) -> str:
     return f'.cell[data-track="{track}"][data-column="{column}"] .card[data-ref="{ref}"]'
 
@@ -32,8 +54,6 @@ def cell(track: str, column: str, ref: str) -> str:
 def test_cards_move_as_tasks_change_and_buttons_use_the_token(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     gate = tmp_path / "gate"
     write_track(
         "t",
@@ -52,39 +72,31 @@ def test_cards_move_as_tasks_change_and_buttons_use_the_token(
         wait_for((state / api.INFO_NAME).exists)
         url = json.loads((state / api.INFO_NAME).read_text())["http"]
         token = (state / api.TOKEN_NAME).read_text().strip()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            try:
-                page = browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(f"{url}#token={token}")
-                page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
-                assert page.locator(cell("t", "pending", "t:B")).count() == 1
-                # The token left the address bar for the tab's storage.
-                assert "token" not in page.url
+        with browser_page() as page:
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}#token={token}")
+            page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
+            assert page.locator(cell("t", "pending", "t:B")).count() == 1
+            # The token left the address bar for the tab's storage.
+            assert "token" not in page.url
 
-                gate.touch()  # the task completes: its card moves, pushed over SSE
-                page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
-                page.wait_for_selector(cell("t", "complete", "t:B"), timeout=WAIT_MS)
-                assert page.locator(cell("t", "in_progress", "t:A")).count() == 0
-                # The feed says what happened in the daemon's own words (``text``).
-                page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
+            gate.touch()  # the task completes: its card moves, pushed over SSE
+            page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
+            page.wait_for_selector(cell("t", "complete", "t:B"), timeout=WAIT_MS)
+            assert page.locator(cell("t", "in_progress", "t:A")).count() == 0
+            # The feed says what happened in the daemon's own words (``text``).
+            page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
 
-                page.click('.card[data-ref="t:A"]')  # a card opens its attempts and log tail
-                page.wait_for_selector("aside pre.log:has-text('--- PASS')", timeout=WAIT_MS)
-                assert "started" in page.inner_text("aside pre.log")
-                assert "finished" in page.inner_text("aside table")
+            page.click('.card[data-ref="t:A"]')  # a card opens its attempts and log tail
+            page.wait_for_selector("aside pre.log:has-text('--- PASS')", timeout=WAIT_MS)
+            assert "started" in page.inner_text("aside pre.log")
+            assert "finished" in page.inner_text("aside table")
 
-                page.click('.lane[data-track="t"] button')  # pause the lane, with the token
-                page.wait_for_selector('.lane[data-track="t"] .note.paused', timeout=WAIT_MS)
-                wait_for(lambda: _paused_in_file(tracks_dir / "t.json"))
-                assert errors == []
-            finally:
-                browser.close()
+            page.click('.lane[data-track="t"] button')  # pause the lane, with the token
+            page.wait_for_selector('.lane[data-track="t"] .note.paused', timeout=WAIT_MS)
+            wait_for(lambda: _paused_in_file(tracks_dir / "t.json"))
+            assert errors == []
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -101,8 +113,6 @@ def test_a_reconnect_after_a_restart_brings_only_what_was_missed_with_its_own_ti
     """The board's EventSource reconnects to the same address; the daemon replays after its
     ``Last-Event-ID``, not after the address's ``since``, and the feed stamps each event with
     when it happened, not with when the browser got it."""
-    from playwright.sync_api import sync_playwright
-
     gate = tmp_path / "gate"
     write_track("t", [{"id": "A", "command": f"while [ ! -e {gate} ]; do sleep 0.05; done"}])
     state = tmp_path / "state"
@@ -114,37 +124,28 @@ def test_a_reconnect_after_a_restart_brings_only_what_was_missed_with_its_own_ti
     try:
         wait_for((state / api.INFO_NAME).exists)
         token = (state / api.TOKEN_NAME).read_text().strip()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            try:
-                page = browser.new_page()
-                page.goto(f"http://{address}/#token={token}")
-                page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
-                gate.touch()
-                page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(20) == 0
-                page.wait_for_selector("#link.down", timeout=WAIT_MS)
-                proc = daemon(tracks_dir, state, "--http", address)
-                started = "#feed div:has-text('orchestratord started')"
-                page.wait_for_selector(started, timeout=WAIT_MS)
-                page.wait_for_selector("#link:not(.down)", timeout=WAIT_MS)
-                feed = page.inner_text("#feed")
-                assert feed.count("track t is complete") == 1, feed
-                logged = [
-                    json.loads(line)
-                    for line in (state / api.EVENTS_LOG_NAME).read_text().splitlines()
-                ]
-                at = [e["at"] for e in logged if e["type"] == "daemon_started"][-1]
-                shown = page.get_attribute(f"{started} time", "datetime", timeout=2000)
-                assert shown is not None
-                gap = datetime.fromisoformat(shown) - datetime.fromisoformat(at)
-                assert abs(gap) < timedelta(milliseconds=1), (shown, at)
-            finally:
-                browser.close()
+        with browser_page() as page:
+            page.goto(f"http://{address}/#token={token}")
+            page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
+            gate.touch()
+            page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            page.wait_for_selector("#link.down", timeout=WAIT_MS)
+            proc = daemon(tracks_dir, state, "--http", address)
+            started = "#feed div:has-text('orchestratord started')"
+            page.wait_for_selector(started, timeout=WAIT_MS)
+            page.wait_for_selector("#link:not(.down)", timeout=WAIT_MS)
+            feed = page.inner_text("#feed")
+            assert feed.count("track t is complete") == 1, feed
+            logged = [
+                json.loads(line) for line in (state / api.EVENTS_LOG_NAME).read_text().splitlines()
+            ]
+            at = [e["at"] for e in logged if e["type"] == "daemon_started"][-1]
+            shown = page.get_attribute(f"{started} time", "datetime", timeout=2000)
+            assert shown is not None
+            gap = datetime.fromisoformat(shown) - datetime.fromisoformat(at)
+            assert abs(gap) < timedelta(milliseconds=1), (shown, at)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
