@@ -90,6 +90,12 @@ class Session:
     def gate(self) -> Gate | None:
         return self.git
 
+    @property
+    def settled(self) -> bool:
+        """A re-attached attempt whose runs are over: its verified commit is at HEAD
+        (:attr:`GitAttempt.settled`). It is taken up again as a new attempt, not run here."""
+        return self.git is not None and self.git.settled is not None
+
     async def conclude(self, result: AttemptResult) -> Outcome:
         if self.git is None:
             return Outcome(result)
@@ -147,8 +153,12 @@ class AgentRuntime:
     # ------------------------------------------------------------------ attempts
 
     @asynccontextmanager
-    async def attempt(self, key: TaskKey, number: int) -> AsyncIterator[Session]:
-        """The attempt's tree, held for the whole attempt."""
+    async def attempt(
+        self, key: TaskKey, number: int, reattached: bool = False
+    ) -> AsyncIterator[Session]:
+        """The attempt's tree, held for the whole attempt. ``reattached``: an attempt the last
+        daemon left running on a cluster, whose runs are attached to again (cut short by that
+        daemon's end, as far as its git side is concerned)."""
         engine = self.engine
         task, track = engine.settings_for(key)
         git = self.settings.git
@@ -196,12 +206,13 @@ class AgentRuntime:
                 self.guardrails,
                 scratch,
                 stamp,
-                resumed=bool(cut),
+                resumed=bool(cut) or reattached,
                 # Each time by its daemon's end (a kill, recovery's reason; or a stop), never by
                 # an order, after which the person meant it to run again: a daemon's pid says
                 # nothing of that (an order, then a restart, then a retry), nor which of the
                 # cuts came after the commit.
                 after_stop=bool(cut) and all(a.reason in DAEMON_ENDS for a in cut),
+                reattached=reattached,
             )
             try:
                 notes = [*remade, *await attempt.begin()]

@@ -23,6 +23,13 @@ attempt runs again and the commit's changes count as the new run's, so that the 
 not "no changes"; a PASS with the same tree keeps that commit instead of making another, a
 PASS with another tree is committed on top of it (it may be merged already: replaced, it would
 conflict with itself at the merge).
+
+An attempt on a cluster whose runs the daemon left going when it ended is *re-attached* by the
+next daemon: its runs may still be working in the tree, so nothing there is touched, and it goes
+on from the tree and commit its first begin recorded. Unless its verified commit is at HEAD,
+made after it began (:attr:`GitAttempt.settled`): its runs were all over then, there is nothing
+to attach to, and the attempt is taken up again as one cut short by the daemon's end, which
+finds that commit as above.
 """
 
 from __future__ import annotations
@@ -80,6 +87,17 @@ def trailers(key: TaskKey, verdict: str, attempts: int) -> str:
     return f"Task: {key.id}\nTrack: {key.track}\nVerification: {verdict}\nAttempts: {attempts}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """What an attempt's first begin recorded (see :attr:`GitAttempt._t0_file`)."""
+
+    t0: str
+    full: bool = False
+    """The commits are recorded too (a daemon of an older version recorded the tree only)."""
+    start: str | None = None
+    adopted: str | None = None
+
+
 def _listed(changes: list[Change]) -> str:
     names = [c.path for c in changes[:SHOWN]]
     more = f" (+{len(changes) - SHOWN} more)" if len(changes) > SHOWN else ""
@@ -100,6 +118,7 @@ class GitAttempt:
         stamp: str,
         resumed: bool = False,
         after_stop: bool = False,
+        reattached: bool = False,
     ) -> None:
         self.trees = trees
         self.tree = tree
@@ -113,6 +132,13 @@ class GitAttempt:
         self.after_stop = after_stop
         """Each time it was interrupted, by the end of the daemon that ran it (a stop, a kill),
         never by an order: a PASS it verified and committed then is recorded (:attr:`verified`)."""
+        self.reattached = reattached
+        """Its runs were left going on a cluster when the daemon ended, and are attached to
+        again: the tree is as they left it, or as they are leaving it."""
+        self.settled: str | None = None
+        """Re-attached: its verified commit, at HEAD, made after it began. Its runs were over
+        then: the attempt is cut short by the daemon's end and taken up again as a new one of
+        the same number (which finds that commit), not attached to; nor concluded here."""
         self.start: str | None = None
         self.adopted: str | None = None
         """This attempt's verified commit, made before an unclean stop (see the docstring)."""
@@ -165,6 +191,8 @@ class GitAttempt:
     def _begin(self) -> list[str]:
         self._clear_locks()
         notes = [f"git: {found.describe()}" for found in self.locks]
+        if self.reattached:
+            return self._rejoin(notes)
         tree = self.tree
         if tree.own:
             dirty = gitwork.dirty_files(self.root)
@@ -198,12 +226,48 @@ class GitAttempt:
                     "git: what this attempt's first run changed in the checkout before the daemon "
                     "stopped counts as this attempt's"
                 )
-            self._record_t0()
+        self._record_t0()
         if orphan is not None:
             notes.append(self._orphan_note(orphan))
+        notes.append(self._where())
+        return notes
+
+    def _where(self) -> str:
+        tree = self.tree
         where = "own worktree" if tree.own else "checkout"
         at = self.start[:12] if self.start else "no commit yet"
-        notes.append(f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}")
+        return f"git: {where} {self.root} on {tree.branch or 'a detached HEAD'} at {at}"
+
+    def _rejoin(self, notes: list[str]) -> list[str]:
+        """Begin a re-attached attempt (:attr:`reattached`): nothing in the tree is touched,
+        since its runs may still work there (no leftovers kept, no reset, no update from the
+        base branch, the index copy of its first begin kept); it goes on from what its first
+        begin recorded. Or it is :attr:`settled`."""
+        orphan = self._unrecorded_commit()
+        first = self._recorded()
+        if orphan is not None and (first is None or not first.full or orphan != first.adopted):
+            # Made after the attempt began (not the commit its first begin found and adopted):
+            # by its own PASS, once every run of it had ended. (No full record, from a daemon of
+            # an older version: the commit of the window of a kill is by far the likelier.)
+            self.settled = orphan
+            notes.append(
+                f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
+                "daemon ended and never recorded; its runs on the cluster were over: the attempt "
+                "is taken up again"
+            )
+            return notes
+        if first is not None and first.full:
+            self.t0, self.start, self.adopted = first.t0, first.start, first.adopted
+        else:
+            self.start = gitwork.head(self.root)
+            if first is not None:
+                self.t0 = first.t0
+            elif self.tree.own:  # (made clean at HEAD by its first begin)
+                self.t0 = gitwork.tree_of(self.root, self.start)
+            else:
+                self.t0 = self._snapshot()
+            self._record_t0()
+        notes.append(self._where())
         return notes
 
     def _unrecorded_commit(self) -> str | None:
@@ -262,24 +326,38 @@ class GitAttempt:
 
     @property
     def _t0_file(self) -> Path:
-        """In a checkout, the tree before the attempt, until it ends: an attempt cut short
-        (the daemon stopped) and run again counts what its first run changed as its own, not
-        as the user's changes from before."""
+        """The tree before the attempt, the commit it started from and the commit of its own
+        it adopted, until it ends: in a checkout, an attempt cut short (the daemon stopped) and
+        run again counts what its first run changed as its own, not as the user's changes from
+        before; a re-attached attempt goes on from there (:meth:`_rejoin`)."""
         return self.scratch.with_suffix(".t0")
 
     def _record_t0(self) -> None:
         key = self.task.key
-        self._t0_file.write_text(f"{key.id}\n{self.number}\n{self.t0}\n", encoding="utf-8")
+        lines = [key.id, str(self.number), self.t0, self.start or "", self.adopted or ""]
+        self._t0_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def _recorded_t0(self) -> str | None:
+    def _recorded(self) -> _Recorded | None:
+        """What this attempt's first begin recorded (None: nothing, or another attempt's)."""
         try:
             lines = self._t0_file.read_text(encoding="utf-8").splitlines()
         except OSError:
             return None
-        if len(lines) != 3 or lines[:2] != [self.task.key.id, str(self.number)]:
+        if len(lines) not in (3, 5) or lines[:2] != [self.task.key.id, str(self.number)]:
             return None
         found = gitwork.run(self.root, "cat-file", "-e", f"{lines[2]}^{{tree}}", check=False)
-        return lines[2] if found.returncode == 0 else None
+        if found.returncode != 0:
+            return None
+        if len(lines) == 3:  # (a daemon of an older version recorded the tree only)
+            return _Recorded(lines[2])
+        start, adopted = lines[3] or None, lines[4] or None
+        if any(c is not None and gitwork.commit_of(self.root, c) != c for c in (start, adopted)):
+            return _Recorded(lines[2])  # (gone since: pruned)
+        return _Recorded(lines[2], True, start, adopted)
+
+    def _recorded_t0(self) -> str | None:
+        first = self._recorded()
+        return None if first is None else first.t0
 
     @property
     def _kept_index(self) -> Path:

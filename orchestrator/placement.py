@@ -243,6 +243,14 @@ class Placement:
         """Whether a cut-short attempt stays running for the next daemon (detached)."""
         return self.detached and attempt_id in self.store.remote_attempts()
 
+    def close_runs(self, attempt_id: int) -> None:
+        """Close the records of an attempt's remote runs that the last daemon left open, once
+        they are known to be over and are not attached to again; their exit status unknown
+        (as recovery closes a dead daemon's local ones). They go with the next commit."""
+        for row in self.store.processes(attempt_id):
+            if row.ended_at is None and row.executor != LOCAL:
+                self.store.end_process(row.id, None)
+
     def resumable(self) -> dict[TaskKey, Resume]:
         """The attempts the last daemon left running on clusters."""
         found: dict[TaskKey, Resume] = {}

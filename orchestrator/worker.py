@@ -11,7 +11,9 @@ iteration.
 
 Attempts on a cluster (:mod:`orchestrator.placement`) are the exception when the daemon
 stops: their runs go on, the attempt stays running, and the next daemon resumes the Ralph
-loop with that attempt (``run_task(..., resume=...)``), re-attaching to its runs.
+loop with that attempt (``run_task(..., resume=...)``), re-attaching to its runs; unless git
+had committed its verified work before the daemon was killed: its runs were over, and it is cut
+short like a local attempt, for the next one to find that commit.
 
 Around each attempt :mod:`agentrun` gives the track's working tree and the attempt's git side
 (changes, guardrails, the commit or the kept ref), checks budgets afterwards, and holds the
@@ -20,6 +22,7 @@ agent's tracks when it reports its usage limit (that attempt is interrupted, not
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from dataclasses import dataclass, replace
@@ -46,7 +49,7 @@ from .executors.base import Executor, RunInfo, RunSpec
 from .gitattempt import Outcome
 from .model import FOR_A_PERSON, Command, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
-from .recovery import STOPPED
+from .recovery import INTERRUPTED, STOPPED
 from .states import Event, TaskState, transition
 from .store import EventSpec
 
@@ -434,7 +437,11 @@ async def run_task(engine: Engine, key: TaskKey, resume: Resume | None = None) -
                     resume = None
                 else:
                     current = _begin(engine, key, budget, failure)
-                plan, outcome = await _run_in_tree(engine, runtime, key, current, failure)
+                ran = await _run_in_tree(engine, runtime, key, current, failure)
+                if ran is None:  # re-attached, its runs over: the next attempt takes it up
+                    current = None
+                    continue
+                plan, outcome = ran
                 current = _rebased(engine, key, current)
                 result = outcome.result
                 details = runtime.details(plan, outcome)
@@ -508,13 +515,19 @@ async def _run_in_tree(
     key: TaskKey,
     current: _Attempt,
     failure: str,
-) -> tuple[AttemptPlan, Outcome]:
-    """Run the attempt in its working tree, where the track's runs go; git has its say."""
-    async with runtime.attempt(key, current.number) as session:
+) -> tuple[AttemptPlan, Outcome] | None:
+    """Run the attempt in its working tree, where the track's runs go; git has its say.
+
+    None: a re-attached attempt whose runs were over (:attr:`agentrun.Session.settled`), now
+    cut short (:func:`_runs_over`)."""
+    async with runtime.attempt(key, current.number, bool(current.reattach)) as session:
         # Finding the tree may have waited on a thread, which no cancellation interrupts: one
         # that came meanwhile (the task removed from its file) takes effect here, before the
         # task's definition is read.
         await anyio.lowlevel.checkpoint_if_cancelled()
+        if session.settled:
+            _runs_over(engine, key, current, session.notes)
+            return None
         plan = plan_attempt(
             engine,
             key,
@@ -539,6 +552,23 @@ async def _run_in_tree(
         finally:
             engine.watch_log(plan.log_path, False)
         return plan, await session.conclude(result)
+
+
+def _runs_over(engine: Engine, key: TaskKey, current: _Attempt, notes: tuple[str, ...]) -> None:
+    """A re-attached attempt whose runs were over (its verified commit found at HEAD) is cut
+    short by the last daemon's end, as a local attempt is by recovery: the attempt that follows,
+    of the same number, finds the commit (recorded then, or run again). The records of its runs
+    that daemon left open are closed with it, their exit status unknown (all ended before that
+    commit was made: nothing of them runs on the cluster)."""
+    placement = engine.placement
+    if placement is not None:
+        placement.close_runs(current.id)
+    engine.store.interrupt_attempts([current.id], {}, INTERRUPTED)
+    path = engine.log_path(key, current.number)
+    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as log_file:
+        log_file.writelines(f"{line}\n" for line in notes)
+    note_interrupted(path, INTERRUPTED)
+    log.info("re-attached attempt's runs were over", task=str(key), attempt=current.number)
 
 
 def _rebased(engine: Engine, key: TaskKey, current: _Attempt) -> _Attempt:

@@ -1,0 +1,122 @@
+"""The git side of an attempt re-attached after a daemon's end (its runs on a cluster went on).
+
+Its runs may still work in the tree: nothing there is touched when it is taken up again, and
+what they changed before the restart is theirs. Its own verified commit found at HEAD, made
+after it began, means its runs were over: it is ``settled``, not attached to. A commit of the
+attempt that its first begin had found already (the daemon killed twice) is not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import config
+from orchestrator.attempt import AttemptResult
+from orchestrator.gitattempt import GitAttempt, commit_message
+from orchestrator.guardrails import Guardrails
+from orchestrator.model import TaskDef, TaskKey, Verdict
+from orchestrator.worktrees import Tree, Trees
+
+from .agent_harness import git, make_repo, needs_git
+
+pytestmark = [needs_git, pytest.mark.anyio]
+
+TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
+PASS = AttemptResult(Verdict.PASS, None, 0)
+
+
+async def _tree(tmp_path: Path, own: bool) -> tuple[Path, Trees, Tree]:
+    repo = make_repo(tmp_path / "repo", {"app.txt": "base\n"})
+    cfg = config.load(flags={"state_dir": str(tmp_path / "state")}, env={}, cwd=tmp_path)
+    trees = Trees(cfg)
+    workdirs = {"a": repo, "b": repo} if own else {"a": repo}
+    tree = await trees.prepare("a", repo, lambda: workdirs, "branch")
+    assert tree is not None
+    assert tree.own is own
+    return repo, trees, tree
+
+
+def _attempt(
+    trees: Trees, tree: Tree, tmp_path: Path, *, resumed: bool = False, reattached: bool = False
+) -> GitAttempt:
+    return GitAttempt(
+        trees,
+        tree,
+        TASK,
+        1,
+        Guardrails.build([]),
+        tmp_path / "s.idx",
+        "STAMP",
+        resumed=resumed or reattached,
+        reattached=reattached,
+    )
+
+
+def _commit_as_its_pass(tree: Tree) -> str:
+    """What git made of the attempt's verified work before the daemon was killed."""
+    git(tree.root, "commit", "-q", "-am", commit_message(TASK, 1))
+    return git(tree.root, "rev-parse", "HEAD")
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["worktree", "checkout"])
+async def test_what_the_run_wrote_before_the_restart_is_its_own(own: bool, tmp_path: Path) -> None:
+    """Begun, the run writes (the daemon is killed meanwhile), re-attached: the tree is left as
+    the run has it (not put aside and reset), and the commit holds what the run wrote."""
+    _, trees, tree = await _tree(tmp_path, own)
+    first = _attempt(trees, tree, tmp_path)
+    await first.begin()
+    start = first.start
+    (tree.root / "app.txt").write_text("written by the run\n")  # before the daemon's end
+    again = _attempt(trees, tree, tmp_path, reattached=True)
+    await again.begin()
+    assert again.settled is None
+    assert (again.start, again.t0) == (start, first.t0)
+    assert (tree.root / "app.txt").read_text() == "written by the run\n"
+    assert git(tree.root, "for-each-ref", "refs/orchestratord/") == ""  # nothing put aside
+    (tree.root / "new.txt").write_text("and after it\n")  # the run goes on
+    outcome = await again.conclude(PASS, True)
+    assert outcome.files == ("app.txt", "new.txt")
+    assert outcome.commit is not None
+    assert git(tree.root, "rev-parse", f"{outcome.commit}^") == start
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["worktree", "checkout"])
+async def test_its_verified_commit_made_after_it_began_settles_it(
+    own: bool, tmp_path: Path
+) -> None:
+    _, trees, tree = await _tree(tmp_path, own)
+    await _attempt(trees, tree, tmp_path).begin()
+    (tree.root / "app.txt").write_text("done\n")
+    made = _commit_as_its_pass(tree)
+    (tree.root / "build.log").write_text("left by verification\n")
+    again = _attempt(trees, tree, tmp_path, reattached=True)
+    notes = await again.begin()
+    assert again.settled == made
+    assert any("its runs on the cluster were over" in note for note in notes)
+    assert (tree.root / "build.log").exists()  # untouched: the next attempt takes it up
+    follows = _attempt(trees, tree, tmp_path, resumed=True)
+    follows.after_stop = True
+    await follows.begin()
+    assert follows.verified == made
+
+
+async def test_a_commit_its_first_begin_had_found_does_not_settle_it(tmp_path: Path) -> None:
+    """Killed after git made the commit, then run again (the tree had changed since) and killed
+    again while its run goes on: that commit at HEAD is older than the run, which is attached
+    to. Its changes still count as the attempt's: the same work keeps that commit."""
+    _, trees, tree = await _tree(tmp_path, own=True)
+    base = git(tree.root, "rev-parse", "HEAD")
+    (tree.root / "app.txt").write_text("done\n")
+    made = _commit_as_its_pass(tree)
+    first = _attempt(trees, tree, tmp_path, resumed=True)  # cut short by an order: runs again
+    await first.begin()
+    assert first.adopted == made
+    again = _attempt(trees, tree, tmp_path, reattached=True)
+    await again.begin()
+    assert again.settled is None
+    assert (again.adopted, again.start) == (made, base)
+    (tree.root / "app.txt").write_text("done\n")  # what the run again writes
+    outcome = await again.conclude(PASS, True)
+    assert outcome.commit == made
