@@ -96,8 +96,15 @@ class Session:
         (:attr:`GitAttempt.settled`). It is taken up again as a new attempt, not run here."""
         return self.git is not None and self.git.settled is not None
 
-    async def conclude(self, result: AttemptResult) -> Outcome:
+    async def conclude(self, result: AttemptResult, in_tree: bool = True) -> Outcome:
+        """``in_tree``: the runs worked in this tree, not in a checkout of their own (a git
+        workspace on a cluster's node, whose changes arrive as a fetched branch): then what
+        changed in this tree meanwhile is not theirs (a person's edits) and is left as it is,
+        neither committed nor put aside."""
         if self.git is None:
+            return Outcome(result)
+        if not in_tree:
+            self.git.leave()
             return Outcome(result)
         return await self.git.conclude(result, self.commit)
 

@@ -440,6 +440,13 @@ class GitAttempt:
 
     # ------------------------------------------------------------------ after the verdict
 
+    def leave(self) -> None:
+        """The attempt's runs worked elsewhere (a checkout of their own on a cluster's node):
+        nothing that changed in this tree meanwhile is theirs. The tree is left as it is; only
+        the attempt's own files go."""
+        self._kept_index.unlink(missing_ok=True)
+        self._t0_file.unlink(missing_ok=True)
+
     async def conclude(self, result: AttemptResult, commit: bool) -> Outcome:
         """Commit a PASS (and integrate it); keep anything else on a ref and reset the tree.
 

@@ -546,12 +546,15 @@ async def _run_in_tree(
         if where == LOCAL and plan.run_argv is not None:
             plan = _in_missing_workdir(engine, key, plan)
         recorder = _Recorder(engine, current.id, where)
+        # A git workspace on a cluster: the runs work in checkouts of their own, not here.
+        in_tree = plan.remote is None or plan.remote.checkout is None
+        gate = session.gate if in_tree else None
         engine.watch_log(plan.log_path, True)
         try:
-            result = await run_attempt(plan, executor, recorder, current.reattach, session.gate)
+            result = await run_attempt(plan, executor, recorder, current.reattach, gate)
         finally:
             engine.watch_log(plan.log_path, False)
-        return plan, await session.conclude(result)
+        return plan, await session.conclude(result, in_tree)
 
 
 def _runs_over(engine: Engine, key: TaskKey, current: _Attempt, notes: tuple[str, ...]) -> None:

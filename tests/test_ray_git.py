@@ -1,7 +1,8 @@
 """A track on a Ray cluster (a real head on 127.0.0.1) working in a git repository on the
 daemon's host: its attempts re-attached after the daemon was killed, in the window between
 git committing an attempt's verified work and the store recording its PASS, or while its
-run still goes on."""
+run still goes on; and the daemon's checkout while a run works in a git workspace of its own
+on a node."""
 
 from __future__ import annotations
 
@@ -208,3 +209,45 @@ def test_a_remote_run_going_on_when_the_daemon_was_killed_is_attached_to_and_com
     assert git(repo, "for-each-ref", "refs/orchestratord/") == ""  # nothing was put aside
     assert open_processes(state) == []
     no_job_left(ray_head, prefix)
+
+
+def test_a_git_workspace_run_leaves_the_daemons_checkout_to_the_person_working_there(
+    ray_head: RayHead, tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A run in a git workspace works in a checkout of its own on the node; its changes arrive
+    as a fetched branch. What a person changes in the daemon's checkout meanwhile is theirs: not
+    committed as the task's work when it passes, nor put aside and reset when it fails."""
+    origin, clone = tmp_path / "origin.git", tmp_path / "clone"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    make_repo(clone, {"app/version": "1\n", "app/notes": "notes\n"})
+    git(clone, "remote", "add", "origin", str(origin))
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    seed = git(clone, "rev-parse", "HEAD")
+    cfg, _ = config(tmp_path, ray_head, work_root=str(tmp_path / "node"))
+
+    def waits(name: str) -> str:
+        started, gate = tmp_path / f"{name}.started", tmp_path / f"{name}.gate"
+        return f"touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done"
+
+    write_track(
+        "g",
+        [
+            {"id": "BUMP", "command": f"{waits('BUMP')}; echo 2 > version", "verify": "true"},
+            {"id": "NOPE", "command": waits("NOPE"), "verify": "false", "max_iterations": 1},
+        ],
+        track={"executor": {"type": "ray", "workspace": "git"}, "workdir": "../clone/app"},
+    )
+    proc = start(tracks_dir, tmp_path / "state", cfg, "--once")
+    try:
+        for name, edit, text in (("BUMP", "notes", "my notes\n"), ("NOPE", "mine", "mine\n")):
+            ph.wait_for((tmp_path / f"{name}.started").exists, timeout=90)
+            (clone / "app" / edit).write_text(text)  # while the run goes on
+            (tmp_path / f"{name}.gate").touch()
+        assert proc.wait(120) == 1  # NOPE failed
+    finally:
+        kill(proc)
+    assert attempts(tmp_path / "state") == [(1, "finished", "PASS"), (1, "finished", "FAIL")]
+    assert git(clone, "rev-parse", "HEAD") == seed
+    assert git(clone, "status", "--porcelain") == "M app/notes\n?? app/mine"
+    assert (clone / "app" / "notes").read_text() == "my notes\n"
+    assert git(clone, "for-each-ref", "refs/orchestratord/") == ""
