@@ -275,7 +275,9 @@ async def serve(
                 wait.start_soon(until_stop)
             await _shutdown(engine, writeback, control, cfg)
             tg.cancel_scope.cancel()
-        code = (EXIT_OK if engine.all_done() else EXIT_UNFINISHED) if once else EXIT_OK
+        # A file not loaded ran none of its tasks: they are not complete either.
+        finished = engine.all_done() and not engine.problems
+        code = (EXIT_OK if finished else EXIT_UNFINISHED) if once else EXIT_OK
         _log_stopped(engine, code)
         return code
     finally:
@@ -292,7 +294,10 @@ def _log_stopped(engine: Engine, code: int) -> None:
         for status, count in engine.graph.status_counts(name).items():
             tally[status.value] += count
             tally["total"] += count
-    log.info("daemon stopped", exit_status=code, **tally)
+    # Files not loaded: their tasks are in no count above, and none of them ran.
+    unloaded = list(dict.fromkeys(p.file for p in engine.problems))
+    extra = {"files_not_loaded": unloaded} if unloaded else {}
+    log.info("daemon stopped", exit_status=code, **tally, **extra)
 
 
 async def _starts_nothing_on_exit(engine: Engine) -> None:

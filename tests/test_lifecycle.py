@@ -68,6 +68,19 @@ def test_once_ends_its_log_with_why_it_exits_1(
     assert counts == {"total": 3, "complete": 1, "failed": 1, "pending": 1, "in_progress": 0}
 
 
+def test_once_exits_1_when_a_queue_file_could_not_be_loaded(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A file the daemon could not load ran none of its tasks: they are not complete."""
+    write_track("good", [{"id": "OK", "command": "true"}])
+    (tracks_dir / "broken.json").write_text('{"features": [{"id": "X", "command": "true"},,]}')
+    done = start_once(tracks_dir, tmp_path / "state", "--log-format", "json")
+    assert done.returncode == 1, done.stderr
+    last = json.loads(done.stderr.splitlines()[-1])
+    assert (last["event"], last["exit_status"], last["complete"]) == ("daemon stopped", 1, 1)
+    assert [Path(f).name for f in last["files_not_loaded"]] == ["broken.json"]
+
+
 def test_a_second_sigint_does_not_wait_for_the_grace(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
