@@ -251,7 +251,13 @@ def _daemon_line(daemon: Mapping[str, Any]) -> Text:
             if daemon.get("source") == "state"
             else "the queue files"
         )
-        return Text(f"daemon not running: showing {what}", style="dim")
+        line = Text(f"daemon not running: showing {what}", style="dim")
+        if daemon.get("paused"):  # kept in the state database: the next start starts nothing
+            line.append(
+                "  PAUSED: `orchestratord resume` lets the next start start tasks",
+                style="bold magenta",
+            )
+        return line
     line = Text.assemble(
         ("daemon running", "bold green"),
         f" (pid {daemon.get('pid')}, since {daemon.get('started_at')}",

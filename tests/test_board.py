@@ -86,6 +86,15 @@ def test_a_lane_per_track_and_a_column_per_status() -> None:
     assert "- **ui** starts after api:A3: waiting on api:A3" in lines
 
 
+def test_the_daemon_line_says_paused_and_stopping_with_or_without_a_daemon() -> None:
+    tracks = [{"name": "a", "paused": False, "counts": counts(pending=1), "trigger": None}]
+    doc = document([card("a", "X", "pending")], tracks)
+    stopping = doc | {"daemon": {"running": True, "pid": 42, "paused": False, "stopping": True}}
+    assert " · daemon running (pid 42), stopping · " in board.render(stopping)
+    stopped = doc | {"daemon": {"running": False, "source": "state", "paused": True}}
+    assert " · daemon not running, PAUSED · " in board.render(stopped)
+
+
 def test_crowded_cells_are_cut_with_a_count() -> None:
     cards = [card("big", f"T{i}", "pending") for i in range(board.CARDS_PER_CELL + 7)]
     tracks = [

@@ -272,6 +272,31 @@ async def test_resume_without_a_daemon_lifts_the_pause_a_stopped_daemon_kept(
     assert (resumed.code, resumed.task("t", "A")["status"]) == (0, "complete")
 
 
+def test_without_a_daemon_status_and_board_say_the_stopped_daemon_is_paused(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """As explain does: the next start starts nothing until `resume`."""
+    write_track("t", [{"id": "A", "command": "true"}])
+    state = tmp_path / "state"
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+    store = Store.open(state, SystemClock())
+    try:
+        store.add_events(("daemon_paused", None, {"reason": "for the night"}))
+    finally:
+        store.close()
+    assert (
+        "- the daemon is paused (`orchestratord resume` continues)."
+        in run("explain", "A", *where)[1]
+    )
+    out = " ".join(run("status", *where)[1].split())
+    assert out.startswith(
+        "daemon not running: showing the queue files and the state database"
+        " PAUSED: `orchestratord resume` lets the next start start tasks"
+    )
+    board = run("board", *where)[1]
+    assert " · daemon not running, PAUSED · " in board
+
+
 def test_logs_names_each_attempt_number_once_when_an_interrupted_one_ran_again(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

@@ -72,11 +72,13 @@ def _lane_title(track: Mapping[str, Any]) -> str:
 
 
 def _daemon(daemon: Mapping[str, Any]) -> str:
-    if not daemon.get("running"):
-        return "daemon not running"
-    text = f"daemon running (pid {daemon.get('pid')})"
-    if daemon.get("paused"):
+    text = "daemon not running"
+    if daemon.get("running"):
+        text = f"daemon running (pid {daemon.get('pid')})"
+    if daemon.get("paused"):  # a stopped daemon's pause holds its next start too
         text += ", PAUSED"
+    if daemon.get("stopping"):
+        text += ", stopping"
     return text
 
 
