@@ -86,6 +86,20 @@ def test_a_lane_per_track_and_a_column_per_status() -> None:
     assert "- **ui** starts after api:A3: waiting on api:A3" in lines
 
 
+def test_a_card_in_progress_after_a_retry_shows_its_place_in_the_fresh_budget() -> None:
+    """Two attempts failed, then a retry order gave a fresh budget of 2: the third attempt is
+    the first of that budget, as `status` says, not "attempt 3/2"."""
+    doc = document(
+        [
+            card("api", "R", "in_progress", attempts=2, iteration=0, max_iterations=2),
+            card("api", "S", "in_progress", attempts=1, iteration=1, max_iterations=2),
+        ],
+        [{"name": "api", "paused": False, "counts": counts(in_progress=2), "trigger": None}],
+    )
+    row = next(line for line in board.render(doc).splitlines() if line.startswith("| **api**"))
+    assert "R (attempt 3, iteration 1/2)<br>S (attempt 2/2)" in row
+
+
 def test_the_daemon_line_says_paused_and_stopping_with_or_without_a_daemon() -> None:
     tracks = [{"name": "a", "paused": False, "counts": counts(pending=1), "trigger": None}]
     doc = document([card("a", "X", "pending")], tracks)

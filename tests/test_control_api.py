@@ -133,6 +133,41 @@ async def test_retry_gives_a_fresh_budget_and_keeps_history(
         await live.poll(lambda: live.doc_task("t", "F").get("status") == "complete")
 
 
+async def test_the_board_shows_a_retried_attempt_in_its_fresh_budget(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The card of the attempt a retry started says where it stands in the new budget, as
+    `status` does; the event stream carries that place too, for the web board's cards."""
+    armed = tmp_path / "armed"
+    write_track(
+        "t", [{"id": "F", "command": f"test -e {armed} && {gate(tmp_path)}", "max_iterations": 1}]
+    )
+    async with running_daemon(tracks_dir) as live:
+        await live.until_status("t:F", Status.FAILED)
+        armed.touch()
+        before = live.engine.store.last_seq()
+        await live.ask("order", "t:F", "retry")
+        await live.until_status("t:F", Status.IN_PROGRESS)
+        (card,) = (await live.ask("board"))["cards"]
+        assert (card["attempts"], card["iteration"], card["max_iterations"]) == (1, 0, 1)
+        assert "| F (attempt 2, iteration 1/1) |" in await live.ask("board_markdown")
+
+        def started() -> dict[str, Any]:
+            with live.client() as client:
+                return next(e for e in client.events(before) if e["type"] == "task_started")
+
+        event = await live.call(started)
+        assert event["task_state"] | {"error": None} == {
+            "status": "in_progress",
+            "attempts": 1,
+            "iteration": 0,
+            "verdict": "FAIL",
+            "error": None,
+        }
+        (tmp_path / "gate").touch()
+        await live.until_status("t:F", Status.COMPLETE)
+
+
 async def test_skip_lets_dependents_proceed_and_refusals_say_why(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

@@ -304,6 +304,9 @@ class Card(_Response):
     summary: str | None = None
     priority: int | None = None
     attempts: int = 0
+    iteration: int = 0
+    """Finished attempts in the current iteration budget (``attempts`` less those before a
+    retry order): the running attempt is ``attempts + 1``, at ``iteration + 1`` of the budget."""
     max_iterations: int | None = None
     verdict: str | None = None
     error: str | None = None
@@ -375,6 +378,8 @@ class TaskState(_Response):
 
     status: str
     attempts: int
+    iteration: int = 0
+    """As a card's: finished attempts in the current iteration budget."""
     verdict: str | None = None
     error: str | None = None
 

@@ -40,8 +40,13 @@ def _card(card: Mapping[str, Any]) -> str:
     attempts = card.get("attempts") or 0
     budget = card.get("max_iterations")
     if status == "in_progress":
-        shown = f"{attempts + 1}/{budget}" if budget else str(attempts + 1)
-        return f"{ident} (attempt {shown})"
+        # After a retry order the budget starts afresh: attempt 3 may be iteration 1/2.
+        iteration = card.get("iteration", attempts)
+        if not budget:
+            return f"{ident} (attempt {attempts + 1})"
+        if iteration == attempts:
+            return f"{ident} (attempt {attempts + 1}/{budget})"
+        return f"{ident} (attempt {attempts + 1}, iteration {iteration + 1}/{budget})"
     if status == "failed":
         verdict = card.get("verdict") or "FAIL"
         return f"{ident} ({verdict}, {attempts} attempt{'s' if attempts != 1 else ''})"

@@ -252,6 +252,7 @@ class Hub:
             "task_state": {
                 "status": status.value,
                 "attempts": owned.attempts,
+                "iteration": state.iteration,
                 "verdict": owned.verification_verdict,
                 "error": owned.error,
             }

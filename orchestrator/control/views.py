@@ -460,6 +460,7 @@ def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> 
 def card(view: View, key: TaskKey) -> dict[str, Any]:
     task = view.defs.get(key)
     owned = _owned(view, key)
+    state = view.state(key)
     return {
         "ref": str(key),
         "track": key.track,
@@ -468,6 +469,7 @@ def card(view: View, key: TaskKey) -> dict[str, Any]:
         "summary": task.summary_line[:160] if task is not None else None,
         "priority": task.priority if task is not None else None,
         "attempts": owned.attempts if owned is not None else 0,
+        "iteration": state.iteration if state is not None else 0,
         "max_iterations": view.max_iterations(key),
         "verdict": owned.verification_verdict if owned is not None else None,
         "error": owned.error if owned is not None else None,
