@@ -151,6 +151,18 @@ class Progress:
             return Text(f"waiting for {', '.join(waiting)}", style="cyan")
         if engine.graph.remaining(name) == 0:
             return Text("done", style="green")
+        counts = engine.graph.status_counts(name)
+        if counts[Status.IN_PROGRESS]:
+            return Text("starting", style="yellow")  # its attempt is being set up
+        if not counts[Status.PENDING]:  # what is not done is failed or blocked: a person's turn
+            stuck = ", ".join(
+                f"{counts[s]} {s.value}" for s in (Status.FAILED, Status.BLOCKED) if counts[s]
+            )
+            return Text(f"nothing left to run: {stuck}", style="red")
+        if engine.paused:
+            return Text("daemon paused", style="magenta")
+        if engine.graph.ready_count(name):
+            return Text("ready: waiting for a slot", style="dim")
         return Text("waiting for dependencies", style="dim")
 
     def _end_column(self, engine: Engine, name: str) -> Text:
