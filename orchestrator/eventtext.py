@@ -154,6 +154,7 @@ _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     "track_added": lambda who, d: f"track {who} added ({d.get('file')})",
     "track_removed": lambda who, d: f"track {who} removed ({d.get('file')}){_reason(d)}",
     "queue_file_invalid": _invalid_file,
+    "queue_file_valid": lambda who, d: f"track {who}: {d.get('file')} is valid again and applied",
     "reload_plan": lambda who, d: f"reload {who}: {d.get('summary')}",
     "attempt_reattached": lambda who, d: (
         f"{who} attempt {d.get('attempt')} found running on the cluster again"

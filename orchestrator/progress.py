@@ -42,6 +42,7 @@ _STYLES = {
     "track_added": "cyan",
     "track_removed": "cyan",
     "queue_file_invalid": "bold red",
+    "queue_file_valid": "bold",
     "config_invalid": "bold red",
     "budget_exceeded": "bold red",
     "usage_limit": "bold yellow",

@@ -306,6 +306,8 @@ class Writeback:
         if track.problems:
             log.info("queue file valid again: applying it", track=name, file=qf.display)
             track.problems = []
+            # The journal's last word on the file must not stay that it is broken.
+            self.engine.journal("queue_file_valid", name, file=track.definition.path)
         decisions = self._decide(track, changes)
         self.report_plan(self._plan(track, qf.track, changes, decisions))
         running = sum(self.engine.running.values())

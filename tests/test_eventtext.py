@@ -36,6 +36,7 @@ SAMPLES: dict[str, tuple[TaskKey | str | None, dict[str, Any]]] = {
     "track_added": ("backend", {"file": "tracks/backend.json"}),
     "track_removed": ("backend", {"file": "tracks/backend.json", "reason": "its file is gone"}),
     "queue_file_invalid": ("backend", {"problems": ["backend.json: $: not JSON", "more"]}),
+    "queue_file_valid": ("backend", {"file": "tracks/backend.json"}),
     "reload_plan": ("backend", {"summary": "1 added", "added": ["X"]}),
     "attempt_reattached": (TASK, {"attempt": 3}),
     "worktree_kept": ("backend", {"path": "/w/backend", "files": ["a.py", "b.py"]}),

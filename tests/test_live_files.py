@@ -13,7 +13,7 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from orchestrator import explain, inotify, workspace
+from orchestrator import eventtext, explain, inotify, workspace
 from orchestrator.clock import SystemClock
 from orchestrator.control.views import DaemonMeta, EngineView, explain_lines
 from orchestrator.model import Status, TaskKey
@@ -52,6 +52,15 @@ async def test_the_daemons_own_bytes_put_back_over_a_broken_save_are_valid_again
         lh.write_and_rename(path, text)
         await live.until(lambda: live.engine.all_problems() == [])
         assert live.status("a:A1") is Status.IN_PROGRESS
+        # The journal says so too: its last word on the file is not that it is broken.
+        (fixed,) = live.kinds("queue_file_valid")
+        assert fixed[1:] == ("a", {"file": live.engine.tracks["a"].definition.path})
+        row = live.engine.store.last_event(("queue_file_valid",))
+        assert row is not None
+        said = eventtext.sentence(row.type, row.track, row.data)
+        assert (
+            said == f"track a: {live.engine.tracks['a'].definition.path} is valid again and applied"
+        )
 
 
 async def test_a_broken_save_is_reported_once_quiet_and_the_last_good_version_stays(

@@ -57,6 +57,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "track_added",
     "track_removed",
     "queue_file_invalid",
+    "queue_file_valid",
     "reload_plan",
     "attempt_reattached",
     "worktree_kept",
