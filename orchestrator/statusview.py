@@ -7,7 +7,7 @@ data, so the two never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,13 +85,15 @@ def snapshot(
     only: str | None = None,
     spend: Mapping[str, Spend] | None = None,
     waits: Sequence[HoldRow] = (),
+    unloaded: Collection[str] = (),
 ) -> dict[str, Any]:
     """The status of every track (or of track ``only``) as plain data: ``status --json``.
 
     ``state`` and ``budget`` add the running attempt's iteration and budget; ``now`` its
     elapsed time and the document's ``generated_at``. ``spend`` (per track: what its agents
     reported using) and ``waits`` (agents waiting for their usage limit to reset) come from
-    the store when there is one.
+    the store when there is one. ``unloaded``: tracks whose file has errors, which the daemon
+    does not load (none of their tasks is next).
     """
     lookup: OwnedLookup = owned or (lambda k: tasks[k].owned if k in tasks else None)
     totals = dict.fromkeys(STATUS_ORDER, 0)
@@ -145,17 +147,21 @@ def snapshot(
                 "holds": graph.trigger_holds(name),
                 "waiting_on": [str(t) for t in spec.trigger if not graph.target_done(t)],
             }
+        loaded = name not in unloaded
         tracks_out.append(
             {
                 "name": name,
                 "file": files.get(name),
+                "loaded": loaded,
                 "paused": graph.track_paused(name),
                 "counts": _as_counts(tally),
                 "trigger": trigger,
-                "ready_count": graph.ready_count(name),
+                "ready_count": graph.ready_count(name) if loaded else 0,
                 "next": [
                     _task_brief(tasks.get(k), k) for k in graph.ready_in_order(name, NEXT_SHOWN)
-                ],
+                ]
+                if loaded
+                else [],
                 "running": running,
                 "blocked": blocked,
                 "failed": failed,
@@ -300,6 +306,8 @@ def _track_table(track: Mapping[str, Any]) -> Table:
         table.add_column(key, justify="right", style=_STYLE.get(key, "bold"))
     table.add_row(*[str(v) for v in counts.values()])
     notes: list[str] = []
+    if not track.get("loaded", True):
+        notes.append("not loaded: its queue file has errors (listed below); none of its tasks runs")
     trigger = track["trigger"]
     if trigger:
         if trigger["holds"]:

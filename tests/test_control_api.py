@@ -168,6 +168,22 @@ async def test_the_board_shows_a_retried_attempt_in_its_fresh_budget(
         await live.until_status("t:F", Status.COMPLETE)
 
 
+async def test_a_task_of_a_file_not_loaded_is_not_said_to_exist_nowhere(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    write_track("a", [{"id": "A", "command": "true"}])
+    write_track("g", [{"id": "G1", "command": "true", "dependencies": ["nowhere:X"]}])
+    async with running_daemon(tracks_dir) as live:
+        await live.until_status("a:A", Status.COMPLETE)
+        with pytest.raises(RefError) as found:
+            await live.ask("explain", "G1")
+        said = str(found.value)
+        assert said.startswith("unknown task 'G1': no task has this id in any track; ")
+        assert said.endswith(
+            "g.json could not be loaded and may have it (`orchestratord validate` says why)"
+        )
+
+
 async def test_skip_lets_dependents_proceed_and_refusals_say_why(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

@@ -297,6 +297,40 @@ def test_without_a_daemon_status_and_board_say_the_stopped_daemon_is_paused(
     assert " · daemon not running, PAUSED · " in board
 
 
+def test_without_a_daemon_a_track_whose_file_has_errors_is_not_said_to_run(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """The daemon does not load such a file: none of its tasks is next, or ready."""
+    write_track("a", [{"id": "A", "command": "true"}])
+    write_track(
+        "g",
+        [
+            {"id": "G1", "command": "true"},
+            {"id": "G2", "command": "true", "dependencies": ["nowhere:X"]},
+        ],
+    )
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(tmp_path / "state"))
+    data = json.loads(run("status", "--json", *where)[1])
+    tracks = {t["name"]: t for t in data["tracks"]}
+    assert (tracks["a"]["loaded"], [t["id"] for t in tracks["a"]["next"]]) == (True, ["A"])
+    assert (tracks["g"]["loaded"], tracks["g"]["next"], tracks["g"]["ready_count"]) == (
+        False,
+        [],
+        0,
+    )
+    out = run("status", *where)[1]
+    assert "g  (" in out
+    assert "not loaded: its queue file has errors (listed below)" in out
+    assert "next: G1" not in out
+    explained = run("explain", "G1", *where)[1].splitlines()
+    assert explained[0] == "g:G1 has every dependency done, but it does not start:"
+    assert explained[1].endswith(
+        "has 1 error(s): the daemon does not load it, so none of its tasks runs until it is fixed:"
+    )
+    board = run("board", *where)[1]
+    assert "| **g**<br>0/2 done<br>not loaded: its file has errors |" in board
+
+
 def test_logs_names_each_attempt_number_once_when_an_interrupted_one_ran_again(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:

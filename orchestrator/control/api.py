@@ -199,6 +199,8 @@ class UsageLimit(Wait):
 class TrackStatus(_Response):
     name: str
     file: str | None
+    loaded: bool = True
+    """False: its file has errors and the daemon does not load it (only without a daemon)."""
     paused: bool
     counts: Counts
     trigger: Trigger | None
@@ -315,6 +317,8 @@ class Card(_Response):
 
 class BoardTrack(_Response):
     name: str
+    loaded: bool = True
+    """As the status document's."""
     paused: bool
     counts: Counts
     trigger: Trigger | None

@@ -68,6 +68,8 @@ def _lane_title(track: Mapping[str, Any]) -> str:
     counts = track["counts"]
     done = counts["complete"] + counts["skipped"]
     parts = [f"**{_cell_text(track['name'])}**", f"{done}/{counts['total']} done"]
+    if not track.get("loaded", True):
+        parts.append("not loaded: its file has errors")
     if track.get("paused"):
         parts.append("paused")
     trigger = track.get("trigger")

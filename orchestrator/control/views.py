@@ -64,6 +64,16 @@ class View(Protocol):
         """What agents reported using, per track, and the usage-limit waits."""
         ...
 
+    def unloaded_files(self) -> tuple[str, ...]:
+        """Queue files with errors the daemon does not load and whose tasks this view does
+        not hold (a file that does not parse): a ref found nowhere may be in one of them."""
+        ...
+
+    def unloaded_tracks(self) -> frozenset[str]:
+        """Tracks this view holds whose file has errors: the daemon does not load them, so
+        none of their tasks starts (a stopped daemon's files; a running daemon has none)."""
+        ...
+
     @property
     def paused(self) -> bool: ...
 
@@ -134,6 +144,12 @@ class EngineView:
     def track_file(self, name: str) -> str | None:
         track = self.engine.tracks.get(name)
         return None if track is None else track.definition.path
+
+    def unloaded_files(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.file for p in self.engine.problems if p.is_error))
+
+    def unloaded_tracks(self) -> frozenset[str]:
+        return frozenset()
 
     def daemon(self) -> dict[str, Any]:
         engine = self.engine
@@ -259,6 +275,14 @@ class OfflineView:
         track = self._tracks.get(name)
         return None if track is None else track.path
 
+    def unloaded_files(self) -> tuple[str, ...]:
+        held = {t.path for t in self.ws.tracks}
+        return tuple(sorted(f for f in self.ws.report.invalid_files() if f not in held))
+
+    def unloaded_tracks(self) -> frozenset[str]:
+        invalid = self.ws.report.invalid_files()
+        return frozenset(t.name for t in self.ws.tracks if t.path in invalid)
+
     def daemon(self) -> dict[str, Any]:
         return {
             "running": False,
@@ -295,7 +319,16 @@ def resolve(view: View, ref: str) -> TaskKey:
     track, sep, ident = text.partition(":")
     if sep and TaskKey(track, ident) in view.defs:
         return TaskKey(track, ident)
-    return key_of(text, view.ref_index())
+    try:
+        return key_of(text, view.ref_index())
+    except RefError as exc:
+        unloaded = view.unloaded_files()
+        if not unloaded or not str(exc).startswith("unknown "):
+            raise
+        raise RefError(
+            f"{exc}; {', '.join(unloaded)} could not be loaded and may have it "
+            "(`orchestratord validate` says why)"
+        ) from None
 
 
 def attempt_row(view: View, key: TaskKey, number: int | None) -> AttemptRow:
@@ -339,6 +372,7 @@ def status_document(
         only=track,
         spend=spend,
         waits=waits,
+        unloaded=view.unloaded_tracks(),
     )
 
 
@@ -346,6 +380,9 @@ def explain_lines(view: View, key: TaskKey) -> list[str]:
     lines = explain.describe(view.graph, key, lambda k: _owned(view, k), daemon_paused=view.paused)
     file = view.track_file(key.track)
     errors = [p for p in view.problems() if p.is_error and p.file == file]
+    if key.track in view.unloaded_tracks() and view.graph.is_ready(key):
+        # Ready by its dependencies, yet its file is not loaded: it is not "ready" at all.
+        lines = [f"{key} has every dependency done, but it does not start:"]
     if errors:
         if view.daemon()["running"]:
             effect = "its last save was refused; the daemon runs the version before it"
@@ -433,6 +470,7 @@ def _trigger(graph: Graph, name: str) -> dict[str, Any] | None:
 def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> dict[str, Any]:
     """Every task as a card, every track as a lane: the kanban board's data."""
     graph = view.graph
+    unloaded = view.unloaded_tracks()
     tracks: list[dict[str, Any]] = []
     cards: list[dict[str, Any]] = []
     for name in graph.tracks:
@@ -440,6 +478,7 @@ def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> 
         tracks.append(
             {
                 "name": name,
+                "loaded": name not in unloaded,
                 "paused": graph.track_paused(name),
                 "counts": statusview.counts(graph, name),
                 "trigger": _trigger(graph, name),
