@@ -113,6 +113,10 @@ class _Recorder:
     """Tracks whose tasks may have changed -> whether they were all done before the update."""
 
 
+_STUCK = frozenset({Status.FAILED, Status.BLOCKED})
+"""Not done, and left so until a person acts: what waits on such a task waits for a person."""
+
+
 class Graph:
     """The incremental cross-track dependency graph."""
 
@@ -529,6 +533,46 @@ class Graph:
             track_paused=key.track in self._track_paused,
             blockers=tuple(self._blockers(key)),
         )
+
+    def held(self) -> dict[TaskKey, TaskKey]:
+        """Pending tasks that wait, through their dependencies or their track's trigger
+        (directly or through other pending tasks), on a failed or blocked task: nothing of
+        them starts until a person acts. Each with the first such task found for it.
+
+        Costs in proportion to the tracks with failed or blocked tasks and what waits on them.
+        """
+        held: dict[TaskKey, TaskKey] = {}
+        queue: deque[tuple[TaskKey, TaskKey]] = deque()
+        for track, counts in self._counts.items():
+            if counts[Status.FAILED] or counts[Status.BLOCKED]:
+                queue.extend(
+                    (key, key) for key in self._track_keys[track] if self._status[key] in _STUCK
+                )
+        whole: set[str] = set()
+        """Tracks already known not done: their ``track:*`` dependents and triggers are seen."""
+        triggered: set[str] = set()
+        """Tracks whose trigger is known not to hold: all their pending tasks are held."""
+
+        def hold(key: TaskKey, root: TaskKey) -> None:
+            if key not in held and self._status[key] is Status.PENDING:
+                held[key] = root
+                queue.append((key, root))
+
+        while queue:
+            key, root = queue.popleft()
+            targets: list[Target] = [key]
+            if key.track not in whole:
+                whole.add(key.track)
+                targets.append(TrackAll(key.track))
+            for target in targets:
+                for dependent in self._dependents.get(target, ()):
+                    hold(dependent, root)
+                for track in self._watchers.get(target, ()):
+                    if track not in triggered:
+                        triggered.add(track)
+                        for member in self._track_keys.get(track, ()):
+                            hold(member, root)
+        return held
 
     def _waiting(self, target: Target) -> Waiting:
         if isinstance(target, TrackAll):

@@ -99,6 +99,7 @@ def snapshot(
     totals = dict.fromkeys(STATUS_ORDER, 0)
     tracks_out: list[dict[str, Any]] = []
     status_of = graph.status
+    held = _held_by_track(graph)
     for name, spec in graph.tracks.items():
         tally = graph.status_counts(name)
         for status, count in tally.items():
@@ -165,6 +166,11 @@ def snapshot(
                 "running": running,
                 "blocked": blocked,
                 "failed": failed,
+                "held": [
+                    _task_brief(tasks.get(k), k)
+                    | {"waits_for": str(root), "waits_for_status": status_of(root).value}
+                    for k, root in held.get(name, ())
+                ],
                 "spend": _spend(spend.get(name) if spend else None),
                 "waiting": [
                     {"agent": w.agent, "until": w.until, "reason": w.reason}
@@ -198,6 +204,17 @@ def snapshot(
 
 
 _NOT_LISTED = frozenset({Status.PENDING, Status.COMPLETE, Status.SKIPPED})
+
+
+def _held_by_track(graph: Graph) -> dict[str, list[tuple[TaskKey, TaskKey]]]:
+    """The pending tasks a failed or blocked task holds (:meth:`Graph.held`), per track in
+    file order, each with that task."""
+    out: dict[str, list[tuple[TaskKey, TaskKey]]] = {}
+    for key, root in graph.held().items():
+        out.setdefault(key.track, []).append((key, root))
+    for items in out.values():
+        items.sort(key=lambda item: graph.node(item[0]).order[1])
+    return out
 
 
 def _as_counts(tally: Mapping[Status, int]) -> dict[str, int]:
@@ -336,10 +353,26 @@ def _track_table(track: Mapping[str, Any]) -> Table:
             notes.append(f"{kind}: {item['id']}: {item['reason'] or 'no reason recorded'}")
         if len(items) > LISTED:
             notes.append(f"{kind}: ... and {len(items) - LISTED} more (status --json lists all)")
+    notes.extend(_held_lines(track.get("held", ())))
     if notes:
         table.caption = Text("\n".join(notes))
         table.caption_justify = "left"
     return table
+
+
+def _held_lines(held: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``held by failed alpha:A2: G1, G2``: one line per task they wait for."""
+    by_root: dict[tuple[str, str], list[str]] = {}
+    for item in held:
+        by_root.setdefault((item["waits_for_status"], item["waits_for"]), []).append(item["id"])
+    lines = []
+    for (status, root), ids in list(by_root.items())[:LISTED]:
+        shown = ", ".join(ids[:NEXT_SHOWN])
+        more = f" (+{len(ids) - NEXT_SHOWN} more)" if len(ids) > NEXT_SHOWN else ""
+        lines.append(f"held by {status} {root}: {shown}{more}")
+    if len(by_root) > LISTED:
+        lines.append(f"held: ... by {len(by_root) - LISTED} more (status --json lists all)")
+    return lines
 
 
 def print_status(data: Mapping[str, Any], console: Console | None = None) -> None:

@@ -194,7 +194,8 @@ async def test_reading_commands_without_a_daemon_use_the_state_database(
 
     code, out, _ = run("board", *where)
     assert "- **t:BAD** failed after 2 attempts (FAIL): the command exited with status 4" in out
-    assert "| **t**<br>1/3 done | WAIT |  | OK |  | BAD (FAIL, 2 attempts) |  |" in out
+    lane = "| **t**<br>1/3 done<br>1 held by failed or blocked work |"
+    assert f"{lane} WAIT |  | OK |  | BAD (FAIL, 2 attempts) |  |" in out
 
 
 def test_without_a_daemon_the_state_database_wins_over_the_queue_files(
@@ -329,6 +330,43 @@ def test_without_a_daemon_a_track_whose_file_has_errors_is_not_said_to_run(
     )
     board = run("board", *where)[1]
     assert "| **g**<br>0/2 done<br>not loaded: its file has errors |" in board
+
+
+@pytest.mark.anyio
+async def test_status_and_board_say_which_pending_tasks_a_failed_one_holds(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Its dependents wait, in another track too, and behind a trigger: `pending` alone
+    read as work still to come."""
+    write_track("alpha", [{"id": "A2", "command": "exit 3", "max_iterations": 1}])
+    write_track(
+        "gamma",
+        [
+            {"id": "G1", "command": "true", "dependencies": ["alpha:A2"]},
+            {"id": "G2", "command": "true", "dependencies": ["G1"]},
+            {"id": "G3", "command": "true"},
+        ],
+    )
+    write_track(
+        "delta",
+        {"track": {"start_after": ["alpha:A2"]}, "tasks": [{"id": "D1", "command": "true"}]},
+    )
+    state = tmp_path / "state"
+    done = await run_once(tracks_dir, state)
+    assert done.code == 1
+    where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+    data = json.loads(run("status", "--json", *where)[1])
+    held = {t["name"]: [(h["ref"], h["waits_for"]) for h in t["held"]] for t in data["tracks"]}
+    assert held == {
+        "alpha": [],
+        "delta": [("delta:D1", "alpha:A2")],
+        "gamma": [("gamma:G1", "alpha:A2"), ("gamma:G2", "alpha:A2")],
+    }
+    out = run("status", *where)[1]
+    assert "held by failed alpha:A2: G1, G2" in out.splitlines()
+    assert "held by failed alpha:A2: D1" in out.splitlines()
+    board = run("board", *where)[1]
+    assert "| **gamma**<br>1/3 done<br>2 held by failed or blocked work |" in board
 
 
 def test_logs_names_each_attempt_number_once_when_an_interrupted_one_ran_again(

@@ -140,3 +140,26 @@ def test_a_dependency_listed_twice_counts_once() -> None:
     )
     g.set_status(k("a", "x"), Status.COMPLETE)
     assert g.is_ready(k("a", "y"))
+
+
+def test_held_are_the_pending_tasks_a_failed_or_blocked_one_keeps_waiting() -> None:
+    """Through dependencies, ``track:*`` and triggers, directly or through other pending
+    tasks: each with the failed or blocked task its wait comes to."""
+    g = three_tracks()
+    assert g.held() == {}
+    g.set_status(k(B, "010"), Status.FAILED)
+    assert g.held() == {
+        k(B, "012"): k(B, "010"),
+        k(B, "013"): k(B, "010"),
+        k(P, "009"): k(B, "010"),  # the trigger waits for 013
+        k(P, "017"): k(B, "010"),
+        k(P, "016"): k(B, "010"),
+    }
+    g.set_status(k(B, "010"), Status.COMPLETE)
+    g.set_status(k(B, "012"), Status.COMPLETE)
+    g.set_status(k(B, "013"), Status.COMPLETE)
+    g.set_status(k(P, "009"), Status.BLOCKED)
+    g.set_status(k(P, "017"), Status.IN_PROGRESS)
+    assert g.held() == {k(P, "016"): k(P, "009")}  # a running task is held by nothing
+    g.set_status(k(P, "009"), Status.SKIPPED)
+    assert g.held() == {}

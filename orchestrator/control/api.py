@@ -161,6 +161,15 @@ class FailedTask(TaskBrief):
     verdict: str | None = None
 
 
+class HeldTask(TaskBrief):
+    """A pending task that waits (through dependencies or its track's trigger) on a failed or
+    blocked task: it does not start until a person acts on that one."""
+
+    waits_for: str
+    """The failed or blocked task (the first found; ``explain`` names every one)."""
+    waits_for_status: str
+
+
 class Trigger(_Response):
     refs: list[str]
     holds: bool
@@ -209,6 +218,7 @@ class TrackStatus(_Response):
     running: list[RunningTask]
     blocked: list[BlockedTask]
     failed: list[FailedTask]
+    held: list[HeldTask] = Field(default_factory=list)
     spend: Spend = Field(default_factory=Spend)
     waiting: list[Wait] = Field(default_factory=list)
 
@@ -319,6 +329,8 @@ class BoardTrack(_Response):
     name: str
     loaded: bool = True
     """As the status document's."""
+    held: int = 0
+    """Pending tasks that wait on a failed or blocked task (the status document lists them)."""
     paused: bool
     counts: Counts
     trigger: Trigger | None

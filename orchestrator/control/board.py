@@ -70,6 +70,8 @@ def _lane_title(track: Mapping[str, Any]) -> str:
     parts = [f"**{_cell_text(track['name'])}**", f"{done}/{counts['total']} done"]
     if not track.get("loaded", True):
         parts.append("not loaded: its file has errors")
+    if track.get("held"):
+        parts.append(f"{track['held']} held by failed or blocked work")
     if track.get("paused"):
         parts.append("paused")
     trigger = track.get("trigger")

@@ -10,6 +10,7 @@ are the same whichever view they come from, so a daemon and the files never tell
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -471,6 +472,7 @@ def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> 
     """Every task as a card, every track as a lane: the kanban board's data."""
     graph = view.graph
     unloaded = view.unloaded_tracks()
+    held = Counter(key.track for key in graph.held())
     tracks: list[dict[str, Any]] = []
     cards: list[dict[str, Any]] = []
     for name in graph.tracks:
@@ -479,6 +481,7 @@ def board_document(view: View, *, seq: int = 0, now: datetime | None = None) -> 
             {
                 "name": name,
                 "loaded": name not in unloaded,
+                "held": held[name],
                 "paused": graph.track_paused(name),
                 "counts": statusview.counts(graph, name),
                 "trigger": _trigger(graph, name),
