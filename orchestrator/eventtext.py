@@ -129,7 +129,7 @@ def _usage_limit_reset(who: str, data: Data) -> str:
 _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     "daemon_started": lambda who, d: f"orchestratord started (pid {d.get('pid')})",
     "daemon_stopping": lambda who, d: (
-        f"orchestratord is stopping ({len(d.get('running') or [])} running)"
+        f"orchestratord is stopping ({len(d.get('running') or [])} running){_reason(d)}"
     ),
     "daemon_paused": lambda who, d: f"orchestratord paused{_reason(d)}",
     "daemon_resumed": lambda who, d: "orchestratord resumed",

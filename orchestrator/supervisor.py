@@ -273,7 +273,9 @@ async def serve(
                 if once:
                     wait.start_soon(until_idle)
                 wait.start_soon(until_stop)
-            await _shutdown(engine, writeback, control, cfg)
+            # Why it stops, for the journal and notifications: asked to, or (--once) idle.
+            why = "asked to stop" if control.stop.is_set() else "nothing more can run"
+            await _shutdown(engine, writeback, control, cfg, why)
             tg.cancel_scope.cancel()
         # A file not loaded ran none of its tasks: they are not complete either.
         finished = engine.all_done() and not engine.problems
@@ -309,10 +311,13 @@ async def _starts_nothing_on_exit(engine: Engine) -> None:
         engine.draining = True
 
 
-async def _shutdown(engine: Engine, writeback: Writeback, control: Control, cfg: Config) -> None:
+async def _shutdown(
+    engine: Engine, writeback: Writeback, control: Control, cfg: Config, reason: str
+) -> None:
     engine.draining = True
-    engine.journal("daemon_stopping", None, running=[str(k) for k in engine.running_keys()])
-    log.info("daemon stopping", running=len(engine.running_keys()))
+    running = [str(k) for k in engine.running_keys()]
+    engine.journal("daemon_stopping", None, running=running, reason=reason)
+    log.info("daemon stopping", running=len(running), reason=reason)
     placement = engine.placement
     if placement is not None and placement.detach():
         for key in placement.remote_keys(engine):  # their runs go on; the next daemon attaches

@@ -18,7 +18,7 @@ TASK = TaskKey("backend", "PROVIDER-013")
 # Each kind with data as the daemon journals it (see the ``journal`` and ``announce`` calls).
 SAMPLES: dict[str, tuple[TaskKey | str | None, dict[str, Any]]] = {
     "daemon_started": (None, {"pid": 4242, "tracks": ["backend"]}),
-    "daemon_stopping": (None, {"running": ["backend:PROVIDER-013"]}),
+    "daemon_stopping": (None, {"running": ["backend:PROVIDER-013"], "reason": "asked to stop"}),
     "daemon_paused": (None, {"reason": "by order"}),
     "daemon_resumed": (None, {}),
     "task_started": (TASK, {"attempt": 2, "iteration": 2, "max_iterations": 5}),

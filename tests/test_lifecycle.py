@@ -39,6 +39,9 @@ def test_sigterm_stops_gracefully_and_records_the_interruption(
     assert task["status"] == "pending"
     log = (tmp_path / "daemon.log").read_text()
     assert '"event": "daemon stopping"' in log
+    events = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    stopping = next(e for e in events if e["type"] == "daemon_stopping")
+    assert stopping["text"] == "orchestratord is stopping (1 running): asked to stop"
     last = json.loads(log.splitlines()[-1])  # what a service's log ends with
     assert (last["event"], last["exit_status"], last["total"], last["pending"]) == (
         "daemon stopped",
@@ -66,6 +69,11 @@ def test_once_ends_its_log_with_why_it_exits_1(
     counts = {k: last[k] for k in ("total", "complete", "failed", "pending", "in_progress")}
     assert (last["event"], last["exit_status"]) == ("daemon stopped", 1)
     assert counts == {"total": 3, "complete": 1, "failed": 1, "pending": 1, "in_progress": 0}
+    # The journal (and a notification) says why it stops.
+    events = (tmp_path / "state" / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-1])["text"] == (
+        "orchestratord is stopping (0 running): nothing more can run"
+    )
 
 
 def test_once_exits_1_when_a_queue_file_could_not_be_loaded(

@@ -148,7 +148,9 @@ async def test_the_command_hook_gets_the_event_in_its_environment(
     kind, ref, summary, body = blocked.split("|", 3)
     assert (kind, ref, summary) == ("task_blocked", "t:STUCK", "t:STUCK is BLOCKED: no credentials")
     assert json.loads(body)["data"] == {"reason": "no credentials"}
-    assert stopping.startswith("daemon_stopping||orchestratord is stopping (0 running)|")
+    assert stopping.startswith(
+        "daemon_stopping||orchestratord is stopping (0 running): asked to stop|"
+    )
 
 
 async def test_a_full_queue_drops_the_oldest_and_says_so() -> None:
