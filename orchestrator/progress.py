@@ -176,6 +176,9 @@ class Progress:
             return Text("; ".join(bad)[:120], style="red")
         if engine.graph.remaining(name) == 0:
             return Text("all done", style="green")
+        held = sum(1 for key in engine.graph.held() if key.track == name)
+        if held:  # in another track, or behind a trigger: said where the failure is
+            return Text(f"{held} held by failed or blocked work", style="yellow")
         return Text(f"{engine.graph.remaining(name)} not done", style="yellow")
 
     def summary(self) -> None:

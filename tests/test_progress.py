@@ -18,10 +18,10 @@ from .daemon_harness import run_once
 pytestmark = pytest.mark.anyio
 
 
-def now_column(progress: Progress) -> dict[str, str]:
-    """Track name -> its "now" cell, as the live table shows them."""
+def now_column(progress: Progress, live: bool = True) -> dict[str, str]:
+    """Track name -> its "now" cell, as the live table (or the summary at the end) shows it."""
     console = Console(record=True, width=200)
-    console.print(progress.table(live=True))
+    console.print(progress.table(live=live))
     rows = {}
     for line in console.export_text().splitlines():
         cells = [c.strip() for c in line.strip("│ ").split("│")]
@@ -55,6 +55,7 @@ async def test_a_track_with_only_failed_or_blocked_work_left_is_not_waiting(
         "held": "waiting for dependencies",
         "fine": "done",
     }
+    assert now_column(progress, live=False)["held"] == "1 held by failed or blocked work"
 
 
 async def test_a_paused_daemon_and_a_task_waiting_for_a_slot_are_said_as_such(
