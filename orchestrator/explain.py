@@ -71,6 +71,16 @@ def _advice(key: TaskKey, status: Status, ready: bool, error: str | None = None)
     return "it is pending but held back (see `orchestratord explain` on it)"
 
 
+def _held_back(graph: Graph, key: TaskKey) -> str:
+    """What holds back a pending task that waits for nothing: a pause."""
+    expl = graph.explain(key)
+    if expl.track_paused:
+        return f"its track {key.track!r} is paused (`orchestratord resume {key.track}` continues)"
+    if expl.task_paused:
+        return "the task itself is paused (its `paused` field is true)"
+    return f"it is pending but held back (see `orchestratord explain {key}`)"
+
+
 def describe(
     graph: Graph, key: TaskKey, owned: OwnedLookup, daemon_paused: bool = False
 ) -> list[str]:
@@ -113,10 +123,13 @@ def describe(
         lines.append("At the root of the wait:")
         for root in roots[:10]:
             root_status = graph.status(root)
-            lines.append(
-                f"    {root} is {_state(root, root_status, owned)}: "
-                f"{_advice(root, root_status, graph.is_ready(root), _error(root, owned))}."
-            )
+            if root_status is Status.PENDING and not graph.is_ready(root):
+                advice = _held_back(graph, root)
+            elif root_status is Status.PENDING and daemon_paused:
+                advice = "it is ready and starts once the daemon is resumed"
+            else:
+                advice = _advice(root, root_status, graph.is_ready(root), _error(root, owned))
+            lines.append(f"    {root} is {_state(root, root_status, owned)}: {advice}.")
         if len(roots) > 10:
             lines.append(f"    ... and {len(roots) - 10} more.")
     return lines
