@@ -58,7 +58,9 @@ def configure(
         if use_json
         else structlog.dev.ConsoleRenderer(colors=_isatty(out))
     )
-    handlers: list[logging.Handler] = [_handler(logging.StreamHandler(out), renderer)]
+    handlers: list[logging.Handler] = [
+        _handler(logging.StreamHandler(out), renderer, drop_none=not use_json)
+    ]
     if file is not None:
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -129,13 +131,25 @@ def _factory(*args: object) -> logging.Logger:
     return logging.getLogger(LOGGER)
 
 
-def _handler(handler: logging.Handler, renderer: structlog.typing.Processor) -> logging.Handler:
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
-        )
-    )
+def _handler(
+    handler: logging.Handler, renderer: structlog.typing.Processor, *, drop_none: bool = False
+) -> logging.Handler:
+    """``drop_none``: leave out keys without a value (for people; JSON keeps every key)."""
+    processors: list[structlog.typing.Processor] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta
+    ]
+    if drop_none:
+        processors.append(_without_none)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[*processors, renderer]))
     return handler
+
+
+def _without_none(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """The attempt line of a command has no agent, tokens, cost or commit: a console shows
+    ``agent=None`` for each, noise to a person."""
+    return {k: v for k, v in event.items() if v is not None}
 
 
 def _isatty(stream: TextIO) -> bool:

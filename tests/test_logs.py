@@ -56,6 +56,19 @@ def test_console_format_is_for_people() -> None:
     assert not text.startswith("{")
 
 
+def test_the_console_leaves_out_what_has_no_value_and_json_keeps_it() -> None:
+    """A command's attempt line has no agent, tokens or cost: "agent=None" is noise to a
+    person; a script reading JSON finds every key of the canonical line, null or not."""
+    out, data = io.StringIO(), io.StringIO()
+    logs.configure("info", "console", out)
+    log.info("attempt", task="t:A", verdict="PASS", reason=None, agent=None, attempt=1)
+    assert "None" not in out.getvalue()
+    assert "task=t:A" in out.getvalue()
+    logs.configure("info", "json", data)
+    log.info("attempt", task="t:A", verdict="PASS", reason=None, agent=None, attempt=1)
+    assert json.loads(data.getvalue())["agent"] is None
+
+
 def test_log_file_gets_json_lines_and_rotates_by_size(tmp_path: Path) -> None:
     out = io.StringIO()
     path = tmp_path / "logs" / "daemon.log"
