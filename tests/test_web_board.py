@@ -149,3 +149,49 @@ def test_a_reconnect_after_a_restart_brings_only_what_was_missed_with_its_own_ti
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_a_retried_task_s_card_shows_its_place_in_the_fresh_budget(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """After a retry order the card moved by the event stream reads "attempt 2, iteration
+    1/1", as `status` says, not "attempt 2/1"."""
+    from playwright.sync_api import sync_playwright
+
+    armed, gate = tmp_path / "armed", tmp_path / "gate"
+    loop = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    write_track("t", [{"id": "A", "command": f"test -e {armed} && {loop}", "max_iterations": 1}])
+    state = tmp_path / "state"
+    proc = daemon(tracks_dir, state, "--http", "127.0.0.1:0")
+    try:
+        wait_for((state / api.INFO_NAME).exists)
+        url = json.loads((state / api.INFO_NAME).read_text())["http"]
+        token = (state / api.TOKEN_NAME).read_text().strip()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(f"{url}#token={token}")
+                failed = cell("t", "failed", "t:A")
+                page.wait_for_selector(
+                    f"{failed} .meta:has-text('FAIL after 1/1')", timeout=WAIT_MS
+                )
+                armed.touch()
+                page.click('.card[data-ref="t:A"]')
+                page.click("aside button:has-text('Retry')")
+                running = f"{cell('t', 'in_progress', 't:A')} .meta"
+                page.wait_for_selector(running, timeout=WAIT_MS)
+                assert page.inner_text(running) == "attempt 2, iteration 1/1"
+                gate.touch()
+                page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
