@@ -81,7 +81,10 @@ class Order:
         running = self.current is Status.IN_PROGRESS
         if self.status is Status.PENDING:
             if running:
-                return "a fresh iteration budget for the attempts to come (it keeps running)"
+                return (
+                    "a fresh iteration budget, its running attempt the first of it"
+                    " (it keeps running)"
+                )
             return "run it again with a fresh iteration budget (history kept)"
         cancel = "cancel its running attempt; " if running else ""
         if self.status is Status.SKIPPED:

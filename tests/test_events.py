@@ -100,6 +100,12 @@ def test_what_an_order_means(
     assert decision.message.startswith("t:A")
 
 
+def test_a_retry_of_a_running_task_says_its_attempt_is_the_first_of_the_fresh_budget() -> None:
+    """Not "its next attempts get a fresh budget": with a budget of 2, one more runs after it."""
+    said = decide("retry", "t:A", Status.IN_PROGRESS, True).message
+    assert said == "t:A is running; a fresh budget starts with its running attempt"
+
+
 @pytest.mark.anyio
 async def test_a_new_state_database_starts_a_new_event_log(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack

@@ -3,7 +3,8 @@ order is given (``orchestratord retry|cancel|skip``, the control API, and a stat
 queue file).
 
 ``retry`` runs the task again whatever its state, with a fresh iteration budget (its history
-is kept; a running task keeps running, and the attempts to come get the fresh budget).
+is kept; a running task keeps running, and its running attempt is the first of the fresh
+budget).
 ``cancel`` ends a running attempt and leaves the task ``blocked`` with the reason
 "cancelled" (a task not started yet is blocked the same way, so it does not start).
 ``skip`` marks the task ``skipped``, ending it if it runs, so that its dependents may proceed.
@@ -58,7 +59,8 @@ def decide(order: Kind, ref: str, status: Status, running: bool) -> Decision:
     if order == "retry":
         if running:
             return Decision(
-                Event.ORDER_RETRY, f"{ref} is running; its next attempts get a fresh budget"
+                Event.ORDER_RETRY,
+                f"{ref} is running; a fresh budget starts with its running attempt",
             )
         return Decision(Event.ORDER_RETRY, f"{ref} will run again with a fresh iteration budget")
     if order == "cancel":
