@@ -280,6 +280,19 @@ def _daemon_line(daemon: Mapping[str, Any]) -> Text:
                 "  PAUSED: `orchestratord resume` lets the next start start tasks",
                 style="bold magenta",
             )
+        unfinished = daemon.get("unfinished") or []
+        if unfinished:
+            one = len(unfinished) == 1
+            shown = ", ".join(unfinished[:NEXT_SHOWN])
+            more = (
+                f" (+{len(unfinished) - NEXT_SHOWN} more)" if len(unfinished) > NEXT_SHOWN else ""
+            )
+            line.append(
+                f"\n{len(unfinished)} attempt{'' if one else 's'} the daemon started never"
+                f" finished (it was killed, or left {'it' if one else 'them'} running on a"
+                f" cluster): {shown}{more}; the next start takes {'it' if one else 'them'} over",
+                style="bold yellow",
+            )
         return line
     line = Text.assemble(
         ("daemon running", "bold green"),

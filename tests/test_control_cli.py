@@ -164,7 +164,12 @@ async def test_reading_commands_without_a_daemon_use_the_state_database(
 
     code, out, _ = run("status", "--json", *where)
     data = json.loads(out)
-    assert data["daemon"] == {"running": False, "source": "state", "paused": False}
+    assert data["daemon"] == {
+        "running": False,
+        "source": "state",
+        "paused": False,
+        "unfinished": [],
+    }
     [failed] = data["tracks"][0]["failed"]
     assert (failed["ref"], failed["attempts"], failed["reason"], failed["verdict"]) == (
         "t:BAD",
@@ -225,7 +230,12 @@ def test_without_a_daemon_the_state_database_wins_over_the_queue_files(
     assert code == 0
     data = json.loads(out)
     api.StatusDocument.model_validate(data)
-    assert data["daemon"] == {"running": False, "source": "state", "paused": True}
+    assert data["daemon"] == {
+        "running": False,
+        "source": "state",
+        "paused": True,
+        "unfinished": [],
+    }
     [track] = data["tracks"]
     assert [(f["ref"], f["attempts"], f["reason"]) for f in track["failed"]] == [
         ("t:F", 2, "the tests failed")
@@ -367,6 +377,37 @@ async def test_status_and_board_say_which_pending_tasks_a_failed_one_holds(
     assert "held by failed alpha:A2: D1" in out.splitlines()
     board = run("board", *where)[1]
     assert "| **gamma**<br>1/3 done<br>2 held by failed or blocked work |" in board
+
+
+def test_without_a_daemon_attempts_a_killed_daemon_left_unfinished_are_said(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """Killed (or crashed) in the night: its attempts never ended, and what they started may
+    still run. Status and explain say so, not only that the task is ready."""
+    pidfile = tmp_path / "pid"
+    write_track("t", [{"id": "LONG", "command": f"echo $$ > {pidfile}; exec sleep 60"}])
+    state = tmp_path / "state"
+    proc = daemon(tracks_dir, state)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit())
+    proc.kill()
+    proc.wait(10)
+    orphan = int(pidfile.read_text())
+    try:
+        where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
+        data = json.loads(run("status", "--json", *where)[1])
+        assert data["daemon"]["unfinished"] == ["t:LONG"]
+        out = " ".join(run("status", *where)[1].split())
+        assert (
+            "1 attempt the daemon started never finished (it was killed, or left it running on"
+            " a cluster): t:LONG; the next start takes it over"
+        ) in out
+        explained = run("explain", "LONG", *where)[1].splitlines()
+        assert explained[-1] == (
+            "Its attempt 1 was running when the daemon stopped and never finished: the next"
+            " start ends what it left running (or takes its cluster run over) and runs it again."
+        )
+    finally:
+        os.kill(orphan, signal.SIGKILL)
 
 
 def test_logs_names_each_attempt_number_once_when_an_interrupted_one_ran_again(

@@ -237,6 +237,9 @@ class DaemonInfo(_Response):
     running_attempts: int = 0
     http: str | None = None
     """The web board's address when the daemon serves HTTP."""
+    unfinished: list[str] = Field(default_factory=list)
+    """Without a daemon: tasks whose attempt the stopped daemon never ended (it was killed, or
+    left the run on a cluster); the next start takes them over."""
 
 
 class ProblemInfo(_Response):

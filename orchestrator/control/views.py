@@ -75,6 +75,11 @@ class View(Protocol):
         none of their tasks starts (a stopped daemon's files; a running daemon has none)."""
         ...
 
+    def unfinished(self, key: TaskKey) -> AttemptRow | None:
+        """An attempt of ``key`` a stopped daemon never ended (killed, or left running on a
+        cluster): the next start takes it over. A running daemon has none to report."""
+        ...
+
     @property
     def paused(self) -> bool: ...
 
@@ -152,6 +157,9 @@ class EngineView:
     def unloaded_tracks(self) -> frozenset[str]:
         return frozenset()
 
+    def unfinished(self, key: TaskKey) -> AttemptRow | None:
+        return None
+
     def daemon(self) -> dict[str, Any]:
         engine = self.engine
         return {
@@ -208,9 +216,13 @@ class OfflineView:
                 state = state.with_owned(status=Status.PENDING)
             self._states[key] = state
         self._paused = False
+        self._unfinished: dict[TaskKey, AttemptRow] = {}
+        """Attempts the store shows running: the stopped daemon never ended them (killed, or
+        left running on a cluster); the next start takes them over."""
         if store is not None:
             last = store.last_event(("daemon_paused", "daemon_resumed"))
             self._paused = last is not None and last.type == "daemon_paused"
+            self._unfinished = {row.key: row for row in store.running_attempts()}
         with workspace.bulk():
             self._graph = Graph(
                 spec.with_statuses(lambda k: s.status if (s := self._states.get(k)) else None)
@@ -285,11 +297,17 @@ class OfflineView:
         return frozenset(t.name for t in self.ws.tracks if t.path in invalid)
 
     def daemon(self) -> dict[str, Any]:
+        if self.store is None:
+            return {"running": False, "source": "files", "paused": False}
         return {
             "running": False,
-            "source": "state" if self.store is not None else "files",
+            "source": "state",
             "paused": self._paused,
+            "unfinished": [str(key) for key in self._unfinished],
         }
+
+    def unfinished(self, key: TaskKey) -> AttemptRow | None:
+        return self._unfinished.get(key)
 
     def ref_index(self) -> RefIndex:
         return self.ws.ref_index()
@@ -395,6 +413,13 @@ def explain_lines(view: View, key: TaskKey) -> list[str]:
             lines.append(
                 f"    ... and {len(errors) - MAX_ERRORS_SHOWN} more (`orchestratord validate`)"
             )
+    cut = view.unfinished(key)
+    if cut is not None:
+        lines.append(
+            f"Its attempt {cut.number} was running when the daemon stopped and never finished:"
+            " the next start ends what it left running (or takes its cluster run over) and"
+            " runs it again."
+        )
     return lines
 
 
