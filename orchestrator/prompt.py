@@ -87,7 +87,7 @@ def build(data: PromptInput, template: str = DEFAULT_TEMPLATE) -> str:
     if data.failure.strip():
         failure = (
             f"\nThis is attempt {data.attempt} of {data.max_iterations}. "
-            "The previous attempt failed verification:\n"
+            "The previous attempt failed:\n"  # (its output begins with how: a run, a check)
             f"----- previous failure -----\n{data.failure.rstrip()}\n"
             "----- end of previous failure -----\n"
         )

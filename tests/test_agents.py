@@ -167,6 +167,23 @@ def test_the_prompt_has_the_role_and_the_working_tree() -> None:
     assert "git" not in plain
 
 
+def test_the_prompt_says_how_the_previous_attempt_failed_not_always_verification() -> None:
+    """A run that timed out, or printed no promise, was never verified: the prompt gives the
+    reason the failure output begins with, and does not say verification failed."""
+    chosen = agents.choose(task("claude"), TrackSettings(), settings())
+    text = agents.prompt_for(
+        task(),
+        chosen,
+        settings(),
+        attempt=2,
+        max_iterations=3,
+        failure="the agent timed out after 600 s\nthinking...\n",
+    )
+    assert "The previous attempt failed:\n----- previous failure -----\n" in text
+    assert "the agent timed out after 600 s" in text
+    assert "verification" not in text
+
+
 # ------------------------------------------------------------------ structured output
 
 
