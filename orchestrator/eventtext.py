@@ -43,6 +43,11 @@ def _reason(data: Data) -> str:
     return f": {data['reason']}" if data.get("reason") else ""
 
 
+def _number(number: Any) -> str:
+    """`` 3`` after "attempt", when the event says which (older events do not)."""
+    return f" {number}" if isinstance(number, int) else ""
+
+
 def _first(problems: Any) -> str:
     """The first of a list of problems, and how many more."""
     items = [str(p) for p in problems] if isinstance(problems, Sequence) else []
@@ -137,7 +142,9 @@ _SENTENCES: dict[str, Callable[[str, Data], str]] = {
     "attempt_finished": lambda who, d: (
         f"{who} attempt {d.get('attempt')}: {d.get('verdict')}{_reason(d)}"
     ),
-    "attempt_interrupted": lambda who, d: f"{who} attempt interrupted{_reason(d)}",
+    "attempt_interrupted": lambda who, d: (
+        f"{who} attempt{_number(d.get('attempt'))} interrupted{_reason(d)}"
+    ),
     "task_complete": lambda who, d: f"{who} is complete{_reason(d)}",
     "task_failed": lambda who, d: (
         f"{who} FAILED after {_count(d.get('attempts'), 'attempt')}{_reason(d)}"

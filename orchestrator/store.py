@@ -407,6 +407,14 @@ _ENDED_AT = 12
 """Where ``ended_at`` is in a row of :data:`_INSERT_PROCESS` (``exit_code`` follows)."""
 
 
+_RUNNING_ATTEMPT = "SELECT track, task_id, number FROM attempts WHERE id = ? AND state = 'running'"
+
+
+def _numbered(number: int | None, reason: str) -> dict[str, Any]:
+    """An ``attempt_interrupted`` event's data."""
+    return {"reason": reason} if number is None else {"attempt": number, "reason": reason}
+
+
 def _owned_row(key: TaskKey, state: TaskState, now: str) -> tuple[Any, ...]:
     o = state.owned
     files = (
@@ -715,10 +723,17 @@ class Store:
 
     def interrupt_attempts(
         self, attempt_ids: Sequence[int], states: Mapping[TaskKey, TaskState], reason: str
-    ) -> None:
-        """Mark attempts interrupted (the daemon stopped or died) and reset their tasks."""
+    ) -> list[EventSpec]:
+        """Mark attempts interrupted (the daemon stopped or died) and reset their tasks; the
+        events journaled, one ``attempt_interrupted`` per task reset (with the number of its
+        attempt among ``attempt_ids``, if one is)."""
         now = self._now()
         with self._tx() as db:
+            numbers: dict[TaskKey, int] = {}
+            for attempt_id in attempt_ids:
+                row = db.execute(_RUNNING_ATTEMPT, (attempt_id,)).fetchone()
+                if row is not None:
+                    numbers[TaskKey(row["track"], row["task_id"])] = row["number"]
             db.executemany(
                 "UPDATE attempts SET state = 'interrupted', ended_at = ?, reason = ?"
                 " WHERE id = ? AND state = 'running'",
@@ -728,7 +743,11 @@ class Store:
                 _PUT_TASK,
                 [_owned_row(key, state, now) for key, state in states.items()],
             )
-            self._events([("attempt_interrupted", key, {"reason": reason}) for key in states], now)
+            events: list[EventSpec] = [
+                ("attempt_interrupted", key, _numbered(numbers.get(key), reason)) for key in states
+            ]
+            self._events(events, now)
+        return events
 
     def set_attempt_details(self, attempt_id: int, details: AttemptDetails) -> None:
         with self._tx() as db:

@@ -676,12 +676,13 @@ def _interrupted(engine: Engine, key: TaskKey, attempt_id: int | None) -> None:
         if still_running and state
         else {}
     )
+    events: list[EventSpec] = [("attempt_interrupted", key, {"reason": reason})]
     if attempt_id is not None:
-        engine.store.interrupt_attempts([attempt_id], resets, reason)
+        events = engine.store.interrupt_attempts([attempt_id], resets, reason)
         cut = next((a for a in engine.store.attempts(key) if a.id == attempt_id), None)
         if cut is not None:
             note_interrupted(cut.log_path, reason)
     elif resets:
-        engine.store.put_tasks(resets, [("attempt_interrupted", key, {"reason": reason})])
+        engine.store.put_tasks(resets, events)
     if resets:
-        engine.after_commit(key, resets[key], [("attempt_interrupted", key, {"reason": reason})])
+        engine.after_commit(key, resets[key], events)

@@ -23,7 +23,10 @@ SAMPLES: dict[str, tuple[TaskKey | str | None, dict[str, Any]]] = {
     "daemon_resumed": (None, {}),
     "task_started": (TASK, {"attempt": 2, "iteration": 2, "max_iterations": 5}),
     "attempt_finished": (TASK, {"attempt": 2, "verdict": "FAIL", "reason": "tests fail"}),
-    "attempt_interrupted": (TASK, {"reason": "the daemon stopped during the attempt"}),
+    "attempt_interrupted": (
+        TASK,
+        {"attempt": 3, "reason": "the daemon stopped during the attempt"},
+    ),
     "task_complete": (TASK, {"attempts": 2}),
     "task_failed": (TASK, {"attempts": 1, "reason": "exit 2"}),
     "task_blocked": (TASK, {"reason": "needs a key"}),
@@ -215,3 +218,11 @@ def test_notifications_say_the_sentence_the_event_carries() -> None:
     then = {**sent, "text": "backend:PROVIDER-013 is BLOCKED, as said when it happened"}
     assert payload(then)["text"] == then["text"]
     assert environment(then)["ORCHESTRATORD_EVENT_SUMMARY"] == then["text"]
+
+
+def test_an_interrupted_attempt_is_named_by_its_number_when_the_event_has_it() -> None:
+    data = {"attempt": 3, "reason": "the daemon stopped"}
+    said = eventtext.sentence("attempt_interrupted", TASK, data)
+    assert said == "backend:PROVIDER-013 attempt 3 interrupted: the daemon stopped"
+    older = eventtext.sentence("attempt_interrupted", TASK, {"reason": "the daemon stopped"})
+    assert older == "backend:PROVIDER-013 attempt interrupted: the daemon stopped"

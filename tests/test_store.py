@@ -114,12 +114,16 @@ def test_each_store_has_its_own_id_which_survives_reopening(tmp_path: Path) -> N
 def test_interrupting_resets_tasks(tmp_path: Path) -> None:
     store = Store.open(tmp_path, FixedClock())
     attempt = store.begin_attempt(K, TaskState(Owned(status=Status.IN_PROGRESS)), 1, 1, "l")
-    store.interrupt_attempts(
+    events = store.interrupt_attempts(
         [attempt], {K: TaskState(Owned(status=Status.PENDING))}, "daemon stopped"
     )
     row = store.attempts(K)[0]
     assert (row.state, row.reason) == ("interrupted", "daemon stopped")
     assert store.task(K) == TaskState(Owned(status=Status.PENDING))
+    # The event says which attempt (the one among those given that was the task's).
+    said = {"attempt": 1, "reason": "daemon stopped"}
+    assert events == [("attempt_interrupted", K, said)]
+    assert [(e.type, e.data) for e in store.events()][-1] == ("attempt_interrupted", said)
 
 
 def test_written_base_round_trip(tmp_path: Path) -> None:
