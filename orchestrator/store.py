@@ -749,6 +749,11 @@ class Store:
             self._events(events, now)
         return events
 
+    def set_attempt_iteration(self, attempt_id: int, iteration: int) -> None:
+        """A retry order while the attempt ran made it the first of a fresh budget."""
+        with self._tx() as db:
+            db.execute("UPDATE attempts SET iteration = ? WHERE id = ?", (iteration, attempt_id))
+
     def set_attempt_details(self, attempt_id: int, details: AttemptDetails) -> None:
         with self._tx() as db:
             db.execute(

@@ -575,12 +575,16 @@ def _runs_over(engine: Engine, key: TaskKey, current: _Attempt, notes: tuple[str
 
 
 def _rebased(engine: Engine, key: TaskKey, current: _Attempt) -> _Attempt:
-    """A retry order while the attempt ran gives a fresh budget, this attempt its first."""
+    """A retry order while the attempt ran gives a fresh budget, this attempt its first (so
+    its record says too: the history reads as the log line and ``status`` did)."""
     fresh = engine.states[key].budget_base
     if fresh == current.started.budget_base:
         return current
     started = replace(current.started, budget_base=fresh)
-    return replace(current, started=started, iteration=started.owned.attempts + 1 - fresh)
+    iteration = started.owned.attempts + 1 - fresh
+    if iteration != current.iteration:
+        engine.store.set_attempt_iteration(current.id, iteration)
+    return replace(current, started=started, iteration=iteration)
 
 
 def _log_attempt(
