@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentoutput, agents, budgets, eventtext, gitlocks
+from . import agentoutput, agents, budgets, eventtext, gitlocks, verification
 from .attempt import AttemptPlan, AttemptResult, Gate
 from .clock import iso
 from .config import Settings
@@ -161,11 +161,12 @@ class AgentRuntime:
 
     @asynccontextmanager
     async def attempt(
-        self, key: TaskKey, number: int, reattached: bool = False
+        self, key: TaskKey, number: int, reattached: bool = False, attempt_id: int | None = None
     ) -> AsyncIterator[Session]:
         """The attempt's tree, held for the whole attempt. ``reattached``: an attempt the last
         daemon left running on a cluster, whose runs are attached to again (cut short by that
-        daemon's end, as far as its git side is concerned)."""
+        daemon's end, as far as its git side is concerned). ``attempt_id``: its row in the
+        store, where the commit of its PASS is recorded before git moves the branch."""
         engine = self.engine
         task, track = engine.settings_for(key)
         git = self.settings.git
@@ -220,6 +221,9 @@ class AgentRuntime:
                 # cuts came after the commit.
                 after_stop=bool(cut) and all(a.reason in DAEMON_ENDS for a in cut),
                 reattached=reattached,
+                intents={a.committing: a.verifies or "" for a in cut if a.committing},
+                verifies=self.verifies(key) or "",
+                committing=self._committing(attempt_id),
             )
             try:
                 notes = [*remade, *await attempt.begin()]
@@ -228,6 +232,10 @@ class AgentRuntime:
                 yield Session(error=f"git: {exc}")
                 return
             self.report_locks(key, attempt)
+            # What its run is verified against: the plan the worker builds next, without a
+            # wait in between, reads the task's definition as it is now (a reload may have
+            # changed it while git worked above; or removed it: the worker ends the attempt).
+            attempt.verifies = self.verifies(key) or attempt.verifies
             yield Session(
                 cwd=str(tree.cwd),
                 notes=tuple(notes),
@@ -237,6 +245,28 @@ class AgentRuntime:
             )
         finally:
             tree.lock.release()
+
+    def verifies(self, key: TaskKey) -> str | None:
+        """What an attempt of ``key`` is verified against now (:func:`verification.fingerprint`):
+        its verification commands and completion promise as its plan reads them, and the
+        guardrails and no-tests patterns it is checked with. None: the task left its file."""
+        engine = self.engine
+        task, track = engine.defs.get(key), engine.tracks.get(key.track)
+        if task is None or track is None:
+            return None
+        defaults = engine.cfg.settings.defaults.verify
+        verify = verification.commands(task, track.definition.settings, defaults)
+        return verification.fingerprint(
+            verify, task.completion_promise, self.guardrails, self.no_tests
+        )
+
+    def _committing(self, attempt_id: int | None) -> Callable[[str, str], None] | None:
+        """Records in the store the commit a PASS of the attempt is about to put on its branch
+        (:attr:`GitAttempt.committing`)."""
+        if attempt_id is None:
+            return None
+        store = self.engine.store
+        return lambda commit, verifies: store.set_committing(attempt_id, commit, verifies)
 
     def _report_remade(self, track: str, tree: Tree) -> list[str]:
         """Journal that a half-made worktree was removed and made again (once); the note for

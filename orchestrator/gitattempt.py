@@ -15,12 +15,16 @@ so (a conflict blocks the task). Any other verdict keeps the changes on
 into the next commit.
 
 A daemon killed after git made an attempt's verified commit and before the store recorded the
-PASS leaves that commit at the tree's HEAD. The attempt, taken up again at the same number,
-finds it there (by its trailers). When the tree still holds exactly that commit's work, the
-PASS was decided already: it is recorded (and the commit merged, if it is not yet) without
-running anything again (:attr:`GitAttempt.verified`). Otherwise (the tree changed since) the
-attempt runs again and the commit's changes count as the new run's, so that the same work is
-not "no changes"; a PASS with the same tree keeps that commit instead of making another, a
+PASS leaves that commit at the tree's HEAD. Before git moves the branch, the store records the
+commit and what its PASS was verified against (:mod:`verification`): the attempt, taken up
+again at the same number, finds the commit there (by its trailers). When HEAD is exactly the
+commit recorded, the task still asks for what it was verified against, and the tree still holds
+exactly that commit's work, the PASS was decided already: it is recorded (and the commit merged,
+if it is not yet) without running anything again (:attr:`GitAttempt.verified`). Otherwise (a
+person's commit with its trailers, amended or copied; a daemon of an older version that recorded
+nothing; the verification commands, the promise or the guardrails changed; the tree changed)
+the attempt runs again and the commit's changes count as the new run's, so that the same work
+is not "no changes"; a PASS with the same tree keeps that commit instead of making another, a
 PASS with another tree is committed on top of it (it may be merged already: replaced, it would
 conflict with itself at the merge).
 
@@ -36,12 +40,13 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
 
-from . import gitlocks, gitwork
+from . import gitlocks, gitwork, verification
 from .attempt import AttemptResult, Note
 from .errors import GitError
 from .gitwork import Change
@@ -119,6 +124,9 @@ class GitAttempt:
         resumed: bool = False,
         after_stop: bool = False,
         reattached: bool = False,
+        intents: Mapping[str, str] | None = None,
+        verifies: str = "",
+        committing: Callable[[str, str], None] | None = None,
     ) -> None:
         self.trees = trees
         self.tree = tree
@@ -135,6 +143,17 @@ class GitAttempt:
         self.reattached = reattached
         """Its runs were left going on a cluster when the daemon ended, and are attached to
         again: the tree is as they left it, or as they are leaving it."""
+        self.intents: Mapping[str, str] = intents or {}
+        """The commits a PASS of this attempt (each run of it cut short) was about to put on
+        its branch, each with what it was verified against, as the store recorded them before
+        git moved the branch: the only commits :attr:`verified` may be."""
+        self.verifies = verifies
+        """What this attempt is verified against now (:func:`verification.fingerprint`)."""
+        self.committing = committing
+        """Records ``(commit, verifies)`` for good before git moves the branch to a PASS's
+        commit (the store; None: nowhere, for an attempt without a row)."""
+        self.unverified = ""
+        """Why its own commit found at HEAD is not :attr:`verified` (for the log)."""
         self.settled: str | None = None
         """Re-attached: its verified commit, at HEAD, made after it began. Its runs were over
         then: the attempt is cut short by the daemon's end and taken up again as a new one of
@@ -300,13 +319,29 @@ class GitAttempt:
         self.t0 = gitwork.apply_changes(self.root, self.t0, base, undone, self.scratch)
 
     def _check_verified(self, orphan: str) -> None:
-        """:attr:`verified` when the tree holds exactly the work of ``orphan`` (its changes
-        then measured for good; else measured again after the run)."""
+        """:attr:`verified` when ``orphan`` is a commit the store recorded this attempt making,
+        verified against what the task still asks, and the tree holds exactly its work (its
+        changes then measured for good; else measured again after the run). Else
+        :attr:`unverified` says why not."""
+        recorded = self.intents.get(orphan)
+        if recorded is None:
+            # Amended or made by a person (with its trailers), or by a daemon of an older
+            # version, which recorded nothing: running again is the safe side.
+            self.unverified = (
+                "but it is not the commit the daemon recorded making (changed or made by hand "
+                "since, or by an older version of orchestratord)"
+            )
+            return
+        changed = verification.changed(recorded, self.verifies)
+        if changed:
+            self.unverified = f"what it was verified against changed since ({', '.join(changed)})"
+            return
         self._measure()
         if self.changed and self._tree_to_commit() == gitwork.tree_of(self.root, orphan):
             self.verified = orphan
         else:
             self.t1, self.changed = None, []
+            self.unverified = "the tree changed since"
 
     def _orphan_note(self, orphan: str) -> str:
         """What the attempt's log says of its own commit found at HEAD."""
@@ -314,12 +349,14 @@ class GitAttempt:
             f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before it was "
             "cut short and never recorded; "
         )
+        if self.after_stop and orphan not in self.intents:
+            found = f"git: {orphan[:12]} at HEAD carries this attempt's trailers, "
         if self.verified is not None:
             then = (
                 "the tree still holds exactly its work: its PASS is recorded, nothing is run again"
             )
         elif self.after_stop:
-            then = "the tree changed since, so the attempt runs again; its changes count as its own"
+            then = f"{self.unverified}, so the attempt runs again; its changes count as its own"
         else:
             then = "its changes count as this attempt's"
         return found + then
@@ -480,6 +517,8 @@ class GitAttempt:
             files = tuple(sorted(c.path for c in self.changed))
             if commit_id is None:
                 return Outcome(result, files)
+            self._record(commit_id)  # for good, before the branch moves
+            await in_thread(self._move_to, commit_id)
             message = (
                 f"Merge {self.tree.branch}: {self.task.key.id}\n\n"
                 f"Task: {self.task.key.id}\nTrack: {self.task.key.track}\n"
@@ -506,6 +545,7 @@ class GitAttempt:
         return Outcome(result, files, None, saved, note)
 
     def _commit(self, enabled: bool) -> str | None:
+        """The commit of a PASS (made, the branch not moved yet); None: none to make."""
         self._measure()
         root = self.root
         if not self.changed:
@@ -529,13 +569,26 @@ class GitAttempt:
                 parents = [self.adopted]
                 message = commit_message(self.task, self.number, reason=self._follows())
             commit = gitwork.commit_tree(root, tree, parents, message, env)
+        return commit
+
+    def _record(self, commit: str) -> None:
+        """Record the commit a PASS is about to put on the branch, and what it was verified
+        against: a daemon killed once the branch moved and before the PASS is recorded
+        leaves the commit at HEAD, and the next one trusts only a commit so recorded."""
+        if self.committing is None:
+            return
+        verifies = self.intents[commit] if commit == self.verified else self.verifies
+        self.committing(commit, verifies)
+
+    def _move_to(self, commit: str) -> None:
+        """Move the branch to the PASS's ``commit``; the tree and index follow."""
+        root = self.root
         gitwork.update_ref(root, "HEAD", commit, gitwork.head(root))
         if self.tree.own:
             gitwork.reset_hard(root, commit)  # also clears what verification left behind
         else:
             self._put_index_back()
             self._sync_index()
-        return commit
 
     def _tree_to_commit(self) -> str:
         """The tree a PASS commits: the commit the attempt started from, with its changes."""

@@ -28,7 +28,7 @@ from .errors import StateError, state_stops
 from .model import Owned, Status, TaskKey
 from .states import TaskState
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -172,6 +172,15 @@ ALTER TABLE run_logs ADD COLUMN log_size INTEGER;
 output a daemon killed before journaling it had written is found in the file again, and is
 not written a second time (``executors.ray``)."""
 
+_COMMIT_INTENTS = """
+ALTER TABLE attempts ADD COLUMN committing TEXT;
+ALTER TABLE attempts ADD COLUMN verifies TEXT;
+"""
+"""The commit a PASS of an attempt was about to put on its branch, recorded before git moved
+the branch, and a fingerprint of what that PASS was verified against (schema 9): a daemon
+killed in between leaves that commit at HEAD, and the next one records the PASS from it only
+when HEAD is exactly that commit and the task still asks for the same (:mod:`gitattempt`)."""
+
 _STEPS: tuple[tuple[int, str], ...] = (
     (2, _REMOTE_RUNS),
     (3, _AGENT_RUNS),
@@ -180,6 +189,7 @@ _STEPS: tuple[tuple[int, str], ...] = (
     (6, _STORE_ID),
     (7, _LEANER_INDEXES),
     (8, _RUN_LOG_SIZES),
+    (9, _COMMIT_INTENTS),
 )
 """Migrations after the base schema (version 1), each ``(version it brings, script)``, applied
 in order, each in its own transaction. Never edit one: add the next."""
@@ -267,6 +277,10 @@ class AttemptRow:
     daemon_pid: int
     """The daemon that started it (with the store id, the launch marker of its children)."""
     details: AttemptDetails = AttemptDetails()
+    committing: str | None = None
+    """The commit a PASS of this attempt was about to put on its branch (schema 9)."""
+    verifies: str | None = None
+    """What that PASS was verified against (:func:`verification.fingerprint`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +494,8 @@ def _attempt(row: sqlite3.Row) -> AttemptRow:
             files_changed=None if files is None else tuple(orjson.loads(files)),
             saved_ref=row["saved_ref"],
         ),
+        committing=row["committing"],
+        verifies=row["verifies"],
     )
 
 
@@ -759,6 +775,15 @@ class Store:
             db.execute(
                 _SET_DETAILS,
                 (*details.columns(), attempt_id),
+            )
+
+    def set_committing(self, attempt_id: int, commit: str, verifies: str) -> None:
+        """Record the commit a PASS of the attempt is about to put on its branch, and what it
+        was verified against; committed before git moves the branch (see schema 9)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET committing = ?, verifies = ? WHERE id = ?",
+                (commit, verifies, attempt_id),
             )
 
     def spend(

@@ -33,7 +33,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from . import agentoutput, agentrun, agents, logs, procs
+from . import agentoutput, agentrun, agents, logs, procs, verification
 from .attempt import (
     AttemptPlan,
     AttemptResult,
@@ -188,11 +188,9 @@ def max_iterations(engine: Engine, task: TaskDef, track: Track) -> int:
 
 
 def _verify(engine: Engine, task: TaskDef, track: Track) -> tuple[Command, ...]:
-    if task.verify is not None:
-        return task.verify
-    if track.definition.settings.verify is not None:
-        return track.definition.settings.verify
-    return tuple(c if isinstance(c, str) else tuple(c) for c in engine.cfg.settings.defaults.verify)
+    return verification.commands(
+        task, track.definition.settings, engine.cfg.settings.defaults.verify
+    )
 
 
 def plan_attempt(
@@ -520,7 +518,7 @@ async def _run_in_tree(
 
     None: a re-attached attempt whose runs were over (:attr:`agentrun.Session.settled`), now
     cut short (:func:`_runs_over`)."""
-    async with runtime.attempt(key, current.number, bool(current.reattach)) as session:
+    async with runtime.attempt(key, current.number, bool(current.reattach), current.id) as session:
         # Finding the tree may have waited on a thread, which no cancellation interrupts: one
         # that came meanwhile (the task removed from its file) takes effect here, before the
         # task's definition is read.

@@ -98,6 +98,7 @@ async def test_its_verified_commit_made_after_it_began_settles_it(
     assert (tree.root / "build.log").exists()  # untouched: the next attempt takes it up
     follows = _attempt(trees, tree, tmp_path, resumed=True)
     follows.after_stop = True
+    follows.intents = {made: ""}  # (as the store recorded it before the branch moved)
     await follows.begin()
     assert follows.verified == made
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config
+from orchestrator import config, verification
 from orchestrator.attempt import AttemptResult
 from orchestrator.gitattempt import GitAttempt, commit_message
 from orchestrator.guardrails import Guardrails
@@ -25,6 +25,7 @@ pytestmark = [needs_git, pytest.mark.anyio]
 
 TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
 PASS = AttemptResult(Verdict.PASS, None, 0)
+VERIFIES = verification.fingerprint(("make test",), None, Guardrails.build([]), None)
 
 
 async def _tree(tmp_path: Path, own: bool = True) -> tuple[Path, Trees, Tree]:
@@ -46,7 +47,17 @@ def _verified_commit(tree: Tree, text: str) -> str:
     return git(tree.root, "rev-parse", "HEAD")
 
 
-def _attempt(trees: Trees, tree: Tree, tmp_path: Path, *, after_stop: bool) -> GitAttempt:
+def _attempt(
+    trees: Trees,
+    tree: Tree,
+    tmp_path: Path,
+    *,
+    after_stop: bool,
+    recorded: str | None = None,
+    verifies: str = VERIFIES,
+) -> GitAttempt:
+    """The attempt taken up again; ``recorded``: the commit the store recorded its PASS
+    making before the branch moved (verified against :data:`VERIFIES`)."""
     return GitAttempt(
         trees,
         tree,
@@ -57,13 +68,15 @@ def _attempt(trees: Trees, tree: Tree, tmp_path: Path, *, after_stop: bool) -> G
         "STAMP",
         resumed=True,
         after_stop=after_stop,
+        intents={recorded: VERIFIES} if recorded else {},
+        verifies=verifies,
     )
 
 
 async def test_cut_short_by_the_daemons_end_its_pass_is_recorded(tmp_path: Path) -> None:
     _, trees, tree = await _tree(tmp_path)
     made = _verified_commit(tree, "done\n")
-    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
     notes = await attempt.begin()
     assert attempt.verified == made
     assert any("its PASS is recorded, nothing is run again" in note for note in notes)
@@ -80,7 +93,7 @@ async def test_in_a_checkout_a_persons_other_edits_do_not_count(tmp_path: Path) 
     repo, trees, tree = await _tree(tmp_path, own=False)
     made = _verified_commit(tree, "done\n")
     (repo / "notes.txt").write_text("a person's notes\n")
-    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
     await attempt.begin()
     assert attempt.verified == made
     outcome = await attempt.conclude(PASS, True)
@@ -95,7 +108,7 @@ async def test_in_a_checkout_an_edit_of_its_work_since_runs_it_again(tmp_path: P
     repo, trees, tree = await _tree(tmp_path, own=False)
     made = _verified_commit(tree, "done\n")
     (repo / "app.txt").write_text("done, then changed\n")
-    attempt = _attempt(trees, tree, tmp_path, after_stop=True)
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
     notes = await attempt.begin()
     assert attempt.verified is None
     assert attempt.adopted == made
@@ -105,6 +118,52 @@ async def test_in_a_checkout_an_edit_of_its_work_since_runs_it_again(tmp_path: P
     assert outcome.commit is not None
     assert git(repo, "rev-parse", f"{outcome.commit}^") == made
     assert git(repo, "show", f"{outcome.commit}:app.txt") == "run again"
+
+
+async def test_a_commit_at_head_other_than_the_one_recorded_is_not_taken_as_verified(
+    tmp_path: Path,
+) -> None:
+    """The commit recorded, then amended by a person (its trailers kept; the same tree): HEAD
+    is not what verification passed. The attempt runs again, its changes its own; the same
+    work verified again keeps the person's commit."""
+    _, trees, tree = await _tree(tmp_path)
+    made = _verified_commit(tree, "done\n")
+    git(tree.root, "commit", "-q", "--amend", "-m", "edited\n\n" + commit_message(TASK, 1))
+    amended = git(tree.root, "rev-parse", "HEAD")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
+    notes = await attempt.begin()
+    assert attempt.verified is None
+    assert attempt.adopted == amended
+    assert any("not the commit the daemon recorded making" in note for note in notes)
+    outcome = await attempt.conclude(PASS, True)
+    assert outcome.commit == amended
+
+
+@pytest.mark.parametrize(
+    ("verifies", "said"),
+    [
+        (
+            verification.fingerprint(("make check",), None, Guardrails.build([]), None),
+            "(the verification commands)",
+        ),
+        (
+            verification.fingerprint(("make test",), "DONE", Guardrails.build(["x"]), None),
+            "(the completion promise, the guardrails)",
+        ),
+        ("", "(the verification commands, the completion promise, the guardrails, the no-tests"),
+    ],
+    ids=["verify", "promise-and-guardrails", "unreadable"],
+)
+async def test_a_commit_verified_against_what_is_no_longer_asked_is_not_taken_as_verified(
+    verifies: str, said: str, tmp_path: Path
+) -> None:
+    _, trees, tree = await _tree(tmp_path)
+    made = _verified_commit(tree, "done\n")
+    attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made, verifies=verifies)
+    notes = await attempt.begin()
+    assert attempt.verified is None
+    assert attempt.adopted == made
+    assert any(f"what it was verified against changed since {said}" in n for n in notes), notes
 
 
 async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(tmp_path: Path) -> None:
