@@ -201,11 +201,10 @@ class AgentRuntime:
                 await anyio.lowlevel.checkpoint()
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
-            cut = [
-                a
-                for a in engine.store.attempts(key)
-                if a.number == number and a.state == "interrupted"
-            ]
+            rows = engine.store.attempts(key)
+            cut = [a for a in rows if a.number == number and a.state == "interrupted"]
+            # Re-attached: what its own PASS recorded, if it came that far (see _rejoin).
+            committed = next((a.committing for a in rows if a.id == attempt_id), None)
             attempt = GitAttempt(
                 self.trees,
                 tree,
@@ -224,6 +223,7 @@ class AgentRuntime:
                 intents={a.committing: a.verifies or "" for a in cut if a.committing},
                 verifies=self.verifies(key) or "",
                 committing=self._committing(attempt_id),
+                committed=committed if reattached else None,
             )
             try:
                 notes = [*remade, *await attempt.begin()]

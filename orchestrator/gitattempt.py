@@ -31,7 +31,8 @@ conflict with itself at the merge).
 An attempt on a cluster whose runs the daemon left going when it ended is *re-attached* by the
 next daemon: its runs may still be working in the tree, so nothing there is touched, and it goes
 on from the tree and commit its first begin recorded. Unless its verified commit is at HEAD,
-made after it began (:attr:`GitAttempt.settled`): its runs were all over then, there is nothing
+made after it began, the one the store recorded (:attr:`GitAttempt.settled`; a person's commit
+with its trailers is not): its runs were all over then, there is nothing
 to attach to, and the attempt is taken up again as one cut short by the daemon's end, which
 finds that commit as above.
 """
@@ -127,6 +128,7 @@ class GitAttempt:
         intents: Mapping[str, str] | None = None,
         verifies: str = "",
         committing: Callable[[str, str], None] | None = None,
+        committed: str | None = None,
     ) -> None:
         self.trees = trees
         self.tree = tree
@@ -152,6 +154,9 @@ class GitAttempt:
         self.committing = committing
         """Records ``(commit, verifies)`` for good before git moves the branch to a PASS's
         commit (the store; None: nowhere, for an attempt without a row)."""
+        self.committed = committed
+        """Re-attached: the commit the store recorded a PASS of this very attempt about to put
+        on its branch (None: it recorded none), which alone makes it :attr:`settled`."""
         self.unverified = ""
         """Why its own commit found at HEAD is not :attr:`verified` (for the log)."""
         self.settled: str | None = None
@@ -265,16 +270,20 @@ class GitAttempt:
         orphan = self._unrecorded_commit()
         first = self._recorded()
         if orphan is not None and (first is None or not first.full or orphan != first.adopted):
-            # Made after the attempt began (not the commit its first begin found and adopted):
-            # by its own PASS, once every run of it had ended. (No full record, from a daemon of
-            # an older version: the commit of the window of a kill is by far the likelier.)
-            self.settled = orphan
+            # Made after the attempt began (not the commit its first begin found and adopted).
+            if self._its_pass(orphan, first):
+                self.settled = orphan
+                notes.append(
+                    f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before "
+                    "the daemon ended and never recorded; its runs on the cluster were over: the "
+                    "attempt is taken up again"
+                )
+                return notes
             notes.append(
-                f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before the "
-                "daemon ended and never recorded; its runs on the cluster were over: the attempt "
-                "is taken up again"
+                f"git: {orphan[:12]} at HEAD carries this attempt's trailers but is not the commit "
+                "the daemon recorded making (changed or made by hand since): its runs may still "
+                "go on, and are attached to"
             )
-            return notes
         if first is not None and first.full:
             self.t0, self.start, self.adopted = first.t0, first.start, first.adopted
         else:
@@ -288,6 +297,17 @@ class GitAttempt:
             self._record_t0()
         notes.append(self._where())
         return notes
+
+    def _its_pass(self, orphan: str, first: _Recorded | None) -> bool:
+        """Whether ``orphan``, a commit with this re-attached attempt's trailers made after it
+        began, is the one its own PASS made once every run of it had ended: the commit the
+        store recorded it about to put on its branch. Not a person's (an amend, a copied
+        message): its runs may still go on, and are not to be cut short. Nothing recorded by a
+        daemon of an older version (no full record of its first begin either): the commit of
+        the window of a kill is by far the likelier."""
+        if self.committed is not None:
+            return orphan == self.committed
+        return first is None or not first.full
 
     def _unrecorded_commit(self) -> str | None:
         """HEAD, when it is a PASS commit of this very attempt (a resumed one: its number was

@@ -39,7 +39,13 @@ async def _tree(tmp_path: Path, own: bool) -> tuple[Path, Trees, Tree]:
 
 
 def _attempt(
-    trees: Trees, tree: Tree, tmp_path: Path, *, resumed: bool = False, reattached: bool = False
+    trees: Trees,
+    tree: Tree,
+    tmp_path: Path,
+    *,
+    resumed: bool = False,
+    reattached: bool = False,
+    committed: str | None = None,
 ) -> GitAttempt:
     return GitAttempt(
         trees,
@@ -51,6 +57,7 @@ def _attempt(
         "STAMP",
         resumed=resumed or reattached,
         reattached=reattached,
+        committed=committed,
     )
 
 
@@ -91,7 +98,8 @@ async def test_its_verified_commit_made_after_it_began_settles_it(
     (tree.root / "app.txt").write_text("done\n")
     made = _commit_as_its_pass(tree)
     (tree.root / "build.log").write_text("left by verification\n")
-    again = _attempt(trees, tree, tmp_path, reattached=True)
+    # (as the store recorded it before the branch moved)
+    again = _attempt(trees, tree, tmp_path, reattached=True, committed=made)
     notes = await again.begin()
     assert again.settled == made
     assert any("its runs on the cluster were over" in note for note in notes)
@@ -121,3 +129,25 @@ async def test_a_commit_its_first_begin_had_found_does_not_settle_it(tmp_path: P
     (tree.root / "app.txt").write_text("done\n")  # what the run again writes
     outcome = await again.conclude(PASS, True)
     assert outcome.commit == made
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["nothing-recorded", "another-recorded"])
+async def test_a_commit_with_its_trailers_it_did_not_record_does_not_settle_it(
+    recorded: bool, tmp_path: Path
+) -> None:
+    """While its run still goes on (the daemon down), a person commits with the attempt's
+    trailers (its message copied; or an amend of the commit the store recorded, which never
+    reached the branch): its runs are attached to, not cut short, and the tree is untouched."""
+    _, trees, tree = await _tree(tmp_path, own=True)
+    first = _attempt(trees, tree, tmp_path)
+    await first.begin()
+    (tree.root / "app.txt").write_text("a person's\n")
+    copied = _commit_as_its_pass(tree)
+    (tree.root / "run.txt").write_text("the run goes on\n")
+    intent = git(tree.root, "commit-tree", "-m", "x", f"{copied}^{{tree}}") if recorded else None
+    again = _attempt(trees, tree, tmp_path, reattached=True, committed=intent)
+    notes = await again.begin()
+    assert again.settled is None
+    assert (again.start, again.t0) == (first.start, first.t0)
+    assert any("not the commit the daemon recorded making" in note for note in notes)
+    assert (tree.root / "run.txt").read_text() == "the run goes on\n"
