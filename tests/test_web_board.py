@@ -195,3 +195,49 @@ def test_a_retried_task_s_card_shows_its_place_in_the_fresh_budget(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_a_lane_says_what_failed_work_holds_as_the_markdown_board_does(
+    tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
+) -> None:
+    """A task that fails while the page is open: its own lane's and a lane behind a trigger's
+    pending tasks are held, and each lane says how many ("1 held by failed or blocked work"),
+    as the Markdown board and `status` do; a retry that passes clears it."""
+    armed, gate = tmp_path / "armed", tmp_path / "gate"
+    first = f"while [ ! -e {gate} ]; do sleep 0.05; done; test -e {armed}"
+    write_track(
+        "a",
+        [
+            {"id": "A1", "command": first, "max_iterations": 1},
+            {"id": "A2", "command": "true", "dependencies": ["A1"]},
+        ],
+    )
+    write_track("b", [{"id": "B1", "command": "true"}], track={"start_after": ["a:A2"]})
+    state = tmp_path / "state"
+    proc = daemon(tracks_dir, state, "--http", "127.0.0.1:0")
+    try:
+        wait_for((state / api.INFO_NAME).exists)
+        url = json.loads((state / api.INFO_NAME).read_text())["http"]
+        token = (state / api.TOKEN_NAME).read_text().strip()
+        with browser_page() as page:
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}#token={token}")
+            page.wait_for_selector(cell("a", "in_progress", "a:A1"), timeout=WAIT_MS)
+            assert page.locator(".lane .note.held").count() == 0
+            gate.touch()  # A1 fails: A2 and, behind the trigger, B1 wait on it
+            for track in ("a", "b"):
+                page.wait_for_selector(
+                    f'.lane[data-track="{track}"] .note.held:has-text('
+                    "'1 held by failed or blocked work')",
+                    timeout=WAIT_MS,
+                )
+            armed.touch()
+            page.click('.card[data-ref="a:A1"]')
+            page.click("aside button:has-text('Retry')")
+            page.wait_for_selector(cell("b", "complete", "b:B1"), timeout=WAIT_MS)
+            page.wait_for_selector(".lane .note.held", state="detached", timeout=WAIT_MS)
+            assert errors == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
