@@ -383,7 +383,7 @@ def test_without_a_daemon_attempts_a_killed_daemon_left_unfinished_are_said(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
 ) -> None:
     """Killed (or crashed) in the night: its attempts never ended, and what they started may
-    still run. Status and explain say so, not only that the task is ready."""
+    still run. Status, the board and explain say so, not only that the task is ready."""
     pidfile = tmp_path / "pid"
     write_track("t", [{"id": "LONG", "command": f"echo $$ > {pidfile}; exec sleep 60"}])
     state = tmp_path / "state"
@@ -401,6 +401,11 @@ def test_without_a_daemon_attempts_a_killed_daemon_left_unfinished_are_said(
             "1 attempt the daemon started never finished (it was killed, or left it running on"
             " a cluster): t:LONG; the next start takes it over"
         ) in out
+        board = " ".join(run("board", *where)[1].split())
+        assert (
+            "**1 attempt the daemon started never finished** (it was killed, or left it running"
+            " on a cluster): t:LONG; the next start takes it over"
+        ) in board
         explained = run("explain", "LONG", *where)[1].splitlines()
         assert explained[-1] == (
             "Its attempt 1 was running when the daemon stopped and never finished: the next"

@@ -91,6 +91,22 @@ def _daemon(daemon: Mapping[str, Any]) -> str:
     return text
 
 
+def _unfinished(daemon: Mapping[str, Any]) -> list[str]:
+    """A stopped daemon's attempts it never ended (as ``status`` says them): their tasks show as
+    pending, yet what they started may still run, and the next start takes them over."""
+    refs = [str(ref) for ref in daemon.get("unfinished") or ()]
+    if not refs:
+        return []
+    one = len(refs) == 1
+    them = "it" if one else "them"
+    return [
+        "",
+        f"**{len(refs)} attempt{'' if one else 's'} the daemon started never finished** (it was"
+        f" killed, or left {them} running on a cluster): {_cell_text(', '.join(refs))}; the next"
+        f" start takes {them} over",
+    ]
+
+
 def render(doc: Mapping[str, Any]) -> str:
     """The board as Markdown."""
     columns: list[str] = list(doc["columns"])
@@ -106,6 +122,7 @@ def render(doc: Mapping[str, Any]) -> str:
         "",
         f"{UPDATED}{doc['generated_at']} · {_daemon(doc['daemon'])} · "
         f"{total} task{'s' if total != 1 else ''}{': ' + summary if summary else ''}_",
+        *_unfinished(doc["daemon"]),
         "",
         "| track | " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
