@@ -7,7 +7,7 @@ summary table at the end. Elsewhere: one plain line per event, nothing redrawn.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -120,6 +120,9 @@ class Progress:
         if engine is None:
             return table
         now = engine.clock.monotonic()
+        # The end's column: how many pending tasks of each track failed or blocked work holds
+        # (one walk of the graph for the table, not one per track).
+        held = Counter(key.track for key in engine.graph.held()) if not live else Counter()
         for name in engine.tracks:
             counts = engine.counts(name)
             done = counts["complete"] + counts["skipped"]
@@ -130,7 +133,9 @@ class Progress:
                 Text(str(counts["failed"]), style="red" if counts["failed"] else ""),
                 Text(str(counts["blocked"]), style="magenta" if counts["blocked"] else ""),
                 str(counts["skipped"]),
-                self._now_column(engine, name, now) if live else self._end_column(engine, name),
+                self._now_column(engine, name, now)
+                if live
+                else self._end_column(engine, name, held[name]),
             )
         return table
 
@@ -166,7 +171,7 @@ class Progress:
             return Text("ready: waiting for a slot", style="dim")
         return Text("waiting for dependencies", style="dim")
 
-    def _end_column(self, engine: Engine, name: str) -> Text:
+    def _end_column(self, engine: Engine, name: str, held: int) -> Text:
         bad = [
             f"{k.id}: {engine.states[k].owned.error or engine.states[k].status.value}"
             for k in engine.graph.keys(name)
@@ -176,7 +181,6 @@ class Progress:
             return Text("; ".join(bad)[:120], style="red")
         if engine.graph.remaining(name) == 0:
             return Text("all done", style="green")
-        held = sum(1 for key in engine.graph.held() if key.track == name)
         if held:  # in another track, or behind a trigger: said where the failure is
             return Text(f"{held} held by failed or blocked work", style="yellow")
         return Text(f"{engine.graph.remaining(name)} not done", style="yellow")
