@@ -369,8 +369,9 @@ class GitAttempt:
             f"git: {orphan[:12]} at HEAD is this attempt's verified commit, made before it was "
             "cut short and never recorded; "
         )
-        if self.after_stop and orphan not in self.intents:
-            found = f"git: {orphan[:12]} at HEAD carries this attempt's trailers, "
+        if orphan not in self.intents:  # nothing says it was verified: only its trailers
+            joint = ", " if self.after_stop else "; "  # (a reason not to trust it follows)
+            found = f"git: {orphan[:12]} at HEAD carries this attempt's trailers{joint}"
         if self.verified is not None:
             then = (
                 "the tree still holds exactly its work: its PASS is recorded, nothing is run again"

@@ -166,14 +166,24 @@ async def test_a_commit_verified_against_what_is_no_longer_asked_is_not_taken_as
     assert any(f"what it was verified against changed since {said}" in n for n in notes), notes
 
 
-async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "trailers-only"])
+async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(
+    recorded: bool, tmp_path: Path
+) -> None:
     _, trees, tree = await _tree(tmp_path)
     made = _verified_commit(tree, "run 1\n")
-    attempt = _attempt(trees, tree, tmp_path, after_stop=False)
+    attempt = _attempt(trees, tree, tmp_path, after_stop=False, recorded=made if recorded else None)
     notes = await attempt.begin()
     assert attempt.verified is None
     assert attempt.adopted == made
-    assert any("its changes count as this attempt's" in note for note in notes)
+    # Called its verified commit only when the store recorded making it (else it may be a
+    # person's commit with its trailers).
+    said = (
+        "is this attempt's verified commit, made before it was cut short and never recorded;"
+        if recorded
+        else "carries this attempt's trailers;"
+    )
+    assert any(f"{said} its changes count as this attempt's" in n for n in notes), notes
     (tree.root / "app.txt").write_text("run 2\n")  # the run again writes something else
     outcome = await attempt.conclude(PASS, True)
     assert outcome.commit is not None
