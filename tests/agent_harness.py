@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator import config
+from orchestrator.worktrees import Tree, Trees
+
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -75,3 +78,16 @@ def files_in(repo: Path, ref: str) -> list[str]:
 
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATORD_")}
+
+
+async def git_tree(tmp_path: Path, own: bool = True) -> tuple[Path, Trees, Tree]:
+    """A repository and track ``a``'s tree in it: a worktree of its own (two tracks share the
+    repository), or the checkout itself."""
+    repo = make_repo(tmp_path / "repo", {"app.txt": "base\n"})
+    cfg = config.load(flags={"state_dir": str(tmp_path / "state")}, env={}, cwd=tmp_path)
+    trees = Trees(cfg)
+    workdirs = {"a": repo, "b": repo} if own else {"a": repo}
+    tree = await trees.prepare("a", repo, lambda: workdirs, "branch")
+    assert tree is not None
+    assert tree.own is own
+    return repo, trees, tree

@@ -253,6 +253,15 @@ def test_without_a_daemon_the_state_database_wins_over_the_queue_files(
     assert data["daemon"]["paused"] is False  # the last of the pauses and resumes counts
 
 
+def _paused_when_it_stopped(state: Path) -> None:
+    """The state of a daemon that was paused ("for the night") when it stopped."""
+    store = Store.open(state, SystemClock())
+    try:
+        store.add_events(("daemon_paused", None, {"reason": "for the night"}))
+    finally:
+        store.close()
+
+
 @pytest.mark.anyio
 async def test_resume_without_a_daemon_lifts_the_pause_a_stopped_daemon_kept(
     tmp_path: Path, tracks_dir: Path, write_track: WriteTrack
@@ -262,11 +271,7 @@ async def test_resume_without_a_daemon_lifts_the_pause_a_stopped_daemon_kept(
     write_track("t", [{"id": "A", "command": "true"}])
     state = tmp_path / "state"
     where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
-    store = Store.open(state, SystemClock())
-    try:
-        store.add_events(("daemon_paused", None, {"reason": "for the night"}))
-    finally:
-        store.close()
+    _paused_when_it_stopped(state)
     paused = await run_once(tracks_dir, state)
     assert (paused.code, paused.task("t", "A").get("status")) == (1, None)
 
@@ -290,11 +295,7 @@ def test_without_a_daemon_status_and_board_say_the_stopped_daemon_is_paused(
     write_track("t", [{"id": "A", "command": "true"}])
     state = tmp_path / "state"
     where = ("--tracks", str(tracks_dir), "--state-dir", str(state))
-    store = Store.open(state, SystemClock())
-    try:
-        store.add_events(("daemon_paused", None, {"reason": "for the night"}))
-    finally:
-        store.close()
+    _paused_when_it_stopped(state)
     assert (
         "- the daemon is paused (`orchestratord resume` continues)."
         in run("explain", "A", *where)[1]

@@ -111,12 +111,7 @@ def test_a_persons_commit_with_the_attempts_trailers_is_not_taken_for_its_verifi
     repo, state, runs = _killed_after_its_commit(tmp_path, tracks_dir, write_track)
     edit(repo)
     theirs = git(repo, "rev-parse", "main")
-    again = ph.start_once(tracks_dir, state)
-    assert again.returncode == 0, again.stderr
-    assert _runs(runs) == 2, "run again"
-    attempts, commit, log = _finished(state)
-    assert attempts == [("interrupted", None), ("finished", "PASS")]
-    assert commit is not None
+    commit, log = _ran_again_and_passed(tracks_dir, state, runs)
     assert commit != theirs
     assert git(repo, "rev-parse", f"{commit}^") == theirs
     assert git(repo, "show", f"{commit}:a.txt") == "run 2"
@@ -134,13 +129,19 @@ def test_a_commit_recorded_by_an_older_daemon_runs_again(
     made = git(repo, "rev-parse", "main")
     with sqlite3.connect(state / "state.db") as db:
         db.execute("UPDATE attempts SET committing = NULL, verifies = NULL")
+    commit, _ = _ran_again_and_passed(tracks_dir, state, runs)
+    assert git(repo, "rev-parse", f"{commit}^") == made
+
+
+def _ran_again_and_passed(tracks_dir: Path, state: Path, runs: Path) -> tuple[str, str]:
+    """Start again: the attempt cut short runs a second time and passes; its commit and log."""
     again = ph.start_once(tracks_dir, state)
     assert again.returncode == 0, again.stderr
-    assert _runs(runs) == 2
-    attempts, commit, _ = _finished(state)
+    assert _runs(runs) == 2, "run again"
+    attempts, commit, log = _finished(state)
     assert attempts == [("interrupted", None), ("finished", "PASS")]
     assert commit is not None
-    assert git(repo, "rev-parse", f"{commit}^") == made
+    return commit, log
 
 
 def _edit_task(tracks_dir: Path, **fields: object) -> None:
@@ -195,12 +196,7 @@ def test_a_commit_verified_against_what_is_no_longer_asked_runs_again(
     repo, state, runs = _killed_after_its_commit(tmp_path, tracks_dir, write_track, config, **task)
     made = git(repo, "rev-parse", "main")
     change(tracks_dir, tmp_path / "orchestratord.toml")
-    again = ph.start_once(tracks_dir, state)
-    assert again.returncode == 0, again.stderr
-    assert _runs(runs) == 2, "run again"
-    attempts, commit, log = _finished(state)
-    assert attempts == [("interrupted", None), ("finished", "PASS")]
-    assert commit is not None
+    commit, log = _ran_again_and_passed(tracks_dir, state, runs)
     assert git(repo, "rev-parse", f"{commit}^") == made
     assert "what it was verified against changed since" in log
 
@@ -242,12 +238,7 @@ def test_the_commit_is_recorded_before_git_moves_the_branch(
     hook.unlink()
     assert recorded == [(new,)]
     assert git(repo, "rev-parse", "main") == before
-    again = ph.start_once(tracks_dir, state)
-    assert again.returncode == 0, again.stderr
-    assert _runs(runs) == 2
-    attempts, commit, _ = _finished(state)
-    assert attempts == [("interrupted", None), ("finished", "PASS")]
-    assert commit is not None
+    commit, _ = _ran_again_and_passed(tracks_dir, state, runs)
     assert git(repo, "rev-parse", f"{commit}^") == before
 
 

@@ -12,30 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config
 from orchestrator.attempt import AttemptResult
 from orchestrator.gitattempt import GitAttempt, commit_message
 from orchestrator.guardrails import Guardrails
 from orchestrator.model import TaskDef, TaskKey, Verdict
 from orchestrator.worktrees import Tree, Trees
 
-from .agent_harness import git, make_repo, needs_git
+from .agent_harness import git, git_tree, needs_git
 
 pytestmark = [needs_git, pytest.mark.anyio]
 
 TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
 PASS = AttemptResult(Verdict.PASS, None, 0)
-
-
-async def _tree(tmp_path: Path, own: bool) -> tuple[Path, Trees, Tree]:
-    repo = make_repo(tmp_path / "repo", {"app.txt": "base\n"})
-    cfg = config.load(flags={"state_dir": str(tmp_path / "state")}, env={}, cwd=tmp_path)
-    trees = Trees(cfg)
-    workdirs = {"a": repo, "b": repo} if own else {"a": repo}
-    tree = await trees.prepare("a", repo, lambda: workdirs, "branch")
-    assert tree is not None
-    assert tree.own is own
-    return repo, trees, tree
 
 
 def _attempt(
@@ -71,7 +59,7 @@ def _commit_as_its_pass(tree: Tree) -> str:
 async def test_what_the_run_wrote_before_the_restart_is_its_own(own: bool, tmp_path: Path) -> None:
     """Begun, the run writes (the daemon is killed meanwhile), re-attached: the tree is left as
     the run has it (not put aside and reset), and the commit holds what the run wrote."""
-    _, trees, tree = await _tree(tmp_path, own)
+    _, trees, tree = await git_tree(tmp_path, own)
     first = _attempt(trees, tree, tmp_path)
     await first.begin()
     start = first.start
@@ -93,7 +81,7 @@ async def test_what_the_run_wrote_before_the_restart_is_its_own(own: bool, tmp_p
 async def test_its_verified_commit_made_after_it_began_settles_it(
     own: bool, tmp_path: Path
 ) -> None:
-    _, trees, tree = await _tree(tmp_path, own)
+    _, trees, tree = await git_tree(tmp_path, own)
     await _attempt(trees, tree, tmp_path).begin()
     (tree.root / "app.txt").write_text("done\n")
     made = _commit_as_its_pass(tree)
@@ -115,7 +103,7 @@ async def test_a_commit_its_first_begin_had_found_does_not_settle_it(tmp_path: P
     """Killed after git made the commit, then run again (the tree had changed since) and killed
     again while its run goes on: that commit at HEAD is older than the run, which is attached
     to. Its changes still count as the attempt's: the same work keeps that commit."""
-    _, trees, tree = await _tree(tmp_path, own=True)
+    _, trees, tree = await git_tree(tmp_path, own=True)
     base = git(tree.root, "rev-parse", "HEAD")
     (tree.root / "app.txt").write_text("done\n")
     made = _commit_as_its_pass(tree)
@@ -138,7 +126,7 @@ async def test_a_commit_with_its_trailers_it_did_not_record_does_not_settle_it(
     """While its run still goes on (the daemon down), a person commits with the attempt's
     trailers (its message copied; or an amend of the commit the store recorded, which never
     reached the branch): its runs are attached to, not cut short, and the tree is untouched."""
-    _, trees, tree = await _tree(tmp_path, own=True)
+    _, trees, tree = await git_tree(tmp_path, own=True)
     first = _attempt(trees, tree, tmp_path)
     await first.begin()
     (tree.root / "app.txt").write_text("a person's\n")

@@ -12,32 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config, verification
+from orchestrator import verification
 from orchestrator.attempt import AttemptResult
 from orchestrator.gitattempt import GitAttempt, commit_message
 from orchestrator.guardrails import Guardrails
 from orchestrator.model import TaskDef, TaskKey, Verdict
 from orchestrator.worktrees import Tree, Trees
 
-from .agent_harness import git, make_repo, needs_git
+from .agent_harness import git, git_tree, needs_git
 
 pytestmark = [needs_git, pytest.mark.anyio]
 
 TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
 PASS = AttemptResult(Verdict.PASS, None, 0)
 VERIFIES = verification.fingerprint(("make test",), None, Guardrails.build([]), None)
-
-
-async def _tree(tmp_path: Path, own: bool = True) -> tuple[Path, Trees, Tree]:
-    """A worktree of its own (two tracks share the repository), or the checkout itself."""
-    repo = make_repo(tmp_path / "repo", {"app.txt": "base\n"})
-    cfg = config.load(flags={"state_dir": str(tmp_path / "state")}, env={}, cwd=tmp_path)
-    trees = Trees(cfg)
-    workdirs = {"a": repo, "b": repo} if own else {"a": repo}
-    tree = await trees.prepare("a", repo, lambda: workdirs, "branch")
-    assert tree is not None
-    assert tree.own is own
-    return repo, trees, tree
 
 
 def _verified_commit(tree: Tree, text: str) -> str:
@@ -74,7 +62,7 @@ def _attempt(
 
 
 async def test_cut_short_by_the_daemons_end_its_pass_is_recorded(tmp_path: Path) -> None:
-    _, trees, tree = await _tree(tmp_path)
+    _, trees, tree = await git_tree(tmp_path)
     made = _verified_commit(tree, "done\n")
     attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
     notes = await attempt.begin()
@@ -90,7 +78,7 @@ async def test_cut_short_by_the_daemons_end_its_pass_is_recorded(tmp_path: Path)
 async def test_in_a_checkout_a_persons_other_edits_do_not_count(tmp_path: Path) -> None:
     """A shared checkout holds a person's own uncommitted work too: edits of other files made
     since do not make the tree differ from the commit's work."""
-    repo, trees, tree = await _tree(tmp_path, own=False)
+    repo, trees, tree = await git_tree(tmp_path, own=False)
     made = _verified_commit(tree, "done\n")
     (repo / "notes.txt").write_text("a person's notes\n")
     attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
@@ -105,7 +93,7 @@ async def test_in_a_checkout_a_persons_other_edits_do_not_count(tmp_path: Path) 
 async def test_in_a_checkout_an_edit_of_its_work_since_runs_it_again(tmp_path: Path) -> None:
     """The commit's own file changed since (a person, or a half-finished write): the tree no
     longer holds exactly the verified work, so the attempt runs again, as before."""
-    repo, trees, tree = await _tree(tmp_path, own=False)
+    repo, trees, tree = await git_tree(tmp_path, own=False)
     made = _verified_commit(tree, "done\n")
     (repo / "app.txt").write_text("done, then changed\n")
     attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made)
@@ -126,7 +114,7 @@ async def test_a_commit_at_head_other_than_the_one_recorded_is_not_taken_as_veri
     """The commit recorded, then amended by a person (its trailers kept; the same tree): HEAD
     is not what verification passed. The attempt runs again, its changes its own; the same
     work verified again keeps the person's commit."""
-    _, trees, tree = await _tree(tmp_path)
+    _, trees, tree = await git_tree(tmp_path)
     made = _verified_commit(tree, "done\n")
     git(tree.root, "commit", "-q", "--amend", "-m", "edited\n\n" + commit_message(TASK, 1))
     amended = git(tree.root, "rev-parse", "HEAD")
@@ -157,7 +145,7 @@ async def test_a_commit_at_head_other_than_the_one_recorded_is_not_taken_as_veri
 async def test_a_commit_verified_against_what_is_no_longer_asked_is_not_taken_as_verified(
     verifies: str, said: str, tmp_path: Path
 ) -> None:
-    _, trees, tree = await _tree(tmp_path)
+    _, trees, tree = await git_tree(tmp_path)
     made = _verified_commit(tree, "done\n")
     attempt = _attempt(trees, tree, tmp_path, after_stop=True, recorded=made, verifies=verifies)
     notes = await attempt.begin()
@@ -170,7 +158,7 @@ async def test_a_commit_verified_against_what_is_no_longer_asked_is_not_taken_as
 async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(
     recorded: bool, tmp_path: Path
 ) -> None:
-    _, trees, tree = await _tree(tmp_path)
+    _, trees, tree = await git_tree(tmp_path)
     made = _verified_commit(tree, "run 1\n")
     attempt = _attempt(trees, tree, tmp_path, after_stop=False, recorded=made if recorded else None)
     notes = await attempt.begin()
@@ -196,7 +184,7 @@ async def test_cut_short_by_an_order_it_runs_again_on_top_of_its_commit(
 async def test_commits_of_the_attempt_stacked_count_from_before_the_first(tmp_path: Path) -> None:
     """Cut short twice after its commit: a run again that writes what the first run did has
     changes (against where the attempt started), not "no changes" (against its second commit)."""
-    _, trees, tree = await _tree(tmp_path)
+    _, trees, tree = await git_tree(tmp_path)
     base = git(tree.root, "rev-parse", "HEAD")
     _verified_commit(tree, "run 1\n")
     second = _verified_commit(tree, "run 2\n")
@@ -226,7 +214,7 @@ async def test_a_commit_at_head_that_is_not_this_attempts_pass_is_left_alone(
 ) -> None:
     """Only this very attempt's PASS commit is taken for its own: another's at HEAD with the
     tree holding its work must not be recorded as this attempt's PASS (nothing was run)."""
-    _, trees, tree = await _tree(tmp_path)
+    _, trees, tree = await git_tree(tmp_path)
     (tree.root / "app.txt").write_text("done\n")
     git(tree.root, "commit", "-q", "-am", message)
     head = git(tree.root, "rev-parse", "HEAD")

@@ -47,6 +47,26 @@ def browser_page() -> Iterator[Page]:
             browser.close()
 
 
+@contextlib.contextmanager
+def live_board(tracks_dir: Path, state: Path) -> Iterator[Page]:
+    """A daemon serving the web board, and a page of it opened with the token (the page's
+    script errors fail the test); the daemon stopped with SIGTERM afterwards."""
+    proc = daemon(tracks_dir, state, "--http", "127.0.0.1:0")
+    try:
+        wait_for((state / api.INFO_NAME).exists)
+        url = json.loads((state / api.INFO_NAME).read_text())["http"]
+        token = (state / api.TOKEN_NAME).read_text().strip()
+        with browser_page() as page:
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}#token={token}")
+            yield page
+            assert errors == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
 def cell(track: str, column: str, ref: str) -> str:
     return f'.cell[data-track="{track}"][data-column="{column}"] .card[data-ref="{ref}"]'
 
@@ -67,39 +87,27 @@ def test_cards_move_as_tasks_change_and_buttons_use_the_token(
         ],
     )
     state = tmp_path / "state"
-    proc = daemon(tracks_dir, state, "--http", "127.0.0.1:0")
-    try:
-        wait_for((state / api.INFO_NAME).exists)
-        url = json.loads((state / api.INFO_NAME).read_text())["http"]
-        token = (state / api.TOKEN_NAME).read_text().strip()
-        with browser_page() as page:
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{url}#token={token}")
-            page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
-            assert page.locator(cell("t", "pending", "t:B")).count() == 1
-            # The token left the address bar for the tab's storage.
-            assert "token" not in page.url
+    with live_board(tracks_dir, state) as page:
+        page.wait_for_selector(cell("t", "in_progress", "t:A"), timeout=WAIT_MS)
+        assert page.locator(cell("t", "pending", "t:B")).count() == 1
+        # The token left the address bar for the tab's storage.
+        assert "token" not in page.url
 
-            gate.touch()  # the task completes: its card moves, pushed over SSE
-            page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
-            page.wait_for_selector(cell("t", "complete", "t:B"), timeout=WAIT_MS)
-            assert page.locator(cell("t", "in_progress", "t:A")).count() == 0
-            # The feed says what happened in the daemon's own words (``text``).
-            page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
+        gate.touch()  # the task completes: its card moves, pushed over SSE
+        page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
+        page.wait_for_selector(cell("t", "complete", "t:B"), timeout=WAIT_MS)
+        assert page.locator(cell("t", "in_progress", "t:A")).count() == 0
+        # The feed says what happened in the daemon's own words (``text``).
+        page.wait_for_selector("#feed div:has-text('track t is complete')", timeout=WAIT_MS)
 
-            page.click('.card[data-ref="t:A"]')  # a card opens its attempts and log tail
-            page.wait_for_selector("aside pre.log:has-text('--- PASS')", timeout=WAIT_MS)
-            assert "started" in page.inner_text("aside pre.log")
-            assert "finished" in page.inner_text("aside table")
+        page.click('.card[data-ref="t:A"]')  # a card opens its attempts and log tail
+        page.wait_for_selector("aside pre.log:has-text('--- PASS')", timeout=WAIT_MS)
+        assert "started" in page.inner_text("aside pre.log")
+        assert "finished" in page.inner_text("aside table")
 
-            page.click('.lane[data-track="t"] button')  # pause the lane, with the token
-            page.wait_for_selector('.lane[data-track="t"] .note.paused', timeout=WAIT_MS)
-            wait_for(lambda: _paused_in_file(tracks_dir / "t.json"))
-            assert errors == []
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        page.click('.lane[data-track="t"] button')  # pause the lane, with the token
+        page.wait_for_selector('.lane[data-track="t"] .note.paused', timeout=WAIT_MS)
+        wait_for(lambda: _paused_in_file(tracks_dir / "t.json"))
 
 
 def _paused_in_file(path: Path) -> bool:
@@ -156,45 +164,21 @@ def test_a_retried_task_s_card_shows_its_place_in_the_fresh_budget(
 ) -> None:
     """After a retry order the card moved by the event stream reads "attempt 2, iteration
     1/1", as `status` says, not "attempt 2/1"."""
-    from playwright.sync_api import sync_playwright
-
     armed, gate = tmp_path / "armed", tmp_path / "gate"
     loop = f"while [ ! -e {gate} ]; do sleep 0.05; done"
     write_track("t", [{"id": "A", "command": f"test -e {armed} && {loop}", "max_iterations": 1}])
     state = tmp_path / "state"
-    proc = daemon(tracks_dir, state, "--http", "127.0.0.1:0")
-    try:
-        wait_for((state / api.INFO_NAME).exists)
-        url = json.loads((state / api.INFO_NAME).read_text())["http"]
-        token = (state / api.TOKEN_NAME).read_text().strip()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            try:
-                page = browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(f"{url}#token={token}")
-                failed = cell("t", "failed", "t:A")
-                page.wait_for_selector(
-                    f"{failed} .meta:has-text('FAIL after 1/1')", timeout=WAIT_MS
-                )
-                armed.touch()
-                page.click('.card[data-ref="t:A"]')
-                page.click("aside button:has-text('Retry')")
-                running = f"{cell('t', 'in_progress', 't:A')} .meta"
-                page.wait_for_selector(running, timeout=WAIT_MS)
-                assert page.inner_text(running) == "attempt 2, iteration 1/1"
-                gate.touch()
-                page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
-                assert errors == []
-            finally:
-                browser.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+    with live_board(tracks_dir, state) as page:
+        failed = cell("t", "failed", "t:A")
+        page.wait_for_selector(f"{failed} .meta:has-text('FAIL after 1/1')", timeout=WAIT_MS)
+        armed.touch()
+        page.click('.card[data-ref="t:A"]')
+        page.click("aside button:has-text('Retry')")
+        running = f"{cell('t', 'in_progress', 't:A')} .meta"
+        page.wait_for_selector(running, timeout=WAIT_MS)
+        assert page.inner_text(running) == "attempt 2, iteration 1/1"
+        gate.touch()
+        page.wait_for_selector(cell("t", "complete", "t:A"), timeout=WAIT_MS)
 
 
 def test_a_lane_says_what_failed_work_holds_as_the_markdown_board_does(
@@ -214,30 +198,18 @@ def test_a_lane_says_what_failed_work_holds_as_the_markdown_board_does(
     )
     write_track("b", [{"id": "B1", "command": "true"}], track={"start_after": ["a:A2"]})
     state = tmp_path / "state"
-    proc = daemon(tracks_dir, state, "--http", "127.0.0.1:0")
-    try:
-        wait_for((state / api.INFO_NAME).exists)
-        url = json.loads((state / api.INFO_NAME).read_text())["http"]
-        token = (state / api.TOKEN_NAME).read_text().strip()
-        with browser_page() as page:
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{url}#token={token}")
-            page.wait_for_selector(cell("a", "in_progress", "a:A1"), timeout=WAIT_MS)
-            assert page.locator(".lane .note.held").count() == 0
-            gate.touch()  # A1 fails: A2 and, behind the trigger, B1 wait on it
-            for track in ("a", "b"):
-                page.wait_for_selector(
-                    f'.lane[data-track="{track}"] .note.held:has-text('
-                    "'1 held by failed or blocked work')",
-                    timeout=WAIT_MS,
-                )
-            armed.touch()
-            page.click('.card[data-ref="a:A1"]')
-            page.click("aside button:has-text('Retry')")
-            page.wait_for_selector(cell("b", "complete", "b:B1"), timeout=WAIT_MS)
-            page.wait_for_selector(".lane .note.held", state="detached", timeout=WAIT_MS)
-            assert errors == []
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+    with live_board(tracks_dir, state) as page:
+        page.wait_for_selector(cell("a", "in_progress", "a:A1"), timeout=WAIT_MS)
+        assert page.locator(".lane .note.held").count() == 0
+        gate.touch()  # A1 fails: A2 and, behind the trigger, B1 wait on it
+        for track in ("a", "b"):
+            page.wait_for_selector(
+                f'.lane[data-track="{track}"] .note.held:has-text('
+                "'1 held by failed or blocked work')",
+                timeout=WAIT_MS,
+            )
+        armed.touch()
+        page.click('.card[data-ref="a:A1"]')
+        page.click("aside button:has-text('Retry')")
+        page.wait_for_selector(cell("b", "complete", "b:B1"), timeout=WAIT_MS)
+        page.wait_for_selector(".lane .note.held", state="detached", timeout=WAIT_MS)
