@@ -201,10 +201,10 @@ class AgentRuntime:
                 await anyio.lowlevel.checkpoint()
             stamp = engine.clock.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             scratch = engine.cfg.state_dir / "git" / f"{key.track}.index"
-            rows = engine.store.attempts(key)
-            cut = [a for a in rows if a.number == number and a.state == "interrupted"]
-            # Re-attached: what its own PASS recorded, if it came that far (see _rejoin).
-            committed = next((a.committing for a in rows if a.id == attempt_id), None)
+            rows = [a for a in engine.store.attempts(key) if a.number == number]
+            cut = [a for a in rows if a.state == "interrupted"]
+            # Re-attached: the run attached to, whose PASS may have recorded its commit too.
+            attached = [a for a in rows if reattached and a.id == attempt_id]
             attempt = GitAttempt(
                 self.trees,
                 tree,
@@ -220,10 +220,9 @@ class AgentRuntime:
                 # cuts came after the commit.
                 after_stop=bool(cut) and all(a.reason in DAEMON_ENDS for a in cut),
                 reattached=reattached,
-                intents={a.committing: a.verifies or "" for a in cut if a.committing},
+                intents={a.committing: a.verifies or "" for a in (*cut, *attached) if a.committing},
                 verifies=self.verifies(key) or "",
                 committing=self._committing(attempt_id),
-                committed=committed if reattached else None,
             )
             try:
                 notes = [*remade, *await attempt.begin()]

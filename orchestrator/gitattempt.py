@@ -128,7 +128,6 @@ class GitAttempt:
         intents: Mapping[str, str] | None = None,
         verifies: str = "",
         committing: Callable[[str, str], None] | None = None,
-        committed: str | None = None,
     ) -> None:
         self.trees = trees
         self.tree = tree
@@ -146,17 +145,15 @@ class GitAttempt:
         """Its runs were left going on a cluster when the daemon ended, and are attached to
         again: the tree is as they left it, or as they are leaving it."""
         self.intents: Mapping[str, str] = intents or {}
-        """The commits a PASS of this attempt (each run of it cut short) was about to put on
-        its branch, each with what it was verified against, as the store recorded them before
-        git moved the branch: the only commits :attr:`verified` may be."""
+        """The commits a PASS of this attempt was about to put on its branch (of each run of it
+        cut short; re-attached, of the run attached to), each with what it was verified
+        against, as the store recorded them before git moved the branch: the only commits
+        :attr:`verified` or :attr:`settled` may be."""
         self.verifies = verifies
         """What this attempt is verified against now (:func:`verification.fingerprint`)."""
         self.committing = committing
         """Records ``(commit, verifies)`` for good before git moves the branch to a PASS's
         commit (the store; None: nowhere, for an attempt without a row)."""
-        self.committed = committed
-        """Re-attached: the commit the store recorded a PASS of this very attempt about to put
-        on its branch (None: it recorded none), which alone makes it :attr:`settled`."""
         self.unverified = ""
         """Why its own commit found at HEAD is not :attr:`verified` (for the log)."""
         self.settled: str | None = None
@@ -243,7 +240,8 @@ class GitAttempt:
             if self.after_stop:
                 self._check_verified(orphan)
         if not tree.own:
-            before = self._recorded_t0() if self.resumed and self.verified is None else None
+            first = self._recorded() if self.resumed and self.verified is None else None
+            before = None if first is None else first.t0
             if before is not None and before != self.t0:
                 self.t0 = before
                 notes.append(
@@ -300,13 +298,13 @@ class GitAttempt:
 
     def _its_pass(self, orphan: str, first: _Recorded | None) -> bool:
         """Whether ``orphan``, a commit with this re-attached attempt's trailers made after it
-        began, is the one its own PASS made once every run of it had ended: the commit the
-        store recorded it about to put on its branch. Not a person's (an amend, a copied
-        message): its runs may still go on, and are not to be cut short. Nothing recorded by a
-        daemon of an older version (no full record of its first begin either): the commit of
-        the window of a kill is by far the likelier."""
-        if self.committed is not None:
-            return orphan == self.committed
+        began, is the one its own PASS made once every run of it had ended: a commit the store
+        recorded it about to put on its branch. Not a person's (an amend, a copied message):
+        its runs may still go on, and are not to be cut short. Nothing recorded by a daemon of
+        an older version (no full record of its first begin either): the commit of the window
+        of a kill is by far the likelier."""
+        if self.intents:
+            return orphan in self.intents
         return first is None or not first.full
 
     def _unrecorded_commit(self) -> str | None:
@@ -412,10 +410,6 @@ class GitAttempt:
         if any(c is not None and gitwork.commit_of(self.root, c) != c for c in (start, adopted)):
             return _Recorded(lines[2])  # (gone since: pruned)
         return _Recorded(lines[2], True, start, adopted)
-
-    def _recorded_t0(self) -> str | None:
-        first = self._recorded()
-        return None if first is None else first.t0
 
     @property
     def _kept_index(self) -> Path:

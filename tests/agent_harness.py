@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from orchestrator import config
+from orchestrator.gitattempt import GitAttempt
+from orchestrator.guardrails import Guardrails
+from orchestrator.model import TaskDef, TaskKey
 from orchestrator.worktrees import Tree, Trees
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
@@ -91,3 +94,14 @@ async def git_tree(tmp_path: Path, own: bool = True) -> tuple[Path, Trees, Tree]
     assert tree is not None
     assert tree.own is own
     return repo, trees, tree
+
+
+GIT_TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
+"""The task of :func:`git_attempt`, in track ``a`` (:func:`git_tree`)."""
+
+
+def git_attempt(trees: Trees, tree: Tree, tmp_path: Path, **options: Any) -> GitAttempt:
+    """Attempt 1 of :data:`GIT_TASK` in ``tree``, without guardrails; ``options`` are
+    :class:`GitAttempt`'s (``resumed``, ``after_stop``, ``reattached``, ``intents``, ...)."""
+    scratch = tmp_path / "s.idx"
+    return GitAttempt(trees, tree, GIT_TASK, 1, Guardrails.build([]), scratch, "STAMP", **options)

@@ -14,15 +14,14 @@ import pytest
 
 from orchestrator.attempt import AttemptResult
 from orchestrator.gitattempt import GitAttempt, commit_message
-from orchestrator.guardrails import Guardrails
-from orchestrator.model import TaskDef, TaskKey, Verdict
+from orchestrator.model import Verdict
 from orchestrator.worktrees import Tree, Trees
 
-from .agent_harness import git, git_tree, needs_git
+from .agent_harness import GIT_TASK, git, git_attempt, git_tree, needs_git
 
 pytestmark = [needs_git, pytest.mark.anyio]
 
-TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
+TASK = GIT_TASK
 PASS = AttemptResult(Verdict.PASS, None, 0)
 
 
@@ -33,19 +32,16 @@ def _attempt(
     *,
     resumed: bool = False,
     reattached: bool = False,
-    committed: str | None = None,
+    recorded: str | None = None,
 ) -> GitAttempt:
-    return GitAttempt(
+    """``recorded``: the commit the store recorded the PASS of the run attached to making."""
+    return git_attempt(
         trees,
         tree,
-        TASK,
-        1,
-        Guardrails.build([]),
-        tmp_path / "s.idx",
-        "STAMP",
+        tmp_path,
         resumed=resumed or reattached,
         reattached=reattached,
-        committed=committed,
+        intents={recorded: ""} if recorded else {},
     )
 
 
@@ -87,7 +83,7 @@ async def test_its_verified_commit_made_after_it_began_settles_it(
     made = _commit_as_its_pass(tree)
     (tree.root / "build.log").write_text("left by verification\n")
     # (as the store recorded it before the branch moved)
-    again = _attempt(trees, tree, tmp_path, reattached=True, committed=made)
+    again = _attempt(trees, tree, tmp_path, reattached=True, recorded=made)
     notes = await again.begin()
     assert again.settled == made
     assert any("its runs on the cluster were over" in note for note in notes)
@@ -133,7 +129,7 @@ async def test_a_commit_with_its_trailers_it_did_not_record_does_not_settle_it(
     copied = _commit_as_its_pass(tree)
     (tree.root / "run.txt").write_text("the run goes on\n")
     intent = git(tree.root, "commit-tree", "-m", "x", f"{copied}^{{tree}}") if recorded else None
-    again = _attempt(trees, tree, tmp_path, reattached=True, committed=intent)
+    again = _attempt(trees, tree, tmp_path, reattached=True, recorded=intent)
     notes = await again.begin()
     assert again.settled is None
     assert (again.start, again.t0) == (first.start, first.t0)

@@ -19,11 +19,11 @@ from orchestrator.guardrails import Guardrails
 from orchestrator.model import TaskDef, TaskKey, Verdict
 from orchestrator.worktrees import Tree, Trees
 
-from .agent_harness import git, git_tree, needs_git
+from .agent_harness import GIT_TASK, git, git_attempt, git_tree, needs_git
 
 pytestmark = [needs_git, pytest.mark.anyio]
 
-TASK = TaskDef(TaskKey("a", "T"), 0, 2, description="t")
+TASK = GIT_TASK
 PASS = AttemptResult(Verdict.PASS, None, 0)
 VERIFIES = verification.fingerprint(("make test",), None, Guardrails.build([]), None)
 
@@ -46,17 +46,14 @@ def _attempt(
 ) -> GitAttempt:
     """The attempt taken up again; ``recorded``: the commit the store recorded its PASS
     making before the branch moved (verified against :data:`VERIFIES`)."""
-    return GitAttempt(
+    intents = {recorded: VERIFIES} if recorded else {}
+    return git_attempt(
         trees,
         tree,
-        TASK,
-        1,
-        Guardrails.build([]),
-        tmp_path / "s.idx",
-        "STAMP",
+        tmp_path,
         resumed=True,
         after_stop=after_stop,
-        intents={recorded: VERIFIES} if recorded else {},
+        intents=intents,
         verifies=verifies,
     )
 
