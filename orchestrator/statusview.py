@@ -267,6 +267,17 @@ def render(data: Mapping[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
+def unfinished_words(count: int, listed: str) -> tuple[str, str]:
+    """A stopped daemon's attempts it never ended (``listed``: their refs), in words: the
+    headline, and the rest of the sentence (the Markdown board makes the first bold)."""
+    them = "it" if count == 1 else "them"
+    return (
+        f"{count} attempt{'' if count == 1 else 's'} the daemon started never finished",
+        f" (it was killed, or left {them} running on a cluster): {listed};"
+        f" the next start takes {them} over",
+    )
+
+
 def _daemon_line(daemon: Mapping[str, Any]) -> Text:
     if not daemon.get("running"):
         what = (
@@ -282,17 +293,9 @@ def _daemon_line(daemon: Mapping[str, Any]) -> Text:
             )
         unfinished = daemon.get("unfinished") or []
         if unfinished:
-            one = len(unfinished) == 1
-            shown = ", ".join(unfinished[:NEXT_SHOWN])
-            more = (
-                f" (+{len(unfinished) - NEXT_SHOWN} more)" if len(unfinished) > NEXT_SHOWN else ""
-            )
-            line.append(
-                f"\n{len(unfinished)} attempt{'' if one else 's'} the daemon started never"
-                f" finished (it was killed, or left {'it' if one else 'them'} running on a"
-                f" cluster): {shown}{more}; the next start takes {'it' if one else 'them'} over",
-                style="bold yellow",
-            )
+            more = len(unfinished) - NEXT_SHOWN
+            listed = ", ".join(unfinished[:NEXT_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
+            line.append("\n" + "".join(unfinished_words(len(unfinished), listed)), "bold yellow")
         return line
     line = Text.assemble(
         ("daemon running", "bold green"),

@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from .. import statusview
+
 CARDS_PER_CELL = 25
 TITLE = "# orchestratord board"
 UPDATED = "_Updated "
@@ -97,14 +99,8 @@ def _unfinished(daemon: Mapping[str, Any]) -> list[str]:
     refs = [str(ref) for ref in daemon.get("unfinished") or ()]
     if not refs:
         return []
-    one = len(refs) == 1
-    them = "it" if one else "them"
-    return [
-        "",
-        f"**{len(refs)} attempt{'' if one else 's'} the daemon started never finished** (it was"
-        f" killed, or left {them} running on a cluster): {_cell_text(', '.join(refs))}; the next"
-        f" start takes {them} over",
-    ]
+    head, rest = statusview.unfinished_words(len(refs), _cell_text(", ".join(refs)))
+    return ["", f"**{head}**{rest}"]
 
 
 def render(doc: Mapping[str, Any]) -> str:
