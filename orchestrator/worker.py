@@ -47,7 +47,7 @@ from .daemon import Engine, Track
 from .errors import StateError
 from .executors.base import Executor, RunInfo, RunSpec
 from .gitattempt import Outcome
-from .model import FOR_A_PERSON, Command, Status, TaskDef, TaskKey, Verdict
+from .model import FOR_A_PERSON, Status, TaskDef, TaskKey, Verdict
 from .placement import LOCAL, Resume
 from .recovery import INTERRUPTED, STOPPED
 from .states import Event, TaskState, transition
@@ -187,12 +187,6 @@ def max_iterations(engine: Engine, task: TaskDef, track: Track) -> int:
     )
 
 
-def _verify(engine: Engine, task: TaskDef, track: Track) -> tuple[Command, ...]:
-    return verification.commands(
-        task, track.definition.settings, engine.cfg.settings.defaults.verify
-    )
-
-
 def plan_attempt(
     engine: Engine,
     key: TaskKey,
@@ -284,7 +278,9 @@ def plan_attempt(
             else None
         ),
         timeout=timeout or defaults.timeout,
-        verify=_verify(engine, task, track),
+        verify=verification.commands(
+            task, track.definition.settings, engine.cfg.settings.defaults.verify
+        ),
         verify_timeout=(
             task.verify_timeout
             or track.definition.settings.verify_timeout
