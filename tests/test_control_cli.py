@@ -353,8 +353,9 @@ async def test_status_and_board_say_which_pending_tasks_a_failed_one_holds(
     write_track(
         "gamma",
         [
-            {"id": "G1", "command": "true", "dependencies": ["alpha:A2"]},
+            # Listed in file order, not in the order the wait reaches them (G1, then G2).
             {"id": "G2", "command": "true", "dependencies": ["G1"]},
+            {"id": "G1", "command": "true", "dependencies": ["alpha:A2"]},
             {"id": "G3", "command": "true"},
         ],
     )
@@ -371,10 +372,10 @@ async def test_status_and_board_say_which_pending_tasks_a_failed_one_holds(
     assert held == {
         "alpha": [],
         "delta": [("delta:D1", "alpha:A2")],
-        "gamma": [("gamma:G1", "alpha:A2"), ("gamma:G2", "alpha:A2")],
+        "gamma": [("gamma:G2", "alpha:A2"), ("gamma:G1", "alpha:A2")],
     }
     out = run("status", *where)[1]
-    assert "held by failed alpha:A2: G1, G2" in out.splitlines()
+    assert "held by failed alpha:A2: G2, G1" in out.splitlines()
     assert "held by failed alpha:A2: D1" in out.splitlines()
     board = run("board", *where)[1]
     assert "| **gamma**<br>1/3 done<br>2 held by failed or blocked work |" in board
